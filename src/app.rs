@@ -1,0 +1,154 @@
+//! The composition root: builds the shared state, starts every long-lived worker by name,
+//! and shuts them down in order. The only module that spawns long-lived tasks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::health::HealthTask;
+use crate::proxy::Gateway;
+use crate::request_log::{StoreError, Writer};
+use crate::server;
+use crate::upstream::{Upstreams, http_client};
+
+/// Why the gateway could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The request log could not be opened.
+    #[error(transparent)]
+    RequestLog(#[from] StoreError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The server failed while running.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address (useful when the config asked for port 0).
+    pub addr: SocketAddr,
+    /// Shared request-path state.
+    pub gateway: Arc<Gateway>,
+    stop_server: CancellationToken,
+    stop_workers: CancellationToken,
+    tracker: TaskTracker,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    closer: crate::request_log::Closer,
+    grace: std::time::Duration,
+}
+
+/// Starts the gateway: request-log writer, health task, HTTP server.
+#[expect(clippy::disallowed_methods, reason = "app.rs is where long-lived tasks start")]
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    let config = Arc::new(config);
+    let upstreams = Arc::new(Upstreams::new(&config.providers));
+    let client = http_client(&config.timeouts)?;
+
+    let (writer, log) = Writer::open(&config.request_log)?;
+    let closer = writer.closer();
+    let writer = std::thread::Builder::new()
+        .name("request-log-writer".into())
+        .spawn(move || {
+            if let Err(error) = writer.run() {
+                tracing::error!(%error, "request-log writer stopped");
+            }
+        })
+        .map_err(AppError::Serve)?;
+
+    let tracker = TaskTracker::new();
+    let stop_workers = CancellationToken::new();
+    let (health_task, health) = HealthTask::new(
+        Arc::clone(&upstreams),
+        config.targets,
+        config.health,
+        config.server.observation_queue,
+        log.drop_counter(),
+    );
+    tracker.spawn(health_task.run(stop_workers.clone()));
+
+    let gateway = Arc::new(Gateway::new(
+        Arc::clone(&config),
+        upstreams,
+        client,
+        health,
+        log,
+    ));
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(AppError::Serve)?;
+    let stop_server = CancellationToken::new();
+    let app = server::router(Arc::clone(&gateway));
+    let signal = stop_server.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .await
+    });
+    tracing::info!(%addr, providers = config.providers.len(), "candor listening");
+    Ok(Running {
+        addr,
+        gateway,
+        stop_server,
+        stop_workers,
+        tracker,
+        server,
+        writer: Some(writer),
+        closer,
+        grace: config.server.grace_period,
+    })
+}
+
+impl Running {
+    /// Stops in order: stop accepting and drain in-flight requests (up to the grace
+    /// period), stop the health task, flush the request log.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        self.stop_server.cancel();
+        let served = match tokio::time::timeout(self.grace, &mut self.server).await {
+            Ok(Ok(result)) => result.map_err(AppError::Serve),
+            Ok(Err(_)) => Ok(()),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "in-flight requests outlived the grace period; closing them");
+                self.server.abort();
+                Ok(())
+            }
+        };
+        self.stop_workers.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.closer.close();
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+        tracing::info!("candor stopped");
+        served
+    }
+}
+
+/// Runs the gateway until `shutdown` resolves.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let running = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.stop().await
+}

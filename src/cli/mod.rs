@@ -1,0 +1,111 @@
+//! The `candor` command line: argument definitions and dispatch to each subcommand.
+
+mod logs;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+/// Candor — the LLM inference gateway that tells the truth about inference health.
+#[derive(Debug, Parser)]
+#[command(name = "candor", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Work with configuration files.
+    Config {
+        /// What to do with the configuration.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Query the request log.
+    Logs(logs::LogsArgs),
+}
+
+/// `candor config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Parse and validate a file; print every problem; exit 1 if any.
+    Check {
+        /// Configuration file.
+        file: PathBuf,
+    },
+}
+
+/// Writes `text` to standard output (a closed pipe is not an error).
+pub fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)
+                .with_context(|| format!("invalid configuration {}", config.display()))?;
+            crate::app::serve(config, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => match Config::load(&file) {
+            Ok(c) => {
+                out(&format!(
+                    "{}: ok ({} provider(s), {} model(s), listening on {})\n",
+                    file.display(),
+                    c.providers.len(),
+                    crate::upstream::Upstreams::new(&c.providers).models().count(),
+                    c.server.listen
+                ));
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                let mut stderr = std::io::stderr().lock();
+                let _ = writeln!(stderr, "{}: {e}", file.display());
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Logs(args) => logs::run(args).await,
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

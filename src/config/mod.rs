@@ -1,0 +1,480 @@
+//! Configuration: TOML parsed into raw types, then validated into the runtime `Config`.
+//!
+//! This is the only module that reads the config file or the environment. Secrets are
+//! named by environment variable in the file and held as [`Secret`], which never prints.
+
+mod raw;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use raw::{RawConfig, RawProvider};
+
+/// A secret value (provider key, client key, admin token). Its `Debug` is redacted and it
+/// has no `Display` or `Serialize`, so it cannot reach a log line or a response by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that must send it (an `Authorization` header).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares with `candidate` in time independent of where they first differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let mine = self.0.as_bytes();
+        if mine.len() != candidate.len() {
+            return false;
+        }
+        mine.iter().zip(candidate).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Why a configuration was rejected: every problem found, each with its path in the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{0}")]
+    Parse(String),
+    /// The file parsed but some values are invalid.
+    #[error("{} problem(s):\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener, authentication and limits.
+    pub server: ServerConfig,
+    /// Per-attempt timeouts.
+    pub timeouts: Timeouts,
+    /// The service-level targets every request is judged against.
+    pub targets: Targets,
+    /// How `/health` turns measurements into a verdict.
+    pub health: HealthConfig,
+    /// The embedded request log.
+    pub request_log: RequestLogConfig,
+    /// The upstream providers, in file order.
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// Listener, authentication and limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address the proxy, admin API and metrics listen on.
+    pub listen: SocketAddr,
+    /// Token the admin API requires, when set.
+    pub admin_token: Option<Secret>,
+    /// Client keys; when empty, `/v1` is open.
+    pub client_keys: Vec<ClientKey>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub grace_period: Duration,
+    /// Capacity of the observation queue between the request path and the health task.
+    pub observation_queue: usize,
+}
+
+/// A client API key and the id that stands for it in logs.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    /// The id recorded in logs and the request log.
+    pub id: String,
+    /// The key clients send as a bearer token.
+    pub key: Secret,
+}
+
+/// Per-attempt timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// From sending the request to the first token of a stream.
+    pub ttft: Duration,
+    /// Longest silence allowed between two stream chunks.
+    pub idle: Duration,
+    /// Whole attempt, first byte to last.
+    pub total: Duration,
+}
+
+/// Service-level targets (the SLA a request is judged against).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Targets {
+    /// Time to first token.
+    pub ttft: Duration,
+    /// Decode rate after the first token.
+    pub decode_tokens_per_s: f64,
+    /// End to end.
+    pub e2e: Duration,
+    /// Share of requests that may fail.
+    pub error_rate: f64,
+}
+
+impl Targets {
+    /// Whether a successful request met the targets: TTFT within bound (streams), and
+    /// either the decode rate or the end-to-end time within bound.
+    pub fn met_by(&self, ok: bool, ttft: Option<Duration>, e2e: Duration, decode: Option<f64>) -> bool {
+        ok && ttft.is_none_or(|t| t <= self.ttft)
+            && (decode.is_some_and(|d| d >= self.decode_tokens_per_s) || e2e <= self.e2e)
+    }
+}
+
+/// How `/health` turns measurements into a verdict.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthConfig {
+    /// Requests a window needs before its bounds are judged.
+    pub min_requests: u64,
+    /// Error rate at or above which a provider or the gateway is failing.
+    pub failing_error_rate: f64,
+    /// Share within targets below which the gateway is failing.
+    pub failing_within_targets: f64,
+}
+
+/// The embedded request log.
+#[derive(Debug, Clone)]
+pub struct RequestLogConfig {
+    /// SQLite file.
+    pub path: PathBuf,
+    /// Rows older than this are deleted.
+    pub retention: Duration,
+    /// Rows written per transaction at most.
+    pub batch_size: usize,
+    /// Longest a row waits before it is written.
+    pub flush_interval: Duration,
+    /// Capacity of the queue in front of the writer; a full queue drops rows (counted).
+    pub queue: usize,
+}
+
+/// Price per million tokens, in US dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Price {
+    /// Per million prompt tokens.
+    pub input_per_million: f64,
+    /// Per million completion tokens.
+    pub output_per_million: f64,
+}
+
+impl Price {
+    /// Cost of one request.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_million
+            + completion_tokens as f64 * self.output_per_million)
+            / 1_000_000.0
+    }
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Stable id used in logs, metrics and headers.
+    pub id: String,
+    /// Base URL including the API prefix, e.g. `http://10.0.0.5:8000/v1`, no trailing slash.
+    pub base_url: String,
+    /// Sent as a bearer token upstream.
+    pub api_key: Option<Secret>,
+    /// Model names clients may request from this provider.
+    pub models: Vec<String>,
+    /// Client model name → name sent upstream, where they differ.
+    pub model_map: BTreeMap<String, String>,
+    /// Price table.
+    pub price: Price,
+    /// Quantization label recorded with every request (e.g. `fp8`).
+    pub quantization: Option<String>,
+    /// Response header naming the node that served the request.
+    pub node_header: Option<String>,
+    /// Prometheus endpoint of the inference server.
+    pub metrics_url: Option<String>,
+}
+
+impl ProviderConfig {
+    /// The model name to send upstream for a client's model name.
+    pub fn upstream_model<'a>(&'a self, requested: &'a str) -> &'a str {
+        self.model_map
+            .get(requested)
+            .map(String::as_str)
+            .unwrap_or(requested)
+    }
+}
+
+/// Defaults for everything the file may leave out.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Listen address.
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    /// 4 MiB: comfortably above a 128k-token prompt.
+    pub const MAX_BODY_BYTES: u64 = 4 * 1024 * 1024;
+    /// Shutdown drain.
+    pub const GRACE_PERIOD: Duration = Duration::from_secs(10);
+    /// Envoy's `connect_timeout` default (reference §7.1).
+    pub const CONNECT: Duration = Duration::from_secs(5);
+    /// Time to first token.
+    pub const TTFT: Duration = Duration::from_secs(30);
+    /// Silence between chunks.
+    pub const IDLE: Duration = Duration::from_secs(30);
+    /// Whole attempt.
+    pub const TOTAL: Duration = Duration::from_secs(600);
+}
+
+impl Config {
+    /// Reads, parses and validates a config file, taking secrets from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        #[expect(clippy::disallowed_methods, reason = "config is where env is read")]
+        Config::parse(&text, |name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` looks up environment variables.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Config::from_raw(raw, &env)
+    }
+
+    fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut secret = |path: &str, var: &str, problems: &mut Vec<String>| -> Option<Secret> {
+            match env(var) {
+                Some(v) if !v.is_empty() => Some(Secret(v)),
+                _ => {
+                    problems.push(format!("{path}: environment variable {var} is not set"));
+                    None
+                }
+            }
+        };
+
+        let listen_text = raw.server.listen.as_deref().unwrap_or(defaults::LISTEN);
+        let listen = listen_text.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "server.listen: {listen_text:?} is not an address like 127.0.0.1:8080"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let admin_token = raw
+            .server
+            .admin_token_env
+            .as_deref()
+            .and_then(|var| secret("server.admin_token_env", var, &mut problems));
+        let mut client_keys = Vec::new();
+        let mut key_ids = HashSet::new();
+        for (i, k) in raw.server.client_keys.iter().enumerate() {
+            let path = format!("server.client_keys[{i}]");
+            if k.id.trim().is_empty() {
+                problems.push(format!("{path}.id: must not be empty"));
+            } else if !key_ids.insert(k.id.clone()) {
+                problems.push(format!("{path}.id: duplicate key id {:?}", k.id));
+            }
+            if let Some(key) = secret(&format!("{path}.key_env"), &k.key_env, &mut problems) {
+                client_keys.push(ClientKey {
+                    id: k.id.clone(),
+                    key,
+                });
+            }
+        }
+        let max_body_bytes = raw.server.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            problems.push("server.max_body_bytes: must be above 0".into());
+        }
+        let observation_queue = raw.server.observation_queue.unwrap_or(16_384);
+        if observation_queue == 0 {
+            problems.push("server.observation_queue: must be above 0".into());
+        }
+
+        let timeouts = Timeouts {
+            connect: raw.timeouts.connect.unwrap_or(defaults::CONNECT),
+            ttft: raw.timeouts.ttft.unwrap_or(defaults::TTFT),
+            idle: raw.timeouts.idle.unwrap_or(defaults::IDLE),
+            total: raw.timeouts.total.unwrap_or(defaults::TOTAL),
+        };
+        for (name, d) in [
+            ("connect", timeouts.connect),
+            ("ttft", timeouts.ttft),
+            ("idle", timeouts.idle),
+            ("total", timeouts.total),
+        ] {
+            if d.is_zero() {
+                problems.push(format!("timeouts.{name}: must be above 0"));
+            }
+        }
+        if timeouts.ttft > timeouts.total {
+            problems.push("timeouts.ttft: must not exceed timeouts.total".into());
+        }
+        if timeouts.idle > timeouts.total {
+            problems.push("timeouts.idle: must not exceed timeouts.total".into());
+        }
+
+        let targets = Targets {
+            ttft: raw.targets.ttft.unwrap_or(Duration::from_secs(2)),
+            decode_tokens_per_s: raw.targets.decode_tokens_per_s.unwrap_or(10.0),
+            e2e: raw.targets.e2e.unwrap_or(Duration::from_secs(30)),
+            error_rate: raw.targets.error_rate.unwrap_or(0.01),
+        };
+        if targets.ttft.is_zero() || targets.e2e.is_zero() {
+            problems.push("targets: ttft and e2e must be above 0".into());
+        }
+        if !(targets.decode_tokens_per_s.is_finite() && targets.decode_tokens_per_s > 0.0) {
+            problems.push("targets.decode_tokens_per_s: must be a number above 0".into());
+        }
+        check_fraction(&mut problems, "targets.error_rate", targets.error_rate);
+
+        let health = HealthConfig {
+            min_requests: raw.health.min_requests.unwrap_or(20),
+            failing_error_rate: raw.health.failing_error_rate.unwrap_or(0.5),
+            failing_within_targets: raw.health.failing_within_targets.unwrap_or(0.5),
+        };
+        check_fraction(&mut problems, "health.failing_error_rate", health.failing_error_rate);
+        check_fraction(
+            &mut problems,
+            "health.failing_within_targets",
+            health.failing_within_targets,
+        );
+
+        let request_log = RequestLogConfig {
+            path: PathBuf::from(raw.request_log.path.as_deref().unwrap_or("candor.db")),
+            retention: raw
+                .request_log
+                .retention
+                .unwrap_or(Duration::from_secs(7 * 86_400)),
+            batch_size: raw.request_log.batch_size.unwrap_or(256),
+            flush_interval: raw
+                .request_log
+                .flush_interval
+                .unwrap_or(Duration::from_millis(200)),
+            queue: raw.request_log.queue.unwrap_or(8_192),
+        };
+        if request_log.batch_size == 0 || request_log.queue == 0 {
+            problems.push("request_log: batch_size and queue must be above 0".into());
+        }
+        if request_log.retention.is_zero() {
+            problems.push("request_log.retention: must be above 0".into());
+        }
+
+        if raw.providers.is_empty() {
+            problems.push("providers: at least one [[providers]] entry is required".into());
+        }
+        let mut ids = HashSet::new();
+        let mut providers = Vec::new();
+        for (i, p) in raw.providers.into_iter().enumerate() {
+            if let Some(p) = validate_provider(i, p, &mut ids, &mut secret, &mut problems) {
+                providers.push(p);
+            }
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        Ok(Config {
+            server: ServerConfig {
+                listen,
+                admin_token,
+                client_keys,
+                max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+                grace_period: raw.server.grace_period.unwrap_or(defaults::GRACE_PERIOD),
+                observation_queue,
+            },
+            timeouts,
+            targets,
+            health,
+            request_log,
+            providers,
+        })
+    }
+}
+
+fn check_fraction(problems: &mut Vec<String>, path: &str, v: f64) {
+    if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+        problems.push(format!("{path}: must be a fraction in (0, 1], got {v}"));
+    }
+}
+
+fn validate_provider(
+    i: usize,
+    p: RawProvider,
+    ids: &mut HashSet<String>,
+    secret: &mut impl FnMut(&str, &str, &mut Vec<String>) -> Option<Secret>,
+    problems: &mut Vec<String>,
+) -> Option<ProviderConfig> {
+    let path = format!("providers[{i}]");
+    let before = problems.len();
+    let id = p.id.trim().to_owned();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        problems.push(format!(
+            "{path}.id: {:?} must be non-empty letters, digits, '-', '_' or '.'",
+            p.id
+        ));
+    } else if !ids.insert(id.clone()) {
+        problems.push(format!("{path}.id: duplicate provider id {id:?}"));
+    }
+    let base_url = p.base_url.trim_end_matches('/').to_owned();
+    check_url(problems, &format!("{path}.base_url"), &base_url);
+    if let Some(u) = &p.metrics_url {
+        check_url(problems, &format!("{path}.metrics_url"), u);
+    }
+    let api_key = p
+        .api_key_env
+        .as_deref()
+        .and_then(|var| secret(&format!("{path}.api_key_env"), var, problems));
+    if p.models.is_empty() {
+        problems.push(format!("{path}.models: list at least one model"));
+    }
+    for from in p.model_map.keys() {
+        if !p.models.contains(from) {
+            problems.push(format!(
+                "{path}.model_map: {from:?} is not in {path}.models"
+            ));
+        }
+    }
+    let price = Price {
+        input_per_million: p.price.input_per_million.unwrap_or(0.0),
+        output_per_million: p.price.output_per_million.unwrap_or(0.0),
+    };
+    if !(price.input_per_million >= 0.0 && price.output_per_million >= 0.0) {
+        problems.push(format!("{path}.price: prices must be 0 or more"));
+    }
+    if let Some(h) = &p.node_header
+        && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
+    {
+        problems.push(format!("{path}.node_header: {h:?} is not a valid header name"));
+    }
+    (problems.len() == before).then_some(ProviderConfig {
+        id,
+        base_url,
+        api_key,
+        models: p.models,
+        model_map: p.model_map,
+        price,
+        quantization: p.quantization,
+        node_header: p.node_header.map(|h| h.to_ascii_lowercase()),
+        metrics_url: p.metrics_url,
+    })
+}
+
+fn check_url(problems: &mut Vec<String>, path: &str, url: &str) {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+        _ => problems.push(format!("{path}: {url:?} is not an http(s) URL")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

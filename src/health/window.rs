@@ -1,0 +1,255 @@
+//! Rolling windows of request measurements: fixed time slots, each with counts and
+//! log-bucketed histograms, merged on demand for quantiles. Pure: callers pass `now`.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Smallest value a histogram resolves (seconds or tokens/s).
+const MIN: f64 = 1e-5;
+/// Bucket growth factor: quantiles are within ±2.5 %.
+const RATIO: f64 = 1.05;
+/// Buckets from `MIN` to 1e5.
+const BUCKETS: usize = 472;
+
+/// A histogram with logarithmic buckets, allocated on first use.
+#[derive(Debug, Clone, Default)]
+pub struct LogHistogram {
+    counts: Option<Box<[u32]>>,
+    total: u64,
+}
+
+impl LogHistogram {
+    fn index(v: f64) -> usize {
+        if v <= MIN {
+            return 0;
+        }
+        ((v / MIN).ln() / RATIO.ln()).floor().clamp(0.0, (BUCKETS - 1) as f64) as usize
+    }
+
+    fn value(i: usize) -> f64 {
+        // Geometric middle of the bucket.
+        MIN * RATIO.powf(i as f64 + 0.5)
+    }
+
+    /// Adds `n` observations of `v`.
+    pub fn record_n(&mut self, v: f64, n: u32) {
+        if !v.is_finite() || v < 0.0 || n == 0 {
+            return;
+        }
+        let counts = self
+            .counts
+            .get_or_insert_with(|| vec![0; BUCKETS].into_boxed_slice());
+        counts[Self::index(v)] += n;
+        self.total += u64::from(n);
+    }
+
+    /// Adds every observation of `other`.
+    pub fn merge(&mut self, other: &LogHistogram) {
+        let Some(theirs) = &other.counts else {
+            return;
+        };
+        let mine = self
+            .counts
+            .get_or_insert_with(|| vec![0; BUCKETS].into_boxed_slice());
+        for (a, b) in mine.iter_mut().zip(theirs.iter()) {
+            *a += b;
+        }
+        self.total += other.total;
+    }
+
+    /// Observations recorded.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// The `q` quantile (0..=1), or `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let counts = self.counts.as_ref()?;
+        if self.total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).max(1);
+        let mut seen = 0u64;
+        for (i, &c) in counts.iter().enumerate() {
+            seen += u64::from(c);
+            if seen >= rank {
+                return Some(Self::value(i));
+            }
+        }
+        None
+    }
+}
+
+/// One request's contribution to a window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample<'a> {
+    /// Counted as a failure in the error rate.
+    pub failed: bool,
+    /// Met every target.
+    pub within_targets: bool,
+    /// Completed successfully.
+    pub completed: bool,
+    /// Time to first token, seconds.
+    pub ttft: Option<f64>,
+    /// End to end, seconds.
+    pub e2e: f64,
+    /// Decode rate, tokens/s.
+    pub decode: Option<f64>,
+    /// Per-token inter-token gaps, seconds.
+    pub gaps: &'a [f32],
+    /// Prompt tokens.
+    pub tokens_in: u64,
+    /// Completion tokens.
+    pub tokens_out: u64,
+}
+
+/// Aggregates over a span of time.
+#[derive(Debug, Clone, Default)]
+pub struct Slot {
+    /// Requests (or attempts) recorded.
+    pub requests: u64,
+    /// Of which failed.
+    pub failed: u64,
+    /// Of which met every target.
+    pub within_targets: u64,
+    /// Of which completed successfully.
+    pub completed: u64,
+    /// Prompt tokens.
+    pub tokens_in: u64,
+    /// Completion tokens.
+    pub tokens_out: u64,
+    /// TTFT seconds.
+    pub ttft: LogHistogram,
+    /// End-to-end seconds.
+    pub e2e: LogHistogram,
+    /// Decode tokens/s.
+    pub decode: LogHistogram,
+    /// Inter-token gap seconds.
+    pub itl: LogHistogram,
+}
+
+impl Slot {
+    fn record(&mut self, s: &Sample<'_>) {
+        self.requests += 1;
+        self.failed += u64::from(s.failed);
+        self.within_targets += u64::from(s.within_targets);
+        self.completed += u64::from(s.completed);
+        self.tokens_in += s.tokens_in;
+        self.tokens_out += s.tokens_out;
+        if let Some(t) = s.ttft {
+            self.ttft.record_n(t, 1);
+        }
+        if !s.failed {
+            self.e2e.record_n(s.e2e, 1);
+        }
+        if let Some(d) = s.decode {
+            self.decode.record_n(d, 1);
+        }
+        for &g in s.gaps {
+            self.itl.record_n(f64::from(g), 1);
+        }
+    }
+
+    fn merge(&mut self, o: &Slot) {
+        self.requests += o.requests;
+        self.failed += o.failed;
+        self.within_targets += o.within_targets;
+        self.completed += o.completed;
+        self.tokens_in += o.tokens_in;
+        self.tokens_out += o.tokens_out;
+        self.ttft.merge(&o.ttft);
+        self.e2e.merge(&o.e2e);
+        self.decode.merge(&o.decode);
+        self.itl.merge(&o.itl);
+    }
+}
+
+/// A ring of equal time slots covering `slots × width`.
+#[derive(Debug, Clone)]
+pub struct Window {
+    origin: Instant,
+    width: Duration,
+    slots: Vec<(u64, Slot)>,
+}
+
+impl Window {
+    /// A window of `count` slots of `width`, starting at `origin`.
+    pub fn new(origin: Instant, width: Duration, count: usize) -> Window {
+        Window {
+            origin,
+            width,
+            slots: vec![(u64::MAX, Slot::default()); count.max(1)],
+        }
+    }
+
+    fn epoch(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.origin).as_nanos() / self.width.as_nanos().max(1)) as u64
+    }
+
+    /// Records a sample at `now`.
+    pub fn record(&mut self, now: Instant, s: &Sample<'_>) {
+        let epoch = self.epoch(now);
+        let n = self.slots.len() as u64;
+        let (e, slot) = &mut self.slots[(epoch % n) as usize];
+        if *e != epoch {
+            *e = epoch;
+            *slot = Slot::default();
+        }
+        slot.record(s);
+    }
+
+    /// Everything recorded in the last `span` (rounded up to whole slots) before `now`.
+    pub fn sum(&self, now: Instant, span: Duration) -> Slot {
+        let epoch = self.epoch(now);
+        let want = (span.as_nanos().div_ceil(self.width.as_nanos().max(1)) as u64)
+            .clamp(1, self.slots.len() as u64);
+        let oldest = epoch.saturating_sub(want - 1);
+        let mut total = Slot::default();
+        for (e, slot) in &self.slots {
+            if *e != u64::MAX && *e >= oldest && *e <= epoch {
+                total.merge(slot);
+            }
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_within_bucket_resolution() {
+        let mut h = LogHistogram::default();
+        for i in 1..=1000 {
+            h.record_n(f64::from(i) / 1000.0, 1);
+        }
+        for (q, want) in [(0.5, 0.5), (0.95, 0.95), (0.99, 0.99)] {
+            let got = h.quantile(q).unwrap();
+            assert!((got / want - 1.0).abs() < 0.03, "q{q}: {got} vs {want}");
+        }
+        assert_eq!(LogHistogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn window_forgets_old_slots() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0, Duration::from_secs(5), 60);
+        let s = Sample {
+            e2e: 1.0,
+            completed: true,
+            ..Sample::default()
+        };
+        w.record(t0, &s);
+        w.record(t0 + Duration::from_secs(50), &s);
+        let now = t0 + Duration::from_secs(62);
+        assert_eq!(w.sum(now, Duration::from_secs(60)).requests, 1);
+        assert_eq!(w.sum(now, Duration::from_secs(300)).requests, 2);
+        // After the ring wraps, the old slot must not come back.
+        let later = t0 + Duration::from_secs(400);
+        assert_eq!(w.sum(later, Duration::from_secs(300)).requests, 0);
+        w.record(later, &s);
+        assert_eq!(w.sum(later, Duration::from_secs(300)).requests, 1);
+    }
+}

@@ -1,0 +1,320 @@
+//! Every Prometheus metric Candor exposes, named here and nowhere else. Recorded by the
+//! health task (the single writer) and rendered in the Prometheus text format.
+//!
+//! Names follow the OpenTelemetry GenAI conventions where one exists
+//! (`gen_ai.client.operation.duration` → `gen_ai_client_operation_duration_seconds`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use crate::observation::{Observation, RequestSummary};
+
+/// OTel GenAI bucket boundaries for operation duration and time to first chunk (seconds).
+const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+/// OTel GenAI buckets for time per output chunk, with finer low buckets for fast servers.
+const ITL_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+    2.5, 5.0, 10.0,
+];
+/// OTel GenAI buckets for token usage.
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+    4194304.0, 16777216.0, 67108864.0,
+];
+/// Decode rate, tokens per second.
+const DECODE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0, 1000.0,
+];
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe_n(&mut self, v: f64, n: u64) {
+        if !v.is_finite() || n == 0 {
+            return;
+        }
+        if let Some(i) = self.bounds.iter().position(|&b| v <= b) {
+            self.counts[i] += n;
+        }
+        self.sum += v * n as f64;
+        self.count += n;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// Per (provider, model, operation) attempt series.
+#[derive(Debug, Clone)]
+struct AttemptSeries {
+    duration: Histogram,
+    ttft: Histogram,
+    itl: Histogram,
+    decode: Histogram,
+    input_tokens: Histogram,
+    output_tokens: Histogram,
+    tokens_in: u64,
+    tokens_out: u64,
+    cost: f64,
+    outcomes: BTreeMap<&'static str, u64>,
+}
+
+impl AttemptSeries {
+    fn new() -> AttemptSeries {
+        AttemptSeries {
+            duration: Histogram::new(DURATION_BUCKETS),
+            ttft: Histogram::new(DURATION_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
+            decode: Histogram::new(DECODE_BUCKETS),
+            input_tokens: Histogram::new(TOKEN_BUCKETS),
+            output_tokens: Histogram::new(TOKEN_BUCKETS),
+            tokens_in: 0,
+            tokens_out: 0,
+            cost: 0.0,
+            outcomes: BTreeMap::new(),
+        }
+    }
+}
+
+type AttemptKey = (Arc<str>, Arc<str>, &'static str);
+type RequestKey = (Arc<str>, Arc<str>, &'static str);
+
+/// Live values read at render time rather than recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// (provider id, attempts in flight).
+    pub in_flight: Vec<(Arc<str>, i64)>,
+    /// Request-log rows dropped because the queue was full.
+    pub request_log_dropped: u64,
+    /// Observations dropped because the health task's queue was full.
+    pub observations_dropped: u64,
+}
+
+/// The metric registry. One writer (the health task).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    attempts: BTreeMap<AttemptKey, AttemptSeries>,
+    requests: BTreeMap<RequestKey, u64>,
+}
+
+impl Metrics {
+    /// Records one attempt (user traffic and synthetic alike; synthetic is labelled).
+    pub fn record_attempt(&mut self, obs: &Observation, cost: f64) {
+        let key = (
+            Arc::clone(&obs.provider_id),
+            Arc::clone(&obs.model),
+            obs.operation.as_str(),
+        );
+        let s = self.attempts.entry(key).or_insert_with(AttemptSeries::new);
+        *s.outcomes.entry(obs.outcome.label()).or_default() += 1;
+        s.duration.observe_n(obs.e2e.as_secs_f64(), 1);
+        if let Some(t) = obs.ttft {
+            s.ttft.observe_n(t.as_secs_f64(), 1);
+        }
+        // Gaps are recorded per token: equal consecutive gaps (one chunk's k tokens) go in at once.
+        let mut i = 0;
+        while i < obs.gaps.len() {
+            let g = obs.gaps[i];
+            let mut j = i + 1;
+            while j < obs.gaps.len() && obs.gaps[j] == g {
+                j += 1;
+            }
+            s.itl.observe_n(f64::from(g), (j - i) as u64);
+            i = j;
+        }
+        if let Some(r) = obs.decode_rate {
+            s.decode.observe_n(r, 1);
+        }
+        if let Some(p) = obs.prompt_tokens {
+            s.input_tokens.observe_n(p as f64, 1);
+            s.tokens_in += p;
+        }
+        if let Some(c) = obs.completion_tokens {
+            s.output_tokens.observe_n(c as f64, 1);
+            s.tokens_out += c;
+        }
+        s.cost += cost;
+    }
+
+    /// Records one client request as the client saw it.
+    pub fn record_request(&mut self, r: &RequestSummary) {
+        let provider = r.provider.clone().unwrap_or_else(|| Arc::from("none"));
+        let outcome = match r.status {
+            200..=299 => "ok",
+            499 => "client_cancelled",
+            400..=498 => "client_error",
+            _ => "error",
+        };
+        *self
+            .requests
+            .entry((provider, Arc::clone(&r.model), outcome))
+            .or_default() += 1;
+    }
+
+    /// The whole registry in Prometheus text format 0.0.4.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        type Pick = fn(&AttemptSeries) -> &Histogram;
+        let hists: [(&str, &str, Pick); 6] = [
+            (
+                "gen_ai_client_operation_duration_seconds",
+                "Duration of each upstream attempt, start to last byte.",
+                |s| &s.duration,
+            ),
+            (
+                "gen_ai_client_operation_time_to_first_chunk_seconds",
+                "Time from sending an attempt to its first output token (streams).",
+                |s| &s.ttft,
+            ),
+            (
+                "gen_ai_client_operation_time_per_output_chunk_seconds",
+                "Inter-token latency; a chunk of k tokens counts as k gaps of gap/k.",
+                |s| &s.itl,
+            ),
+            (
+                "candor_decode_tokens_per_second",
+                "Decode rate of each streamed attempt after its first token.",
+                |s| &s.decode,
+            ),
+            (
+                "gen_ai_client_token_usage",
+                "Input tokens per attempt (gen_ai_token_type=input).",
+                |s| &s.input_tokens,
+            ),
+            (
+                "candor_output_token_usage",
+                "Output tokens per attempt.",
+                |s| &s.output_tokens,
+            ),
+        ];
+        for (name, help, pick) in hists {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for ((p, m, op), s) in &self.attempts {
+                let mut labels = series_labels(p, m, op);
+                if name == "gen_ai_client_token_usage" {
+                    labels.push_str(",gen_ai_token_type=\"input\"");
+                }
+                pick(s).render(&mut out, name, &labels);
+            }
+        }
+
+        let _ = writeln!(out, "# HELP candor_attempts_total Upstream attempts by outcome.");
+        let _ = writeln!(out, "# TYPE candor_attempts_total counter");
+        for ((p, m, op), s) in &self.attempts {
+            for (outcome, n) in &s.outcomes {
+                let _ = writeln!(
+                    out,
+                    "candor_attempts_total{{{},outcome=\"{outcome}\"}} {n}",
+                    series_labels(p, m, op)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP candor_requests_total Client requests by answering provider, model and outcome."
+        );
+        let _ = writeln!(out, "# TYPE candor_requests_total counter");
+        for ((p, m, outcome), n) in &self.requests {
+            let _ = writeln!(
+                out,
+                "candor_requests_total{{provider=\"{}\",gen_ai_request_model=\"{}\",outcome=\"{outcome}\"}} {n}",
+                escape(p),
+                escape(m)
+            );
+        }
+        let _ = writeln!(out, "# HELP candor_tokens_total Tokens processed by type.");
+        let _ = writeln!(out, "# TYPE candor_tokens_total counter");
+        for ((p, m, op), s) in &self.attempts {
+            let l = series_labels(p, m, op);
+            let _ = writeln!(out, "candor_tokens_total{{{l},gen_ai_token_type=\"input\"}} {}", s.tokens_in);
+            let _ = writeln!(out, "candor_tokens_total{{{l},gen_ai_token_type=\"output\"}} {}", s.tokens_out);
+        }
+        let _ = writeln!(out, "# HELP candor_cost_usd_total Cost from the provider price table, US dollars.");
+        let _ = writeln!(out, "# TYPE candor_cost_usd_total counter");
+        for ((p, m, op), s) in &self.attempts {
+            let _ = writeln!(out, "candor_cost_usd_total{{{}}} {}", series_labels(p, m, op), s.cost);
+        }
+        let _ = writeln!(out, "# HELP candor_in_flight_requests Upstream attempts currently open.");
+        let _ = writeln!(out, "# TYPE candor_in_flight_requests gauge");
+        for (p, n) in &gauges.in_flight {
+            let _ = writeln!(out, "candor_in_flight_requests{{provider=\"{}\"}} {n}", escape(p));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP candor_request_log_dropped_total Request-log rows dropped because the writer queue was full."
+        );
+        let _ = writeln!(out, "# TYPE candor_request_log_dropped_total counter");
+        let _ = writeln!(out, "candor_request_log_dropped_total {}", gauges.request_log_dropped);
+        let _ = writeln!(
+            out,
+            "# HELP candor_observations_dropped_total Observations dropped because the health task queue was full."
+        );
+        let _ = writeln!(out, "# TYPE candor_observations_dropped_total counter");
+        let _ = writeln!(out, "candor_observations_dropped_total {}", gauges.observations_dropped);
+        out
+    }
+}
+
+fn series_labels(provider: &str, model: &str, op: &str) -> String {
+    format!(
+        "provider=\"{}\",gen_ai_request_model=\"{}\",gen_ai_operation_name=\"{op}\"",
+        escape(provider),
+        escape(model)
+    )
+}
+
+/// Escapes a label value per the text format.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_counts_repeats() {
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        h.observe_n(0.05, 3);
+        h.observe_n(0.5, 1);
+        h.observe_n(7.0, 1);
+        let mut out = String::new();
+        h.render(&mut out, "x", "a=\"b\"");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.1\"} 3\n"));
+        assert!(out.contains("x_bucket{a=\"b\",le=\"1\"} 4\n"));
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 5\n"));
+        assert!(out.contains("x_count{a=\"b\"} 5\n"));
+    }
+
+    #[test]
+    fn escapes_label_values() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

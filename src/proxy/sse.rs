@@ -1,0 +1,178 @@
+//! Server-sent-event framing: splits an upstream byte stream into whole events without
+//! copying them, and edits the few events Candor must hide from the client.
+
+use std::borrow::Cow;
+
+use bytes::{Bytes, BytesMut};
+
+/// Splits a byte stream into complete SSE events (each ending with its blank line).
+#[derive(Debug, Default)]
+pub struct SseSplitter {
+    buf: BytesMut,
+    scanned: usize,
+}
+
+impl SseSplitter {
+    /// Appends bytes received from upstream.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete event, including its terminating blank line.
+    pub fn next_event(&mut self) -> Option<Bytes> {
+        let buf = &self.buf[..];
+        let mut i = self.scanned;
+        while let Some(off) = memchr(b'\n', &buf[i..]) {
+            let nl = i + off;
+            let end = match (buf.get(nl + 1), buf.get(nl + 2)) {
+                (Some(b'\n'), _) => Some(nl + 2),
+                (Some(b'\r'), Some(b'\n')) => Some(nl + 3),
+                (None, _) | (Some(b'\r'), None) => {
+                    // The terminator may be split across reads: rescan from here next time.
+                    self.scanned = nl;
+                    return None;
+                }
+                _ => None,
+            };
+            if let Some(end) = end {
+                self.scanned = 0;
+                return Some(self.buf.split_to(end).freeze());
+            }
+            i = nl + 1;
+        }
+        self.scanned = buf.len();
+        None
+    }
+
+    /// Whatever is left when the upstream ends without a final blank line.
+    pub fn remainder(&mut self) -> Option<Bytes> {
+        self.scanned = 0;
+        (!self.buf.is_empty()).then(|| self.buf.split().freeze())
+    }
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+/// The `data:` payload of one event (multi-line data joined by `\n`), or `None` for
+/// comments and events without data.
+pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
+    let mut found: Option<Cow<'_, [u8]>> = None;
+    for line in event.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(rest) = line.strip_prefix(b"data:") else {
+            continue;
+        };
+        let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+        found = Some(match found {
+            None => Cow::Borrowed(rest),
+            Some(prev) => {
+                let mut joined = prev.into_owned();
+                joined.push(b'\n');
+                joined.extend_from_slice(rest);
+                Cow::Owned(joined)
+            }
+        });
+    }
+    found
+}
+
+/// Removes a top-level `"usage":null` member that the upstream added only because Candor
+/// asked for usage; the client's stream then reads exactly as it would have.
+/// Returns `None` when the event has no such member.
+pub fn strip_null_usage(event: &[u8]) -> Option<Bytes> {
+    const KEY: &[u8] = b"\"usage\":";
+    let start = find(event, KEY)?;
+    let mut end = start + KEY.len();
+    while event.get(end) == Some(&b' ') {
+        end += 1;
+    }
+    if !event[end..].starts_with(b"null") {
+        return None;
+    }
+    end += 4;
+    // Take one neighbouring comma with it so the JSON stays valid.
+    let (cut_from, cut_to) = if event.get(end) == Some(&b',') {
+        (start, end + 1)
+    } else {
+        let mut s = start;
+        while s > 0 && event[s - 1] == b' ' {
+            s -= 1;
+        }
+        if s > 0 && event[s - 1] == b',' {
+            (s - 1, end)
+        } else {
+            (start, end)
+        }
+    };
+    let mut out = Vec::with_capacity(event.len());
+    out.extend_from_slice(&event[..cut_from]);
+    out.extend_from_slice(&event[cut_to..]);
+    Some(Bytes::from(out))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(s: &mut SseSplitter) -> Vec<Bytes> {
+        std::iter::from_fn(|| s.next_event()).collect()
+    }
+
+    #[test]
+    fn splits_events_across_reads() {
+        let mut s = SseSplitter::default();
+        s.push(b"data: {\"a\":1}\n\nda");
+        assert_eq!(all(&mut s), vec![Bytes::from_static(b"data: {\"a\":1}\n\n")]);
+        s.push(b"ta: [DONE]\n");
+        assert!(s.next_event().is_none());
+        s.push(b"\n");
+        assert_eq!(all(&mut s), vec![Bytes::from_static(b"data: [DONE]\n\n")]);
+        assert!(s.remainder().is_none());
+    }
+
+    #[test]
+    fn handles_crlf_and_comments() {
+        let mut s = SseSplitter::default();
+        s.push(b": ping\r\n\r\ndata: x\r\n");
+        let ev = all(&mut s);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(event_data(&ev[0]), None);
+        s.push(b"\r\n");
+        let ev = all(&mut s);
+        assert_eq!(event_data(&ev[0]).as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn joins_multiline_data() {
+        assert_eq!(
+            event_data(b"event: m\ndata: a\ndata:b\n\n").as_deref(),
+            Some(&b"a\nb"[..])
+        );
+    }
+
+    #[test]
+    fn strips_null_usage_in_every_position() {
+        let cases: [(&[u8], &[u8]); 3] = [
+            (
+                b"data: {\"id\":\"x\",\"usage\":null,\"choices\":[]}\n\n",
+                b"data: {\"id\":\"x\",\"choices\":[]}\n\n",
+            ),
+            (
+                b"data: {\"id\":\"x\",\"choices\":[],\"usage\": null}\n\n",
+                b"data: {\"id\":\"x\",\"choices\":[]}\n\n",
+            ),
+            (b"data: {\"usage\":null}\n\n", b"data: {}\n\n"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(strip_null_usage(input).as_deref(), Some(want));
+        }
+        assert!(strip_null_usage(b"data: {\"usage\":{\"prompt_tokens\":1}}\n\n").is_none());
+        assert!(strip_null_usage(b"data: {\"c\":\"say \\\"usage\\\":null\"}\n\n").is_none());
+    }
+}

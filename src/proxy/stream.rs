@@ -1,0 +1,260 @@
+//! The committed stream: forwards upstream SSE events to the client as they arrive, meters
+//! each one, enforces the idle and total timeouts, and finishes the request exactly once —
+//! at the end, on an upstream failure, or when the client drops it.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use tokio::time::{Instant, Sleep, sleep_until};
+
+use super::attempt::{OpenStream, transport_error};
+use super::meter::{DataKind, Meter};
+use super::sse::{SseSplitter, event_data, strip_null_usage};
+use super::track::{CLIENT_CLOSED, RequestTrack};
+use crate::observation::{Blame, Outcome};
+
+/// A metered SSE stream on its way to the client.
+pub struct MeteredStream {
+    rest: BoxStream<'static, reqwest::Result<Bytes>>,
+    splitter: SseSplitter,
+    ready: VecDeque<Bytes>,
+    meter: Option<Meter>,
+    track: RequestTrack,
+    strip_usage: bool,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    total_deadline: Instant,
+    total_timer: Pin<Box<Sleep>>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for MeteredStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeteredStream")
+            .field("request_id", &self.track.request_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeteredStream {
+    /// Commits `open` to the client. `strip_usage` hides the usage Candor asked for.
+    pub fn new(
+        open: OpenStream,
+        track: RequestTrack,
+        strip_usage: bool,
+        idle: Duration,
+        total_deadline: Instant,
+    ) -> MeteredStream {
+        let mut s = MeteredStream {
+            rest: open.rest,
+            splitter: open.splitter,
+            ready: VecDeque::with_capacity(4),
+            meter: Some(open.meter),
+            track,
+            strip_usage,
+            idle,
+            idle_timer: Box::pin(sleep_until(Instant::now() + idle)),
+            total_deadline,
+            total_timer: Box::pin(sleep_until(total_deadline)),
+            ended: false,
+        };
+        for event in open.first_events {
+            // The meter has already seen these; only the client-facing edits remain.
+            if let Some(e) = s.client_view(event, None) {
+                s.ready.push_back(e);
+            }
+        }
+        s
+    }
+
+    /// What the client should receive for `event` (None to hide it); meters it when `now`
+    /// is given.
+    fn client_view(&mut self, event: Bytes, now: Option<Instant>) -> Option<Bytes> {
+        let kind = match (event_data(&event), now, self.meter.as_mut()) {
+            (Some(data), Some(now), Some(meter)) => meter.on_data(now, &data),
+            (Some(data), None, _) => classify(&data),
+            _ => DataKind::Other,
+        };
+        if !self.strip_usage {
+            return Some(event);
+        }
+        match kind {
+            DataKind::UsageOnly => None,
+            DataKind::Other => Some(strip_null_usage(&event).unwrap_or(event)),
+            DataKind::Done | DataKind::Error => Some(event),
+        }
+    }
+
+    /// Finishes the attempt and the request; returns an error event for the client when
+    /// the stream broke.
+    fn end(&mut self, failure: Option<(&'static str, String)>) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        self.ended = true;
+        let now = Instant::now();
+        let mut upstream_reported = false;
+        if let (Some(meter), Some(obs)) = (self.meter.take(), self.track.current_mut()) {
+            let stream_error = meter.stream_error().map(str::to_owned);
+            upstream_reported = stream_error.is_some();
+            meter.finish(now, obs);
+            obs.outcome = match (&failure, stream_error) {
+                (Some((kind, message)), _) => Outcome::Error {
+                    kind,
+                    status: None,
+                    blame: Blame::Upstream,
+                    message: message.clone(),
+                },
+                (None, Some(message)) => Outcome::Error {
+                    kind: "stream_error",
+                    status: None,
+                    blame: Blame::Upstream,
+                    message,
+                },
+                (None, None) => Outcome::Ok,
+            };
+        }
+        match failure {
+            None => {
+                self.track.finish(200, None);
+                None
+            }
+            Some((kind, message)) => {
+                // When the upstream already sent its own error event, the client has it.
+                let event = (!upstream_reported).then(|| error_event(&message, kind));
+                self.track.finish(200, Some((kind, message)));
+                event
+            }
+        }
+    }
+
+    fn upstream_ended(&mut self) -> Option<Bytes> {
+        if let Some(tail) = self.splitter.remainder()
+            && let Some(e) = self.client_view(tail, Some(Instant::now()))
+        {
+            self.ready.push_back(e);
+        }
+        let complete = self
+            .meter
+            .as_ref()
+            .is_some_and(|m| m.saw_done() || m.saw_finish());
+        if complete {
+            self.end(None)
+        } else {
+            self.end(Some((
+                "truncated",
+                "upstream ended the stream without a finish reason".into(),
+            )))
+        }
+    }
+}
+
+/// Classifies a data payload the meter has already seen.
+fn classify(data: &[u8]) -> DataKind {
+    if data == b"[DONE]" {
+        return DataKind::Done;
+    }
+    // Cheap structural checks: only the usage-only chunk has an empty choices array and usage.
+    let has = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
+    if has(b"\"choices\":[]") && has(b"\"usage\":{") {
+        DataKind::UsageOnly
+    } else {
+        DataKind::Other
+    }
+}
+
+/// An OpenAI-style error event, the way OpenAI reports a failure inside a stream.
+fn error_event(message: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": "upstream_error",
+            "param": null,
+            "code": code,
+        }
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+impl Stream for MeteredStream {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(event) = this.ready.pop_front() {
+                return Poll::Ready(Some(Ok(event)));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match this.rest.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => {
+                    let now = Instant::now();
+                    this.splitter.push(&bytes);
+                    while let Some(event) = this.splitter.next_event() {
+                        if let Some(e) = this.client_view(event, Some(now)) {
+                            this.ready.push_back(e);
+                        }
+                    }
+                    let next_idle = (now + this.idle).min(this.total_deadline);
+                    this.idle_timer.as_mut().reset(next_idle);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let err = transport_error(&e);
+                    if let Some(ev) = this.end(Some(("reset", err.message))) {
+                        this.ready.push_back(ev);
+                    }
+                }
+                Poll::Ready(None) => {
+                    if let Some(ev) = this.upstream_ended() {
+                        this.ready.push_back(ev);
+                    }
+                }
+                Poll::Pending => {
+                    if this.total_timer.as_mut().poll(cx).is_ready() {
+                        let msg = "stream exceeded the total time limit".to_owned();
+                        if let Some(ev) = this.end(Some(("timeout_total", msg))) {
+                            this.ready.push_back(ev);
+                        }
+                        continue;
+                    }
+                    if this.idle_timer.as_mut().poll(cx).is_ready() {
+                        let msg = format!(
+                            "no token from upstream for {}",
+                            humantime::format_duration(this.idle)
+                        );
+                        if let Some(ev) = this.end(Some(("timeout_idle", msg))) {
+                            this.ready.push_back(ev);
+                        }
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MeteredStream {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        // The client went away mid-stream; dropping `rest` closes the upstream connection.
+        self.ended = true;
+        if let (Some(meter), Some(obs)) = (self.meter.take(), self.track.current_mut()) {
+            meter.finish(Instant::now(), obs);
+            obs.outcome = Outcome::ClientCancelled;
+        }
+        self.track.finish(
+            CLIENT_CLOSED,
+            Some(("client_cancelled", "the client closed the stream".into())),
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! The request log: one row per client request with its full inference context, sent from
+//! the request path without waiting and written in batches by one writer thread.
+
+mod query;
+mod store;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError};
+
+use serde::Serialize;
+
+pub use query::{LogFilter, StatusFilter};
+pub use store::{Store, StoreError};
+pub use writer::{Closer, Writer};
+
+use crate::observation::{Blame, Observation, Outcome};
+
+/// One attempt as stored in the request log.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct AttemptRecord {
+    /// Provider id.
+    pub provider: String,
+    /// Wall-clock start, Unix ms.
+    pub started_unix_ms: i64,
+    /// Outcome label (`ok`, `connect`, `server_error`, `client_cancelled`, ...).
+    pub outcome: String,
+    /// Upstream status.
+    pub status: Option<u16>,
+    /// Who is to blame for a failure.
+    pub blame: Option<String>,
+    /// Failure detail.
+    pub error: Option<String>,
+    /// New-connection time.
+    pub connect_ms: Option<f64>,
+    /// Time to response headers.
+    pub headers_ms: Option<f64>,
+    /// Time to first token.
+    pub ttft_ms: Option<f64>,
+    /// End to end.
+    pub e2e_ms: f64,
+    /// Longest inter-chunk gap.
+    pub max_gap_ms: Option<f64>,
+    /// Tokens per second after the first.
+    pub decode_tps: Option<f64>,
+    /// Provider's in-flight attempts when this one started (itself included).
+    pub in_flight: i64,
+}
+
+impl AttemptRecord {
+    /// Summarises an observation.
+    pub fn from_observation(obs: &Observation, in_flight: i64) -> AttemptRecord {
+        let (status, blame, error) = match &obs.outcome {
+            Outcome::Ok => (None, None, None),
+            Outcome::Error {
+                status,
+                blame,
+                message,
+                ..
+            } => (*status, Some(blame.as_str().to_owned()), Some(message.clone())),
+            Outcome::ClientCancelled => (None, Some(Blame::Client.as_str().to_owned()), None),
+        };
+        AttemptRecord {
+            provider: obs.provider_id.to_string(),
+            started_unix_ms: obs.started_unix_ms,
+            outcome: obs.outcome.label().to_owned(),
+            status,
+            blame,
+            error,
+            connect_ms: obs.connect.map(ms),
+            headers_ms: obs.headers.map(ms),
+            ttft_ms: obs.ttft.map(ms),
+            e2e_ms: ms(obs.e2e),
+            max_gap_ms: obs.max_gap.map(ms),
+            decode_tps: obs.decode_rate,
+            in_flight,
+        }
+    }
+}
+
+/// Milliseconds as a float.
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One client request with its full inference context.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct RequestRecord {
+    /// Candor's request id (also in `x-candor-request-id`).
+    pub request_id: String,
+    /// W3C trace id from `traceparent`, when the client sent one.
+    pub trace_id: Option<String>,
+    /// Wall-clock arrival, Unix ms.
+    pub ts_ms: i64,
+    /// `chat`, `text_completion` or `embeddings`.
+    pub operation: String,
+    /// Id of the client key used (never the key).
+    pub client_key_id: Option<String>,
+    /// Model the client asked for.
+    pub requested_model: String,
+    /// Provider whose answer the client got (or the last one tried).
+    pub provider: Option<String>,
+    /// Model the upstream says served it.
+    pub served_model: Option<String>,
+    /// `system_fingerprint`.
+    pub system_fingerprint: Option<String>,
+    /// Serving node, from the provider's node header.
+    pub node: Option<String>,
+    /// Quantization label of the provider.
+    pub quantization: Option<String>,
+    /// True for streamed responses.
+    pub stream: bool,
+    /// Status sent to the client (499 when the client went away).
+    pub status: u16,
+    /// Error kind, when the request failed.
+    pub error_type: Option<String>,
+    /// Error message, when the request failed.
+    pub error_message: Option<String>,
+    /// Provider's in-flight attempts when the answering attempt started.
+    pub in_flight: Option<i64>,
+    /// Provider queue depth at request time (from scraped backend metrics).
+    pub queue_depth: Option<f64>,
+    /// Provider KV-cache usage at request time (from scraped backend metrics).
+    pub kv_usage: Option<f64>,
+    /// Time to first token.
+    pub ttft_ms: Option<f64>,
+    /// End to end, arrival to last byte.
+    pub e2e_ms: f64,
+    /// Decode tokens per second.
+    pub decode_tps: Option<f64>,
+    /// Longest inter-chunk gap.
+    pub max_gap_ms: Option<f64>,
+    /// Prompt tokens.
+    pub prompt_tokens: Option<u64>,
+    /// Completion tokens.
+    pub completion_tokens: Option<u64>,
+    /// True when completion tokens were counted rather than reported.
+    pub tokens_counted: bool,
+    /// Cost from the provider's price table, US dollars.
+    pub cost_usd: Option<f64>,
+    /// Finish reason.
+    pub finish_reason: Option<String>,
+    /// `max_tokens` the client asked for.
+    pub max_tokens: Option<u64>,
+    /// Remaining client deadline on arrival, ms.
+    pub deadline_ms: Option<i64>,
+    /// Why the answering provider was chosen.
+    pub route_reason: Option<String>,
+    /// Whether the request met every target.
+    pub within_targets: bool,
+    /// Every attempt in order.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// The request path's handle on the log: a non-blocking send that counts drops.
+#[derive(Debug, Clone)]
+pub struct LogSender {
+    tx: SyncSender<writer::Msg>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl LogSender {
+    /// Queues a record; never waits. A full queue drops the record and counts it.
+    pub fn send(&self, record: RequestRecord) {
+        match self.tx.try_send(writer::Msg::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records dropped so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The shared drop counter (read by `/metrics`).
+    pub fn drop_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.dropped)
+    }
+}

@@ -1,0 +1,156 @@
+//! Performance health (`/health`, `/livez`, `/readyz`), `/metrics`, and the admin JSON API
+//! that `candor logs`, `candor status` and the dashboard read.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::error::ApiError;
+use crate::health::report::{HealthReport, Verdict};
+use crate::observation::unix_ms_now;
+use crate::proxy::Gateway;
+use crate::request_log::{LogFilter, RequestRecord, Store};
+
+async fn report(gw: &Gateway) -> Result<HealthReport, ApiError> {
+    gw.health
+        .report()
+        .await
+        .ok_or_else(|| ApiError::internal("the health task is not running"))
+}
+
+/// `GET /health`: the report, 200 only when within bounds, 503 otherwise.
+pub(super) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
+    match report(&gw).await {
+        Ok(r) => {
+            let status = if r.verdict == Verdict::WithinBounds {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, Json(r)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /api/health`: the same report, always 200 (for dashboards).
+pub(super) async fn health_json(State(gw): State<Arc<Gateway>>) -> Result<Json<HealthReport>, ApiError> {
+    report(&gw).await.map(Json)
+}
+
+/// `GET /livez`: the process is up.
+pub(super) async fn livez() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: configuration loaded and at least one provider not failing.
+pub(super) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    match report(&gw).await {
+        Ok(r) if r.any_provider_usable() => (StatusCode::OK, "ready\n").into_response(),
+        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "every provider is failing\n").into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.health.metrics().await {
+        Some(text) => (
+            [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        None => ApiError::internal("the health task is not running").into_response(),
+    }
+}
+
+/// A provider as the admin API shows it: configuration (no secrets) and live state.
+#[derive(Debug, Serialize)]
+pub(super) struct ProviderView {
+    id: String,
+    base_url: String,
+    models: Vec<String>,
+    model_map: std::collections::BTreeMap<String, String>,
+    price_input_per_million: f64,
+    price_output_per_million: f64,
+    quantization: Option<String>,
+    metrics_url: Option<String>,
+    has_api_key: bool,
+    in_flight: i64,
+    verdict: Option<Verdict>,
+}
+
+/// `GET /api/providers`.
+pub(super) async fn providers(State(gw): State<Arc<Gateway>>) -> Result<Json<Vec<ProviderView>>, ApiError> {
+    let r = report(&gw).await?;
+    Ok(Json(
+        gw.upstreams
+            .all()
+            .iter()
+            .map(|p| ProviderView {
+                id: p.config.id.clone(),
+                base_url: p.config.base_url.clone(),
+                models: p.config.models.clone(),
+                model_map: p.config.model_map.clone(),
+                price_input_per_million: p.config.price.input_per_million,
+                price_output_per_million: p.config.price.output_per_million,
+                quantization: p.config.quantization.clone(),
+                metrics_url: p.config.metrics_url.clone(),
+                has_api_key: p.config.api_key.is_some(),
+                in_flight: p.in_flight(),
+                verdict: r
+                    .providers
+                    .iter()
+                    .find(|x| x.id == p.config.id)
+                    .map(|x| x.scope.verdict),
+            })
+            .collect(),
+    ))
+}
+
+async fn query(gw: &Gateway, filter: LogFilter) -> Result<Vec<RequestRecord>, ApiError> {
+    let path = gw.config.request_log.path.clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        Store::open_read_only(&path).and_then(|s| s.query(&filter, unix_ms_now()))
+    })
+    .await;
+    match rows {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "request log query failed");
+            Err(ApiError::internal("the request log could not be read"))
+        }
+        Err(_) => Err(ApiError::internal("the request log query was interrupted")),
+    }
+}
+
+/// `GET /api/requests?provider=&model=&status=&slower_than=&since=&limit=`.
+pub(super) async fn requests(
+    State(gw): State<Arc<Gateway>>,
+    filter: Result<Query<LogFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<RequestRecord>>, ApiError> {
+    let Query(filter) = filter.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    query(&gw, filter).await.map(Json)
+}
+
+/// `GET /api/requests/{id}`.
+pub(super) async fn request(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+) -> Result<Json<RequestRecord>, ApiError> {
+    let filter = LogFilter {
+        request_id: Some(id.clone()),
+        ..LogFilter::default()
+    };
+    query(&gw, filter)
+        .await?
+        .into_iter()
+        .next()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("No request {id} in the request log.")))
+}

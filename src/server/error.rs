@@ -1,0 +1,148 @@
+//! The only place errors become HTTP responses: OpenAI's error JSON shape, with the right
+//! status and a message that helps, and never a secret or an internal detail.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::proxy::{AttemptFailure, Error as ProxyError, body::BodyError};
+
+/// An error answer in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong and what to do.
+    pub message: String,
+    /// OpenAI `type`.
+    pub kind: &'static str,
+    /// OpenAI `code`.
+    pub code: Option<&'static str>,
+    /// OpenAI `param`.
+    pub param: Option<&'static str>,
+    /// For 502/504: each attempt.
+    pub attempts: Vec<AttemptFailure>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    attempts: &'a [AttemptFailure],
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> ApiError {
+        ApiError {
+            status,
+            message,
+            kind,
+            code: Some(code),
+            param: None,
+            attempts: Vec::new(),
+        }
+    }
+
+    /// 400 for a body that cannot be read.
+    pub fn bad_request(message: String) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", message)
+    }
+
+    /// 413 for a body over the limit.
+    pub fn too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "request_too_large",
+            format!("The request body exceeds this gateway's limit of {limit} bytes."),
+        )
+    }
+
+    /// 401 for a missing or wrong client key (the key itself is never echoed).
+    pub fn bad_client_key(missing: bool) -> ApiError {
+        let message = if missing {
+            "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
+        } else {
+            "Incorrect API key provided."
+        };
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            message.into(),
+        )
+    }
+
+    /// 401 for the admin API.
+    pub fn bad_admin_token() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_admin_token",
+            "The admin API needs the admin token as `Authorization: Bearer <token>`.".into(),
+        )
+    }
+
+    /// 404 for an unknown admin resource.
+    pub fn not_found(what: String) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", what)
+    }
+
+    /// 500 for Candor's own failure (details go to the log, not the client).
+    pub fn internal(message: &str) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", message.into())
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            ProxyError::BadRequest(BodyError::MissingModel) => ApiError {
+                param: Some("model"),
+                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "missing_model", message)
+            },
+            ProxyError::BadRequest(BodyError::Malformed(_)) => ApiError::bad_request(message),
+            ProxyError::UnknownModel { .. } => ApiError {
+                param: Some("model"),
+                ..ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", message)
+            },
+            ProxyError::AllFailed { attempts, timed_out } => {
+                let (status, code) = if timed_out {
+                    (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "all_attempts_failed")
+                };
+                ApiError {
+                    attempts,
+                    ..ApiError::new(status, "upstream_error", code, message)
+                }
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Envelope {
+            error: Body {
+                message: &self.message,
+                kind: self.kind,
+                param: self.param,
+                code: self.code,
+                attempts: &self.attempts,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,70 @@
+//! HTTP surface: the OpenAI-compatible proxy API, the performance health endpoints,
+//! `/metrics`, and the token-protected admin API, on one axum router.
+
+mod admin;
+pub mod error;
+mod openai;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::proxy::Gateway;
+use error::ApiError;
+
+/// Header carrying Candor's request id on every response.
+pub const REQUEST_ID: &str = "x-candor-request-id";
+/// Header naming the provider that answered.
+pub const PROVIDER: &str = "x-candor-provider";
+
+/// The application router.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let api = Router::new()
+        .route("/api/health", get(admin::health_json))
+        .route("/api/providers", get(admin::providers))
+        .route("/api/requests", get(admin::requests))
+        .route("/api/requests/{id}", get(admin::request))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&gw), require_admin));
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/health", get(admin::health))
+        .route("/livez", get(admin::livez))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(gw)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "Unknown path {} {}. Candor serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health and /api/*.",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+/// The bearer token of a request, if any.
+fn bearer(req: &Request) -> Option<&[u8]> {
+    let v: &HeaderValue = req.headers().get(AUTHORIZATION)?;
+    let v = v.as_bytes();
+    v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))
+}
+
+async fn require_admin(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &gw.config.server.admin_token
+        && !bearer(&req).is_some_and(|b| token.matches(b))
+    {
+        return ApiError::bad_admin_token().into_response();
+    }
+    next.run(req).await
+}

@@ -1,0 +1,173 @@
+//! Thin handlers for the OpenAI-compatible API: authenticate, read the body within the
+//! limit, hand over to `proxy::handle`, and shape the reply.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::time::Instant;
+
+use super::error::ApiError;
+use super::{PROVIDER, REQUEST_ID, bearer};
+use crate::observation::{Operation, Source};
+use crate::proxy::{self, ClientRequest, Gateway, Reply};
+
+pub(super) async fn chat(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, Operation::Chat, req).await
+}
+
+pub(super) async fn completions(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, Operation::TextCompletion, req).await
+}
+
+pub(super) async fn embeddings(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    run(gw, Operation::Embeddings, req).await
+}
+
+/// `GET /v1/models`: every model some provider serves.
+pub(super) async fn models(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    if let Err(e) = client_key(&gw, &req) {
+        return e.into_response();
+    }
+    let data: Vec<_> = gw
+        .upstreams
+        .models()
+        .map(|m| {
+            serde_json::json!({
+                "id": m,
+                "object": "model",
+                "created": 0,
+                "owned_by": "candor",
+            })
+        })
+        .collect();
+    Json(serde_json::json!({ "object": "list", "data": data })).into_response()
+}
+
+/// Checks the client key; returns its id (None when no keys are configured).
+fn client_key(gw: &Gateway, req: &Request) -> Result<Option<String>, ApiError> {
+    let keys = &gw.config.server.client_keys;
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    let Some(presented) = bearer(req) else {
+        return Err(ApiError::bad_client_key(true));
+    };
+    // Compare against every key so timing does not reveal which one was close.
+    let mut found = None;
+    for k in keys {
+        if k.key.matches(presented) && found.is_none() {
+            found = Some(k.id.clone());
+        }
+    }
+    found.map(Some).ok_or_else(|| ApiError::bad_client_key(false))
+}
+
+async fn run(gw: Arc<Gateway>, operation: Operation, req: Request) -> Response {
+    let arrived = Instant::now();
+    let request_id = format!("{:032x}", rand::random::<u128>());
+    let mut response = match answer(gw, operation, req, arrived, &request_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::warn!(request_id, status = e.status.as_u16(), error = %e.message, "request failed");
+            }
+            e.into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+async fn answer(
+    gw: Arc<Gateway>,
+    operation: Operation,
+    req: Request,
+    arrived: Instant,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let client_key_id = client_key(&gw, &req)?;
+    let limit = gw.config.server.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    let traceparent = req.headers().get("traceparent").cloned();
+    let body = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|e| {
+            if is_length_limit(&e) {
+                ApiError::too_large(limit)
+            } else {
+                ApiError::bad_request(format!("Could not read the request body: {e}"))
+            }
+        })?;
+    let reply = proxy::handle(
+        &gw,
+        ClientRequest {
+            operation,
+            body,
+            request_id: request_id.to_owned(),
+            traceparent,
+            client_key_id,
+            arrived,
+            source: Source::Client,
+        },
+    )
+    .await?;
+    Ok(match reply {
+        Reply::Complete {
+            status,
+            content_type,
+            body,
+            provider,
+        } => {
+            let mut r = (status, body).into_response();
+            let h = r.headers_mut();
+            h.insert(
+                CONTENT_TYPE,
+                content_type.unwrap_or(HeaderValue::from_static("application/json")),
+            );
+            if let Ok(v) = HeaderValue::from_str(&provider) {
+                h.insert(PROVIDER, v);
+            }
+            r
+        }
+        Reply::Stream {
+            status,
+            provider,
+            stream,
+        } => {
+            let mut r = Response::new(Body::from_stream(*stream));
+            *r.status_mut() = if status.is_success() { status } else { StatusCode::OK };
+            let h = r.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            if let Ok(v) = HeaderValue::from_str(&provider) {
+                h.insert(PROVIDER, v);
+            }
+            r
+        }
+    })
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
