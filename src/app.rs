@@ -55,7 +55,10 @@ pub struct Running {
 }
 
 /// Starts the gateway: request-log writer, health task, HTTP server.
-#[expect(clippy::disallowed_methods, reason = "app.rs is where long-lived tasks start")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "app.rs is where long-lived tasks start"
+)]
 pub async fn start(config: Config) -> Result<Running, AppError> {
     let config = Arc::new(config);
     let upstreams = Arc::new(Upstreams::new(&config.providers));

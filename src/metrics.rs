@@ -16,13 +16,13 @@ const DURATION_BUCKETS: &[f64] = &[
 ];
 /// OTel GenAI buckets for time per output chunk, with finer low buckets for fast servers.
 const ITL_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
-    2.5, 5.0, 10.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+    5.0, 10.0,
 ];
 /// OTel GenAI buckets for token usage.
 const TOKEN_BUCKETS: &[f64] = &[
-    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
-    4194304.0, 16777216.0, 67108864.0,
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
 ];
 /// Decode rate, tokens per second.
 const DECODE_BUCKETS: &[f64] = &[
@@ -225,7 +225,10 @@ impl Metrics {
             }
         }
 
-        let _ = writeln!(out, "# HELP candor_attempts_total Upstream attempts by outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP candor_attempts_total Upstream attempts by outcome."
+        );
         let _ = writeln!(out, "# TYPE candor_attempts_total counter");
         for ((p, m, op), s) in &self.attempts {
             for (outcome, n) in &s.outcomes {
@@ -253,31 +256,62 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE candor_tokens_total counter");
         for ((p, m, op), s) in &self.attempts {
             let l = series_labels(p, m, op);
-            let _ = writeln!(out, "candor_tokens_total{{{l},gen_ai_token_type=\"input\"}} {}", s.tokens_in);
-            let _ = writeln!(out, "candor_tokens_total{{{l},gen_ai_token_type=\"output\"}} {}", s.tokens_out);
+            let _ = writeln!(
+                out,
+                "candor_tokens_total{{{l},gen_ai_token_type=\"input\"}} {}",
+                s.tokens_in
+            );
+            let _ = writeln!(
+                out,
+                "candor_tokens_total{{{l},gen_ai_token_type=\"output\"}} {}",
+                s.tokens_out
+            );
         }
-        let _ = writeln!(out, "# HELP candor_cost_usd_total Cost from the provider price table, US dollars.");
+        let _ = writeln!(
+            out,
+            "# HELP candor_cost_usd_total Cost from the provider price table, US dollars."
+        );
         let _ = writeln!(out, "# TYPE candor_cost_usd_total counter");
         for ((p, m, op), s) in &self.attempts {
-            let _ = writeln!(out, "candor_cost_usd_total{{{}}} {}", series_labels(p, m, op), s.cost);
+            let _ = writeln!(
+                out,
+                "candor_cost_usd_total{{{}}} {}",
+                series_labels(p, m, op),
+                s.cost
+            );
         }
-        let _ = writeln!(out, "# HELP candor_in_flight_requests Upstream attempts currently open.");
+        let _ = writeln!(
+            out,
+            "# HELP candor_in_flight_requests Upstream attempts currently open."
+        );
         let _ = writeln!(out, "# TYPE candor_in_flight_requests gauge");
         for (p, n) in &gauges.in_flight {
-            let _ = writeln!(out, "candor_in_flight_requests{{provider=\"{}\"}} {n}", escape(p));
+            let _ = writeln!(
+                out,
+                "candor_in_flight_requests{{provider=\"{}\"}} {n}",
+                escape(p)
+            );
         }
         let _ = writeln!(
             out,
             "# HELP candor_request_log_dropped_total Request-log rows dropped because the writer queue was full."
         );
         let _ = writeln!(out, "# TYPE candor_request_log_dropped_total counter");
-        let _ = writeln!(out, "candor_request_log_dropped_total {}", gauges.request_log_dropped);
+        let _ = writeln!(
+            out,
+            "candor_request_log_dropped_total {}",
+            gauges.request_log_dropped
+        );
         let _ = writeln!(
             out,
             "# HELP candor_observations_dropped_total Observations dropped because the health task queue was full."
         );
         let _ = writeln!(out, "# TYPE candor_observations_dropped_total counter");
-        let _ = writeln!(out, "candor_observations_dropped_total {}", gauges.observations_dropped);
+        let _ = writeln!(
+            out,
+            "candor_observations_dropped_total {}",
+            gauges.observations_dropped
+        );
         out
     }
 }
@@ -292,7 +326,9 @@ fn series_labels(provider: &str, model: &str, op: &str) -> String {
 
 /// Escapes a label value per the text format.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

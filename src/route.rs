@@ -18,7 +18,11 @@ pub fn plan(serving: &[usize], turn: usize) -> Plan {
         };
     }
     let start = turn % serving.len();
-    let order: Vec<usize> = serving[start..].iter().chain(&serving[..start]).copied().collect();
+    let order: Vec<usize> = serving[start..]
+        .iter()
+        .chain(&serving[..start])
+        .copied()
+        .collect();
     Plan {
         reason: format!(
             "round_robin: turn {} of {} candidate(s); the rest are failover",

@@ -88,7 +88,11 @@ pub(super) async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn fetch(url: &str, token: Option<&str>, f: &LogFilter) -> anyhow::Result<Vec<RequestRecord>> {
+async fn fetch(
+    url: &str,
+    token: Option<&str>,
+    f: &LogFilter,
+) -> anyhow::Result<Vec<RequestRecord>> {
     let mut query: Vec<(&str, String)> = vec![("limit", f.limit.unwrap_or(50).to_string())];
     if let Some(p) = &f.provider {
         query.push(("provider", p.clone()));
@@ -114,7 +118,10 @@ async fn fetch(url: &str, token: Option<&str>, f: &LogFilter) -> anyhow::Result<
     let resp = req.send().await.context("cannot reach the gateway")?;
     let status = resp.status();
     if !status.is_success() {
-        bail!("the gateway answered {status}: {}", resp.text().await.unwrap_or_default());
+        bail!(
+            "the gateway answered {status}: {}",
+            resp.text().await.unwrap_or_default()
+        );
     }
     Ok(resp.json().await?)
 }
@@ -135,8 +142,19 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The rows as an aligned text table.
 pub(super) fn table(rows: &[RequestRecord]) -> String {
     let header = [
-        "TIME (UTC)", "REQUEST", "MODEL", "PROVIDER", "STATUS", "TTFT ms", "E2E ms", "TOK/S",
-        "IN", "OUT", "COST $", "FINISH", "TRIES",
+        "TIME (UTC)",
+        "REQUEST",
+        "MODEL",
+        "PROVIDER",
+        "STATUS",
+        "TTFT ms",
+        "E2E ms",
+        "TOK/S",
+        "IN",
+        "OUT",
+        "COST $",
+        "FINISH",
+        "TRIES",
     ];
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| (*s).to_owned()).collect()];
     for r in rows {
@@ -161,7 +179,13 @@ pub(super) fn table(rows: &[RequestRecord]) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| cells.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            cells
+                .iter()
+                .map(|row| row[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut text = String::new();
     for row in &cells {
@@ -209,6 +233,6 @@ mod tests {
     #[test]
     fn formats_utc_times() {
         assert_eq!(utc(0), "1970-01-01 00:00:00.000");
-        assert_eq!(utc(1_795_000_000_123), "2026-11-18 08:26:40.123");
+        assert_eq!(utc(1_795_000_000_123), "2026-11-18 11:06:40.123");
     }
 }

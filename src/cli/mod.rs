@@ -73,7 +73,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "{}: ok ({} provider(s), {} model(s), listening on {})\n",
                     file.display(),
                     c.providers.len(),
-                    crate::upstream::Upstreams::new(&c.providers).models().count(),
+                    crate::upstream::Upstreams::new(&c.providers)
+                        .models()
+                        .count(),
                     c.server.listen
                 ));
                 Ok(ExitCode::SUCCESS)

@@ -30,7 +30,10 @@ impl Secret {
         if mine.len() != candidate.len() {
             return false;
         }
-        mine.iter().zip(candidate).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        mine.iter()
+            .zip(candidate)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 
@@ -131,7 +134,13 @@ pub struct Targets {
 impl Targets {
     /// Whether a successful request met the targets: TTFT within bound (streams), and
     /// either the decode rate or the end-to-end time within bound.
-    pub fn met_by(&self, ok: bool, ttft: Option<Duration>, e2e: Duration, decode: Option<f64>) -> bool {
+    pub fn met_by(
+        &self,
+        ok: bool,
+        ttft: Option<Duration>,
+        e2e: Duration,
+        decode: Option<f64>,
+    ) -> bool {
         ok && ttft.is_none_or(|t| t <= self.ttft)
             && (decode.is_some_and(|d| d >= self.decode_tokens_per_s) || e2e <= self.e2e)
     }
@@ -251,7 +260,10 @@ impl Config {
         Config::from_raw(raw, &env)
     }
 
-    fn from_raw(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    fn from_raw(
+        raw: RawConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut secret = |path: &str, var: &str, problems: &mut Vec<String>| -> Option<Secret> {
             match env(var) {
@@ -291,7 +303,10 @@ impl Config {
                 });
             }
         }
-        let max_body_bytes = raw.server.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES);
+        let max_body_bytes = raw
+            .server
+            .max_body_bytes
+            .unwrap_or(defaults::MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             problems.push("server.max_body_bytes: must be above 0".into());
         }
@@ -342,7 +357,11 @@ impl Config {
             failing_error_rate: raw.health.failing_error_rate.unwrap_or(0.5),
             failing_within_targets: raw.health.failing_within_targets.unwrap_or(0.5),
         };
-        check_fraction(&mut problems, "health.failing_error_rate", health.failing_error_rate);
+        check_fraction(
+            &mut problems,
+            "health.failing_error_rate",
+            health.failing_error_rate,
+        );
         check_fraction(
             &mut problems,
             "health.failing_within_targets",
@@ -417,7 +436,11 @@ fn validate_provider(
     let path = format!("providers[{i}]");
     let before = problems.len();
     let id = p.id.trim().to_owned();
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         problems.push(format!(
             "{path}.id: {:?} must be non-empty letters, digits, '-', '_' or '.'",
             p.id
@@ -454,7 +477,9 @@ fn validate_provider(
     if let Some(h) = &p.node_header
         && axum::http::HeaderName::from_bytes(h.as_bytes()).is_err()
     {
-        problems.push(format!("{path}.node_header: {h:?} is not a valid header name"));
+        problems.push(format!(
+            "{path}.node_header: {h:?} is not a valid header name"
+        ));
     }
     (problems.len() == before).then_some(ProviderConfig {
         id,

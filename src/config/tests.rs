@@ -1,0 +1,145 @@
+use std::time::Duration;
+
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "KEY" => Some("sk-secret".into()),
+        "ADMIN" => Some("adm".into()),
+        _ => None,
+    }
+}
+
+const MINIMAL: &str = r#"
+[[providers]]
+id = "a"
+base_url = "http://127.0.0.1:9000/v1/"
+models = ["m"]
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(MINIMAL, env).unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.timeouts.total, defaults::TOTAL);
+    assert_eq!(
+        c.providers[0].base_url, "http://127.0.0.1:9000/v1",
+        "trailing slash trimmed"
+    );
+    assert_eq!(c.targets.error_rate, 0.01);
+    assert!(c.server.admin_token.is_none() && c.server.client_keys.is_empty());
+}
+
+#[test]
+fn secrets_come_from_the_environment_and_never_print() {
+    let text = format!(
+        "[server]\nadmin_token_env = \"ADMIN\"\n[[server.client_keys]]\nid = \"t\"\nkey_env = \"KEY\"\n{MINIMAL}api_key_env = \"KEY\"\n"
+    );
+    let c = Config::parse(&text, env).unwrap();
+    assert_eq!(
+        c.providers[0].api_key.as_ref().unwrap().expose(),
+        "sk-secret"
+    );
+    let printed = format!("{c:?}");
+    assert!(
+        !printed.contains("sk-secret") && !printed.contains("adm\""),
+        "{printed}"
+    );
+    assert!(c.server.client_keys[0].key.matches(b"sk-secret"));
+    assert!(!c.server.client_keys[0].key.matches(b"sk-secreT"));
+    assert!(!c.server.client_keys[0].key.matches(b"sk-secret2"));
+}
+
+#[test]
+fn model_map_and_prices() {
+    let text = r#"
+[[providers]]
+id = "a"
+base_url = "https://x.example/v1"
+models = ["public", "other"]
+model_map = { public = "vendor/model-v2" }
+price = { input_per_million = 2.0, output_per_million = 8.0 }
+"#;
+    let c = Config::parse(text, env).unwrap();
+    let p = &c.providers[0];
+    assert_eq!(p.upstream_model("public"), "vendor/model-v2");
+    assert_eq!(p.upstream_model("other"), "other");
+    assert!((p.price.cost(1000, 500) - 0.006).abs() < 1e-12);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+[targets]
+error_rate = 2.0
+decode_tokens_per_s = -1
+[request_log]
+batch_size = 0
+[[providers]]
+id = "bad id!"
+base_url = "not a url"
+models = ["m"]
+model_map = { x = "y" }
+node_header = "bad header"
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text, env) else {
+        panic!("must be invalid");
+    };
+    for want in [
+        "targets.error_rate",
+        "targets.decode_tokens_per_s",
+        "request_log",
+        "providers[0].id",
+        "providers[0].base_url",
+        "providers[0].model_map",
+        "providers[0].node_header",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "missing {want}: {problems:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_and_bad_durations_are_parse_errors() {
+    assert!(matches!(
+        Config::parse("[server]\nlisten_addr = \"x\"\n", env),
+        Err(ConfigError::Parse(_))
+    ));
+    let e = Config::parse(&format!("[timeouts]\nttft = \"soon\"\n{MINIMAL}"), env).unwrap_err();
+    assert!(e.to_string().contains("ttft"), "{e}");
+}
+
+#[test]
+fn no_providers_is_an_error() {
+    assert!(Config::parse("", env).is_err());
+}
+
+#[test]
+fn targets_judge_requests() {
+    let t = Targets {
+        ttft: Duration::from_millis(500),
+        decode_tokens_per_s: 20.0,
+        e2e: Duration::from_secs(5),
+        error_rate: 0.01,
+    };
+    let ms = Duration::from_millis;
+    assert!(
+        t.met_by(true, Some(ms(100)), ms(9000), Some(25.0)),
+        "fast decode excuses a long answer"
+    );
+    assert!(
+        t.met_by(true, Some(ms(100)), ms(3000), Some(5.0)),
+        "short answer needs no rate"
+    );
+    assert!(
+        !t.met_by(true, Some(ms(900)), ms(1000), Some(50.0)),
+        "slow first token"
+    );
+    assert!(!t.met_by(false, Some(ms(10)), ms(10), Some(50.0)), "failed");
+    assert!(
+        t.met_by(true, None, ms(4000), None),
+        "non-streamed within e2e"
+    );
+}

@@ -219,9 +219,14 @@ impl HealthTask {
             })
             .collect();
         let in_flight = providers.iter().map(|p| p.scope.in_flight).sum();
-        let overall = ScopeReport::judge(&self.overall, now, in_flight, &self.targets, &self.health);
+        let overall =
+            ScopeReport::judge(&self.overall, now, in_flight, &self.targets, &self.health);
         let mut verdict = overall.verdict;
-        if !providers.is_empty() && providers.iter().all(|p| p.scope.verdict == Verdict::Failing) {
+        if !providers.is_empty()
+            && providers
+                .iter()
+                .all(|p| p.scope.verdict == Verdict::Failing)
+        {
             verdict = Verdict::Failing;
         }
         HealthReport {

@@ -170,8 +170,18 @@ impl ScopeReport {
                 });
             }
         };
-        breach("ttft_p95_ms", w.ttft_ms.p95, targets.ttft.as_secs_f64() * 1000.0, true);
-        breach("e2e_p95_ms", w.e2e_ms.p95, targets.e2e.as_secs_f64() * 1000.0, true);
+        breach(
+            "ttft_p95_ms",
+            w.ttft_ms.p95,
+            targets.ttft.as_secs_f64() * 1000.0,
+            true,
+        );
+        breach(
+            "e2e_p95_ms",
+            w.e2e_ms.p95,
+            targets.e2e.as_secs_f64() * 1000.0,
+            true,
+        );
         breach(
             "decode_tokens_per_s_p50",
             w.decode_tokens_per_s_p50,
@@ -180,8 +190,7 @@ impl ScopeReport {
         );
         breach("error_rate", w.error_rate, targets.error_rate, true);
         let failing = w.error_rate.is_some_and(|r| r >= health.failing_error_rate)
-            || w
-                .within_targets_share
+            || w.within_targets_share
                 .is_some_and(|s| s < health.failing_within_targets);
         report.verdict = if failing {
             Verdict::Failing

@@ -24,7 +24,9 @@ impl LogHistogram {
         if v <= MIN {
             return 0;
         }
-        ((v / MIN).ln() / RATIO.ln()).floor().clamp(0.0, (BUCKETS - 1) as f64) as usize
+        ((v / MIN).ln() / RATIO.ln())
+            .floor()
+            .clamp(0.0, (BUCKETS - 1) as f64) as usize
     }
 
     fn value(i: usize) -> f64 {
@@ -184,7 +186,8 @@ impl Window {
     }
 
     fn epoch(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.origin).as_nanos() / self.width.as_nanos().max(1)) as u64
+        (now.saturating_duration_since(self.origin).as_nanos() / self.width.as_nanos().max(1))
+            as u64
     }
 
     /// Records a sample at `now`.

@@ -169,8 +169,14 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
     if !status.is_success() {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-        let body = read_body(response, total_deadline).await.unwrap_or_default();
-        return Err(status_error(status, body, content_type, retry_after));
+        let body = read_body(response, total_deadline)
+            .await
+            .unwrap_or_default();
+        let mut err = status_error(status, body, content_type, retry_after);
+        if let Some(key) = &req.provider.config.api_key {
+            redact(&mut err, key.expose());
+        }
+        return Err(err);
     }
     let is_sse = content_type
         .as_ref()
@@ -264,12 +270,20 @@ async fn read_body(response: reqwest::Response, deadline: Instant) -> Result<Byt
     let mut stream = response.bytes_stream();
     loop {
         match timeout_at(deadline, stream.next()).await {
-            Err(_) => return Err(CallError::upstream("timeout_total", "upstream body did not finish in time")),
+            Err(_) => {
+                return Err(CallError::upstream(
+                    "timeout_total",
+                    "upstream body did not finish in time",
+                ));
+            }
             Ok(None) => return Ok(Bytes::from(body)),
             Ok(Some(Err(e))) => return Err(transport_error(&e)),
             Ok(Some(Ok(chunk))) => {
                 if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
-                    return Err(CallError::upstream("too_large", "upstream body exceeds 64 MiB"));
+                    return Err(CallError::upstream(
+                        "too_large",
+                        "upstream body exceeds 64 MiB",
+                    ));
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -329,6 +343,22 @@ fn status_error(
         retryable,
         message,
         body: Some((body, content_type)),
+    }
+}
+
+/// Removes the provider's key from an upstream error (some providers echo it back).
+fn redact(err: &mut CallError, key: &str) {
+    const MASK: &str = "[redacted]";
+    if key.is_empty() {
+        return;
+    }
+    if err.message.contains(key) {
+        err.message = err.message.replace(key, MASK);
+    }
+    if let Some((body, _)) = &mut err.body
+        && let Some(text) = std::str::from_utf8(body).ok().filter(|t| t.contains(key))
+    {
+        *body = Bytes::from(text.replace(key, MASK));
     }
 }
 

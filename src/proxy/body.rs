@@ -146,16 +146,28 @@ mod tests {
 
     #[test]
     fn refuses_bad_bodies() {
-        assert!(matches!(RequestHead::parse(b"{oops"), Err(BodyError::Malformed(_))));
-        assert!(matches!(RequestHead::parse(b"[1,2]"), Err(BodyError::Malformed(_))));
+        assert!(matches!(
+            RequestHead::parse(b"{oops"),
+            Err(BodyError::Malformed(_))
+        ));
+        assert!(matches!(
+            RequestHead::parse(b"[1,2]"),
+            Err(BodyError::Malformed(_))
+        ));
         assert_eq!(RequestHead::parse(b"{}"), Err(BodyError::MissingModel));
-        assert_eq!(RequestHead::parse(br#"{"model":3}"#), Err(BodyError::MissingModel));
+        assert_eq!(
+            RequestHead::parse(br#"{"model":3}"#),
+            Err(BodyError::MissingModel)
+        );
     }
 
     #[test]
     fn leaves_bytes_alone_when_nothing_changes() {
         let body = Bytes::from_static(b"{ \"model\" : \"m\",  \"x\":1 }");
-        assert_eq!(upstream_body(&body, &parse(std::str::from_utf8(&body).unwrap()), "m"), body);
+        assert_eq!(
+            upstream_body(&body, &parse(std::str::from_utf8(&body).unwrap()), "m"),
+            body
+        );
     }
 
     #[test]
@@ -170,7 +182,8 @@ mod tests {
 
     #[test]
     fn renames_model_and_keeps_other_fields() {
-        let text = r#"{"model":"public","stream":true,"stream_options":{"include_usage":false},"n":2}"#;
+        let text =
+            r#"{"model":"public","stream":true,"stream_options":{"include_usage":false},"n":2}"#;
         let out = upstream_body(&Bytes::from(text), &parse(text), "private");
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "private");

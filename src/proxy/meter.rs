@@ -265,8 +265,8 @@ impl Meter {
         // Share the completion tokens among chunks by their output length, so a chunk that
         // carries k tokens counts as k gaps of gap/k.
         let total_tokens = obs.completion_tokens.unwrap_or(token_chunks) as f64;
-        let total_len = (self.first_chunk_len + self.chunks.iter().map(|c| c.1).sum::<usize>())
-            .max(1) as f64;
+        let total_len =
+            (self.first_chunk_len + self.chunks.iter().map(|c| c.1).sum::<usize>()).max(1) as f64;
         let per_byte = total_tokens / total_len;
         let exact = total_tokens as u64 == token_chunks;
         let mut gaps = Vec::with_capacity(obs.completion_tokens.unwrap_or(0) as usize);

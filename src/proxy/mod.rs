@@ -223,7 +223,11 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
             client: &gw.client,
             provider,
             url: format!("{}{}", provider.config.base_url, req.operation.path()),
-            body: body::upstream_body(&req.body, &head, provider.config.upstream_model(&head.model)),
+            body: body::upstream_body(
+                &req.body,
+                &head,
+                provider.config.upstream_model(&head.model),
+            ),
             stream: head.stream,
             forward,
             timeouts,

@@ -128,7 +128,10 @@ mod tests {
     fn splits_events_across_reads() {
         let mut s = SseSplitter::default();
         s.push(b"data: {\"a\":1}\n\nda");
-        assert_eq!(all(&mut s), vec![Bytes::from_static(b"data: {\"a\":1}\n\n")]);
+        assert_eq!(
+            all(&mut s),
+            vec![Bytes::from_static(b"data: {\"a\":1}\n\n")]
+        );
         s.push(b"ta: [DONE]\n");
         assert!(s.next_event().is_none());
         s.push(b"\n");

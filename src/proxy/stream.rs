@@ -69,6 +69,11 @@ impl MeteredStream {
                 s.ready.push_back(e);
             }
         }
+        if s.meter.as_ref().is_some_and(Meter::saw_done)
+            && let Some(ev) = s.upstream_ended()
+        {
+            s.ready.push_back(ev);
+        }
         s
     }
 
@@ -201,6 +206,13 @@ impl Stream for MeteredStream {
                         if let Some(e) = this.client_view(event, Some(now)) {
                             this.ready.push_back(e);
                         }
+                    }
+                    if this.meter.as_ref().is_some_and(Meter::saw_done) {
+                        // `[DONE]` ends the stream even if the upstream keeps the body open.
+                        if let Some(ev) = this.upstream_ended() {
+                            this.ready.push_back(ev);
+                        }
+                        continue;
                     }
                     let next_idle = (now + this.idle).min(this.total_deadline);
                     this.idle_timer.as_mut().reset(next_idle);

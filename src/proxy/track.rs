@@ -72,16 +72,12 @@ impl RequestTrack {
         let Some(Current { obs, in_flight, .. }) = self.current.take() else {
             return;
         };
-        let cost = self
-            .gw
-            .upstreams
-            .get(obs.provider)
-            .map_or(0.0, |p| {
-                p.config.price.cost(
-                    obs.prompt_tokens.unwrap_or(0),
-                    obs.completion_tokens.unwrap_or(0),
-                )
-            });
+        let cost = self.gw.upstreams.get(obs.provider).map_or(0.0, |p| {
+            p.config.price.cost(
+                obs.prompt_tokens.unwrap_or(0),
+                obs.completion_tokens.unwrap_or(0),
+            )
+        });
         self.record
             .attempts
             .push(AttemptRecord::from_observation(&obs, in_flight));
@@ -161,7 +157,10 @@ impl Drop for RequestTrack {
         }
         self.finish(
             CLIENT_CLOSED,
-            Some(("client_cancelled", "the client closed the connection".into())),
+            Some((
+                "client_cancelled",
+                "the client closed the connection".into(),
+            )),
         );
     }
 }

@@ -58,7 +58,11 @@ impl AttemptRecord {
                 blame,
                 message,
                 ..
-            } => (*status, Some(blame.as_str().to_owned()), Some(message.clone())),
+            } => (
+                *status,
+                Some(blame.as_str().to_owned()),
+                Some(message.clone()),
+            ),
             Outcome::ClientCancelled => (None, Some(Blame::Client.as_str().to_owned()), None),
         };
         AttemptRecord {

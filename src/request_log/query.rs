@@ -37,7 +37,9 @@ impl FromStr for StatusFilter {
                 .ok()
                 .filter(|c| (100..=599).contains(c))
                 .map(StatusFilter::Exact)
-                .ok_or_else(|| format!("status must be ok, error, 5xx or a code like 503, not {s:?}")),
+                .ok_or_else(|| {
+                    format!("status must be ok, error, 5xx or a code like 503, not {s:?}")
+                }),
         }
     }
 }

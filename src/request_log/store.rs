@@ -95,7 +95,10 @@ impl Store {
     pub fn insert(&mut self, batch: &[RequestRecord]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let placeholders = (1..=32).map(|i| format!("?{i}")).collect::<Vec<_>>().join(",");
+            let placeholders = (1..=32)
+                .map(|i| format!("?{i}"))
+                .collect::<Vec<_>>()
+                .join(",");
             let mut stmt = tx.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO requests ({COLUMNS}) VALUES ({placeholders})"
             ))?;

@@ -39,7 +39,9 @@ pub(super) async fn health(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 /// `GET /api/health`: the same report, always 200 (for dashboards).
-pub(super) async fn health_json(State(gw): State<Arc<Gateway>>) -> Result<Json<HealthReport>, ApiError> {
+pub(super) async fn health_json(
+    State(gw): State<Arc<Gateway>>,
+) -> Result<Json<HealthReport>, ApiError> {
     report(&gw).await.map(Json)
 }
 
@@ -52,7 +54,11 @@ pub(super) async fn livez() -> &'static str {
 pub(super) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
     match report(&gw).await {
         Ok(r) if r.any_provider_usable() => (StatusCode::OK, "ready\n").into_response(),
-        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "every provider is failing\n").into_response(),
+        Ok(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every provider is failing\n",
+        )
+            .into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -86,7 +92,9 @@ pub(super) struct ProviderView {
 }
 
 /// `GET /api/providers`.
-pub(super) async fn providers(State(gw): State<Arc<Gateway>>) -> Result<Json<Vec<ProviderView>>, ApiError> {
+pub(super) async fn providers(
+    State(gw): State<Arc<Gateway>>,
+) -> Result<Json<Vec<ProviderView>>, ApiError> {
     let r = report(&gw).await?;
     Ok(Json(
         gw.upstreams

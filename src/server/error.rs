@@ -42,7 +42,12 @@ struct Body<'a> {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: String) -> ApiError {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: String,
+    ) -> ApiError {
         ApiError {
             status,
             message,
@@ -55,7 +60,12 @@ impl ApiError {
 
     /// 400 for a body that cannot be read.
     pub fn bad_request(message: String) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_request", message)
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        )
     }
 
     /// 413 for a body over the limit.
@@ -95,12 +105,22 @@ impl ApiError {
 
     /// 404 for an unknown admin resource.
     pub fn not_found(what: String) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", what)
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "not_found",
+            what,
+        )
     }
 
     /// 500 for Candor's own failure (details go to the log, not the client).
     pub fn internal(message: &str) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal_error", message.into())
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            message.into(),
+        )
     }
 }
 
@@ -110,14 +130,27 @@ impl From<ProxyError> for ApiError {
         match e {
             ProxyError::BadRequest(BodyError::MissingModel) => ApiError {
                 param: Some("model"),
-                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "missing_model", message)
+                ..ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "missing_model",
+                    message,
+                )
             },
             ProxyError::BadRequest(BodyError::Malformed(_)) => ApiError::bad_request(message),
             ProxyError::UnknownModel { .. } => ApiError {
                 param: Some("model"),
-                ..ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "model_not_found", message)
+                ..ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "model_not_found",
+                    message,
+                )
             },
-            ProxyError::AllFailed { attempts, timed_out } => {
+            ProxyError::AllFailed {
+                attempts,
+                timed_out,
+            } => {
                 let (status, code) = if timed_out {
                     (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
                 } else {

@@ -30,7 +30,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/providers", get(admin::providers))
         .route("/api/requests", get(admin::requests))
         .route("/api/requests/{id}", get(admin::request))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&gw), require_admin));
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&gw),
+            require_admin,
+        ));
     Router::new()
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
@@ -42,7 +45,22 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/metrics", get(admin::metrics))
         .merge(api)
         .fallback(not_found)
+        .layer(middleware::map_response(ensure_request_id))
         .with_state(gw)
+}
+
+/// A fresh request id for a response that has none yet (the proxy sets its own).
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+async fn ensure_request_id(mut r: Response) -> Response {
+    if !r.headers().contains_key(REQUEST_ID)
+        && let Ok(v) = HeaderValue::from_str(&new_request_id())
+    {
+        r.headers_mut().insert(REQUEST_ID, v);
+    }
+    r
 }
 
 async fn not_found(req: Request) -> ApiError {
@@ -57,7 +75,8 @@ async fn not_found(req: Request) -> ApiError {
 fn bearer(req: &Request) -> Option<&[u8]> {
     let v: &HeaderValue = req.headers().get(AUTHORIZATION)?;
     let v = v.as_bytes();
-    v.strip_prefix(b"Bearer ").or_else(|| v.strip_prefix(b"bearer "))
+    v.strip_prefix(b"Bearer ")
+        .or_else(|| v.strip_prefix(b"bearer "))
 }
 
 async fn require_admin(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {

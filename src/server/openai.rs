@@ -64,12 +64,14 @@ fn client_key(gw: &Gateway, req: &Request) -> Result<Option<String>, ApiError> {
             found = Some(k.id.clone());
         }
     }
-    found.map(Some).ok_or_else(|| ApiError::bad_client_key(false))
+    found
+        .map(Some)
+        .ok_or_else(|| ApiError::bad_client_key(false))
 }
 
 async fn run(gw: Arc<Gateway>, operation: Operation, req: Request) -> Response {
     let arrived = Instant::now();
-    let request_id = format!("{:032x}", rand::random::<u128>());
+    let request_id = super::new_request_id();
     let mut response = match answer(gw, operation, req, arrived, &request_id).await {
         Ok(r) => r,
         Err(e) => {
@@ -149,7 +151,11 @@ async fn answer(
             stream,
         } => {
             let mut r = Response::new(Body::from_stream(*stream));
-            *r.status_mut() = if status.is_success() { status } else { StatusCode::OK };
+            *r.status_mut() = if status.is_success() {
+                status
+            } else {
+                StatusCode::OK
+            };
             let h = r.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

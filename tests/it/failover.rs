@@ -1,0 +1,117 @@
+//! Failover before the first byte reaches the client, never after.
+
+use std::time::Duration;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_failing_provider_is_skipped_before_commit() {
+    let bad = spawn_mock(Script::Status {
+        code: 503,
+        body: r#"{"error":{"message":"overloaded"}}"#.into(),
+    })
+    .await;
+    let good = spawn_mock(Script::words(3)).await;
+    let mut gw = TestGateway::start(&[&bad, &good], "").await;
+    for stream in [true, false, true, false] {
+        let resp = gw
+            .post("/v1/chat/completions", chat(stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-candor-provider"], "p1");
+        resp.bytes().await.unwrap();
+    }
+    let rows = gw.rows(4).await;
+    // Round robin starts two of the four requests on p0, which fail over to p1.
+    let failed_over: Vec<_> = rows.iter().filter(|r| r.attempts.len() == 2).collect();
+    assert_eq!(failed_over.len(), 2);
+    for r in failed_over {
+        assert_eq!(r.attempts[0].provider, "p0");
+        assert_eq!(r.attempts[0].outcome, "server_error");
+        assert_eq!(r.attempts[0].status, Some(503));
+        assert_eq!(r.attempts[1].outcome, "ok");
+        assert_eq!(r.provider.as_deref(), Some("p1"));
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_provider_that_never_answers_fails_over_on_the_ttft_timeout() {
+    let hung = spawn_mock(Script::Hang).await;
+    let good = spawn_mock(Script::words(2)).await;
+    let mut gw = TestGateway::start(&[&hung, &good], "[timeouts]\nttft = \"300ms\"\n").await;
+    for _ in 0..2 {
+        let resp = gw
+            .post("/v1/chat/completions", chat(true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-candor-provider"], "p1");
+        resp.bytes().await.unwrap();
+    }
+    let rows = gw.rows(2).await;
+    let r = rows.iter().find(|r| r.attempts.len() == 2).unwrap();
+    assert_eq!(r.attempts[0].outcome, "timeout_ttft");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn no_failover_after_the_first_byte() {
+    let breaking = spawn_mock(Script::ResetAfter {
+        tokens: (0..5).map(|i| format!("t{i}")).collect(),
+        after: 2,
+    })
+    .await;
+    let other = spawn_mock(Script::words(2)).await;
+    let mut gw = TestGateway::start(&[&breaking, &other], "").await;
+    let resp = gw
+        .post("/v1/chat/completions", chat(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-candor-provider"], "p0");
+    let body = String::from_utf8_lossy(&resp.bytes().await.unwrap()).to_string();
+    assert!(body.contains("t0") && body.contains("t1"));
+    assert!(
+        body.contains("\"error\""),
+        "client must be told the stream broke: {body}"
+    );
+    assert!(!body.contains("[DONE]"));
+    assert!(
+        other.seen().is_empty(),
+        "a committed stream must not be retried"
+    );
+    let rows = gw.rows(1).await;
+    assert_eq!(rows[0].attempts.len(), 1);
+    assert_eq!(rows[0].attempts[0].outcome, "reset");
+    assert_eq!(rows[0].error_type.as_deref(), Some("reset"));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn client_errors_from_upstream_pass_through_without_failover() {
+    let picky = spawn_mock(Script::Status {
+        code: 400,
+        body:
+            r#"{"error":{"message":"messages must not be empty","type":"invalid_request_error"}}"#
+                .into(),
+    })
+    .await;
+    let other = spawn_mock(Script::words(2)).await;
+    let mut gw = TestGateway::start(&[&picky, &other], "").await;
+    let resp = gw
+        .post("/v1/chat/completions", chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "messages must not be empty");
+    assert!(other.seen().is_empty());
+    gw.stop().await;
+}

@@ -1,0 +1,243 @@
+//! `/health` judges performance against the targets; `/metrics` is valid Prometheus text.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+async fn health(gw: &TestGateway) -> (u16, Value) {
+    let resp = gw
+        .http
+        .get(format!("{}/health", gw.url))
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+async fn drive(gw: &TestGateway, n: usize) {
+    for i in 0..n {
+        let resp = gw
+            .post("/v1/chat/completions", chat(i % 2 == 0))
+            .send()
+            .await
+            .unwrap();
+        resp.bytes().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn health_reports_measurements_and_stays_200_within_bounds() {
+    let mock = spawn_mock(Script::words(5)).await;
+    let mut gw = TestGateway::start(&[&mock], "[health]\nmin_requests = 5\n").await;
+    let (s, v) = health(&gw).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["overall"]["note"].is_string(),
+        "no traffic yet must be said"
+    );
+    drive(&gw, 10).await;
+    let (s, v) = health(&gw).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["verdict"], "within_bounds");
+    let one = &v["overall"]["1m"];
+    assert_eq!(one["requests"], 10);
+    assert_eq!(one["within_targets_share"], 1.0);
+    assert!(one["e2e_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(one["ttft_ms"]["p99"].as_f64().is_some());
+    let p = &v["providers"][0];
+    assert_eq!(p["id"], "p0");
+    assert_eq!(p["1m"]["requests"], 10);
+    assert!(p["1m"]["decode_tokens_per_s_p50"].as_f64().unwrap() > 0.0);
+    assert_eq!(p["in_flight"], 0);
+    assert_eq!(v["targets"]["ttft_ms"], 2000.0);
+    let ready = gw
+        .http
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let live = gw
+        .http
+        .get(format!("{}/livez", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn slow_first_tokens_breach_the_bound_and_answer_503() {
+    let mock = spawn_mock(Script::Tokens {
+        tokens: vec!["a".into(), "b".into()],
+        first_delay: Duration::from_millis(120),
+        gap: Duration::from_millis(1),
+    })
+    .await;
+    let mut gw = TestGateway::start(
+        &[&mock],
+        "[targets]\nttft = \"50ms\"\n[health]\nmin_requests = 3\n",
+    )
+    .await;
+    for _ in 0..4 {
+        gw.post("/v1/chat/completions", chat(true))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let (s, v) = health(&gw).await;
+    assert_eq!(s, 503, "{v}");
+    assert_ne!(v["verdict"], "within_bounds");
+    let breached = v["overall"]["breached"].as_array().unwrap();
+    assert!(
+        breached
+            .iter()
+            .any(|b| b["bound"] == "ttft_p95_ms" && b["limit"] == 50.0)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn dead_provider_makes_readyz_fail() {
+    let bad = spawn_mock(Script::Status {
+        code: 500,
+        body: "x".into(),
+    })
+    .await;
+    let mut gw = TestGateway::start(&[&bad], "[health]\nmin_requests = 3\n").await;
+    drive(&gw, 4).await;
+    let (s, v) = health(&gw).await;
+    assert_eq!(s, 503);
+    assert_eq!(v["verdict"], "failing");
+    assert_eq!(v["providers"][0]["verdict"], "failing");
+    let ready = gw
+        .http
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_count_traffic() {
+    let mock = spawn_mock(Script::words(4)).await;
+    let mut gw = TestGateway::start(&[&mock], "").await;
+    drive(&gw, 4).await;
+    let text = gw
+        .http
+        .get(format!("{}/metrics", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "gen_ai_client_operation_duration_seconds_bucket",
+        "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+        "gen_ai_client_operation_time_per_output_chunk_seconds_count",
+        "candor_decode_tokens_per_second_count",
+        "candor_in_flight_requests{provider=\"p0\"} 0",
+        "candor_request_log_dropped_total 0",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+    assert!(text.contains(
+        "candor_requests_total{provider=\"p0\",gen_ai_request_model=\"m\",outcome=\"ok\"} 4"
+    ));
+    assert!(text.contains("gen_ai_token_type=\"output\"} 16"), "{text}");
+    // 2 streamed requests × 4 tokens → 3 gaps each.
+    assert!(text.contains("gen_ai_client_operation_time_per_output_chunk_seconds_count{provider=\"p0\",gen_ai_request_model=\"m\",gen_ai_operation_name=\"chat\"} 6"), "{text}");
+
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed: .ci/run installs it");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn admin_api_needs_the_token_and_serves_the_log() {
+    let mock = spawn_mock(Script::words(2)).await;
+    let mut gw = TestGateway::start(&[&mock], "admin_token_env = \"TEST_ADMIN_TOKEN\"\n").await;
+    drive(&gw, 2).await;
+    gw.rows(2).await;
+    for path in ["/api/requests", "/api/health", "/api/providers"] {
+        let r = gw
+            .http
+            .get(format!("{}{path}", gw.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let r = gw
+            .http
+            .get(format!("{}{path}", gw.url))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
+    let rows: Vec<Value> = gw
+        .http
+        .get(format!(
+            "{}/api/requests?status=ok&provider=p0&since=5m",
+            gw.url
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let id = rows[0]["request_id"].as_str().unwrap();
+    let one: Value = gw
+        .http
+        .get(format!("{}/api/requests/{id}", gw.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["request_id"], id);
+    assert_eq!(one["attempts"][0]["provider"], "p0");
+    let bad = gw
+        .http
+        .get(format!("{}/api/requests?status=7xx", gw.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    gw.stop().await;
+}

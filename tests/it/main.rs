@@ -1,0 +1,18 @@
+//! Integration tests: a real gateway on loopback in front of scripted upstreams.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tests run servers and background work on their own tasks"
+)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
+
+mod cli;
+mod errors;
+mod failover;
+mod health;
+mod secrets;
+mod streaming;
+mod support;

@@ -1,0 +1,308 @@
+//! Test support: a scriptable OpenAI-compatible upstream on loopback, and a gateway started
+//! on port 0 in front of it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use candor::app::{self, Running};
+use candor::config::Config;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// What the mock upstream does with each request.
+#[derive(Debug, Clone)]
+pub(crate) enum Script {
+    /// Answer normally, streaming `tokens` one per chunk.
+    Tokens {
+        tokens: Vec<String>,
+        first_delay: Duration,
+        gap: Duration,
+    },
+    /// Answer with this status and body.
+    Status { code: u16, body: String },
+    /// Accept the request and never answer.
+    Hang,
+    /// Stream `after` tokens, then break the connection.
+    ResetAfter { tokens: Vec<String>, after: usize },
+}
+
+impl Script {
+    pub(crate) fn words(n: usize) -> Script {
+        Script::Tokens {
+            tokens: (0..n).map(|i| format!("w{i} ")).collect(),
+            first_delay: Duration::from_millis(5),
+            gap: Duration::from_millis(2),
+        }
+    }
+}
+
+/// A request the mock received.
+#[derive(Debug, Clone)]
+pub(crate) struct Seen {
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Value,
+}
+
+#[derive(Debug)]
+pub(crate) struct MockState {
+    pub(crate) script: Mutex<Script>,
+    pub(crate) seen: Mutex<Vec<Seen>>,
+    /// Streams whose client (the gateway) went away before the end.
+    pub(crate) disconnects: AtomicUsize,
+}
+
+/// A running mock upstream.
+#[derive(Debug, Clone)]
+pub(crate) struct Mock {
+    pub(crate) url: String,
+    pub(crate) state: Arc<MockState>,
+}
+
+impl Mock {
+    pub(crate) fn set(&self, script: Script) {
+        *self.state.script.lock().unwrap() = script;
+    }
+    pub(crate) fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+    pub(crate) fn disconnects(&self) -> usize {
+        self.state.disconnects.load(Ordering::SeqCst)
+    }
+}
+
+pub(crate) async fn spawn_mock(script: Script) -> Mock {
+    let state = Arc::new(MockState {
+        script: Mutex::new(script),
+        seen: Mutex::new(Vec::new()),
+        disconnects: AtomicUsize::new(0),
+    });
+    let app = Router::new()
+        .route("/v1/chat/completions", post(handle))
+        .route("/v1/completions", post(handle))
+        .route("/v1/embeddings", post(embeddings))
+        .with_state(Arc::clone(&state));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Mock {
+        url: format!("http://{addr}/v1"),
+        state,
+    }
+}
+
+async fn embeddings(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    s.seen.lock().unwrap().push(Seen { headers, body });
+    axum::Json(json!({
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+        "model": "emb",
+        "usage": {"prompt_tokens": 3, "total_tokens": 3}
+    }))
+    .into_response()
+}
+
+/// The chunk the mock sends for `token` (what OpenAI sends: `"usage":null` only when usage
+/// was asked for).
+pub(crate) fn chunk(content: &str, finish: Option<&str>, with_usage_null: bool) -> String {
+    let mut v = json!({
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "upstream-model",
+        "system_fingerprint": "fp_mock",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+    });
+    if with_usage_null {
+        v["usage"] = Value::Null;
+    }
+    format!("data: {v}\n\n")
+}
+
+/// The whole stream the mock sends for `tokens`.
+pub(crate) fn stream_events(tokens: &[String], include_usage: bool) -> Vec<String> {
+    let mut events: Vec<String> = tokens
+        .iter()
+        .map(|t| chunk(t, None, include_usage))
+        .collect();
+    events.push(chunk("", Some("stop"), include_usage));
+    if include_usage {
+        let usage = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1,
+            "model": "upstream-model", "choices": [],
+            "usage": {"prompt_tokens": 11, "completion_tokens": tokens.len(), "total_tokens": 11 + tokens.len()}
+        });
+        events.push(format!("data: {usage}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".into());
+    events
+}
+
+async fn handle(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    s.seen.lock().unwrap().push(Seen { headers, body });
+    let script = s.script.lock().unwrap().clone();
+    let (tokens, first_delay, gap, reset_after) = match script {
+        Script::Status { code, body } => {
+            return (
+                StatusCode::from_u16(code).unwrap(),
+                [("content-type", "application/json")],
+                body,
+            )
+                .into_response();
+        }
+        Script::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return StatusCode::OK.into_response();
+        }
+        Script::Tokens {
+            tokens,
+            first_delay,
+            gap,
+        } => (tokens, first_delay, gap, None),
+        Script::ResetAfter { tokens, after } => (
+            tokens,
+            Duration::ZERO,
+            Duration::from_millis(5),
+            Some(after),
+        ),
+    };
+    if !stream {
+        tokio::time::sleep(first_delay).await;
+        return axum::Json(json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "upstream-model",
+            "system_fingerprint": "fp_mock",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": tokens.concat()}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 11, "completion_tokens": tokens.len(), "total_tokens": 11 + tokens.len()}
+        }))
+        .into_response();
+    }
+    let events = stream_events(&tokens, include_usage);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let state = Arc::clone(&s);
+    tokio::spawn(async move {
+        tokio::time::sleep(first_delay).await;
+        for (i, e) in events.into_iter().enumerate() {
+            if reset_after == Some(i) {
+                let _ = tx.send(Err(std::io::Error::other("mock reset"))).await;
+                return;
+            }
+            if i > 0 {
+                tokio::time::sleep(gap).await;
+            }
+            if tx.send(Ok(Bytes::from(e))).await.is_err() {
+                state.disconnects.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream_from(rx));
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("x-served-by", "node-7")
+        .body(body)
+        .unwrap()
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Secrets used by tests; they must never show up anywhere but where they belong.
+pub(crate) const PROVIDER_KEY: &str = "sk-provider-SECRET-9f8e7d";
+pub(crate) const CLIENT_KEY: &str = "ck-client-SECRET-1a2b3c";
+pub(crate) const ADMIN_TOKEN: &str = "adm-SECRET-token-77";
+
+pub(crate) fn env(name: &str) -> Option<String> {
+    match name {
+        "TEST_PROVIDER_KEY" => Some(PROVIDER_KEY.into()),
+        "TEST_CLIENT_KEY" => Some(CLIENT_KEY.into()),
+        "TEST_ADMIN_TOKEN" => Some(ADMIN_TOKEN.into()),
+        _ => None,
+    }
+}
+
+/// A gateway in front of `mocks` (providers `p0`, `p1`, … serving model `m`).
+pub(crate) struct TestGateway {
+    pub(crate) url: String,
+    pub(crate) running: Option<Running>,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) http: reqwest::Client,
+}
+
+impl TestGateway {
+    pub(crate) async fn start(mocks: &[&Mock], extra: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n[request_log]\npath = \"{}\"\nflush_interval = \"20ms\"\n",
+            dir.path().join("log.db").display()
+        );
+        for (i, m) in mocks.iter().enumerate() {
+            text.push_str(&format!(
+                "[[providers]]\nid = \"p{i}\"\nbase_url = \"{}\"\nmodels = [\"m\"]\nnode_header = \"x-served-by\"\nquantization = \"fp8\"\nprice = {{ input_per_million = 1.0, output_per_million = 2.0 }}\n",
+                m.url
+            ));
+        }
+        TestGateway::with_config(&text, dir).await
+    }
+
+    pub(crate) async fn with_config(text: &str, dir: tempfile::TempDir) -> TestGateway {
+        let config = Config::parse(text, env).unwrap();
+        let running = app::start(config).await.unwrap();
+        TestGateway {
+            url: format!("http://{}", running.addr),
+            running: Some(running),
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub(crate) fn db(&self) -> std::path::PathBuf {
+        self.dir.path().join("log.db")
+    }
+
+    pub(crate) async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.unwrap();
+        }
+    }
+
+    pub(crate) fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}{path}", self.url)).json(&body)
+    }
+
+    /// Request-log rows, newest first, once at least `n` are written.
+    pub(crate) async fn rows(&self, n: usize) -> Vec<candor::request_log::RequestRecord> {
+        let filter = candor::request_log::LogFilter::default();
+        for _ in 0..200 {
+            if let Ok(store) = candor::request_log::Store::open_read_only(&self.db())
+                && let Ok(rows) = store.query(&filter, i64::MAX / 2)
+                && rows.len() >= n
+            {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("request log never reached {n} rows");
+    }
+}
+
+pub(crate) fn chat(stream: bool) -> Value {
+    json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+}
