@@ -155,3 +155,75 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     tracing::info!("shutting down: draining in-flight requests");
     running.stop().await
 }
+
+/// A running simulator or dependency.
+#[derive(Debug)]
+pub struct Background {
+    /// Bound address.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Background {
+    /// Stops it and waits for its tasks.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+async fn serve_router(
+    addr: SocketAddr,
+    router: axum::Router,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<SocketAddr, AppError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(AppError::Serve)?;
+    let signal = stop.clone();
+    tracker.spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .await;
+    });
+    Ok(bound)
+}
+
+/// Starts a simulated provider (`candor sim`): its engine loop and its HTTP server.
+pub async fn start_sim(
+    profile: crate::sim::Profile,
+    addr: SocketAddr,
+) -> Result<(Background, Arc<crate::sim::Sim>), AppError> {
+    let sim = crate::sim::Sim::new(profile);
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    tracker.spawn(Arc::clone(&sim).run_engine(stop.clone()));
+    let addr = serve_router(addr, crate::sim::router(Arc::clone(&sim)), &tracker, &stop).await?;
+    Ok((
+        Background {
+            addr,
+            stop,
+            tracker,
+        },
+        sim,
+    ))
+}
+
+/// Starts a simulated vector-database dependency (`candor sim --dependency`).
+pub async fn start_dependency(
+    dep: Arc<crate::sim::dependency::Dependency>,
+    addr: SocketAddr,
+) -> Result<Background, AppError> {
+    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let addr = serve_router(addr, crate::sim::dependency::router(dep), &tracker, &stop).await?;
+    Ok(Background {
+        addr,
+        stop,
+        tracker,
+    })
+}

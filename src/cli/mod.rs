@@ -1,6 +1,9 @@
 //! The `candor` command line: argument definitions and dispatch to each subcommand.
 
+mod demo;
+mod load;
 mod logs;
+mod sim;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,6 +40,12 @@ pub enum Command {
     },
     /// Query the request log.
     Logs(logs::LogsArgs),
+    /// Run a simulated inference server (or, with --dependency, a simulated vector DB).
+    Sim(sim::SimArgs),
+    /// Replay a production trace against an endpoint and report SLA attainment.
+    Load(load::LoadArgs),
+    /// Three simulated providers, the gateway and a trace replay, with faults injected.
+    Demo(demo::DemoArgs),
 }
 
 /// `candor config …`
@@ -87,6 +96,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Logs(args) => logs::run(args).await,
+        Command::Sim(args) => sim::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Load(args) => load::run(args).await,
+        Command::Demo(args) => demo::run(args).await.map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -21,6 +21,17 @@ pub enum Verdict {
     Failing,
 }
 
+impl Verdict {
+    /// The name used in JSON and on screen.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::WithinBounds => "within_bounds",
+            Verdict::Degraded => "degraded",
+            Verdict::Failing => "failing",
+        }
+    }
+}
+
 /// P50/P95/P99 in milliseconds (absent without data).
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
 pub struct Quantiles {

@@ -1,0 +1,365 @@
+//! `candor load`: replays a real production trace against an OpenAI-compatible endpoint
+//! (streaming, prompts and `max_tokens` sized from the trace, optional RAG dependency call
+//! with a deadline), shows progress, and reports SLA attainment and latency percentiles.
+
+pub mod trace;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Targets;
+use crate::health::window::LogHistogram;
+use crate::observation::{Observation, Operation, Source};
+use crate::proxy::meter::Meter;
+use crate::proxy::sse::{SseSplitter, event_data};
+use trace::TraceRequest;
+
+/// A RAG step before each LLM call.
+#[derive(Debug, Clone)]
+pub struct Rag {
+    /// The dependency's query URL.
+    pub url: String,
+    /// Client deadline for the whole request (dependency + LLM).
+    pub deadline: Duration,
+}
+
+/// What to replay and how.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// Base URL of the endpoint (`…/v1` is appended when missing).
+    pub url: String,
+    /// Model to request.
+    pub model: String,
+    /// Bearer key, if the endpoint needs one.
+    pub api_key: Option<String>,
+    /// The recorded requests.
+    pub trace: Vec<TraceRequest>,
+    /// Time compression (2 = twice as fast as recorded).
+    pub speedup: f64,
+    /// Prompt length scale.
+    pub prompt_scale: f64,
+    /// Prompt length cap, tokens.
+    pub max_prompt_tokens: u32,
+    /// Output length cap, tokens.
+    pub max_output_tokens: u32,
+    /// Stop after this many requests.
+    pub limit: Option<usize>,
+    /// Optional RAG step.
+    pub rag: Option<Rag>,
+    /// Targets a request is judged against.
+    pub targets: Targets,
+    /// Draw a progress line on standard error.
+    pub progress: bool,
+}
+
+/// Percentiles in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: Option<f64>,
+    /// 95th.
+    pub p95: Option<f64>,
+    /// 99th.
+    pub p99: Option<f64>,
+}
+
+impl Percentiles {
+    fn of(h: &LogHistogram) -> Percentiles {
+        let q = |p| h.quantile(p).map(|v| v * 1000.0);
+        Percentiles {
+            p50: q(0.5),
+            p95: q(0.95),
+            p99: q(0.99),
+        }
+    }
+}
+
+/// What the replay measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoadReport {
+    /// Requests sent.
+    pub requests: u64,
+    /// Answered completely with 2xx.
+    pub ok: u64,
+    /// Failures by kind (`http_503`, `connect`, `stream_error`, …).
+    pub errors: BTreeMap<String, u64>,
+    /// Requests within every target.
+    pub within_targets: u64,
+    /// within_targets / requests.
+    pub within_targets_share: f64,
+    /// Time to first token, ms.
+    pub ttft_ms: Percentiles,
+    /// End to end, ms.
+    pub e2e_ms: Percentiles,
+    /// Median decode rate, tokens/s.
+    pub decode_tokens_per_s_p50: Option<f64>,
+    /// Wall time of the replay, s.
+    pub duration_s: f64,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    report: LoadReport,
+    ttft: LogHistogram,
+    e2e: LogHistogram,
+    decode: LogHistogram,
+}
+
+/// A prompt of about `tokens` tokens (four characters each), varied by `seed`.
+pub fn prompt_of(tokens: u32, seed: usize) -> String {
+    const WORDS: &[&str] = &[
+        "data", "cache", "model", "token", "batch", "queue", "layer", "query",
+    ];
+    let target = tokens as usize * 4;
+    let mut s = format!("Request {seed}. ");
+    let mut i = seed;
+    while s.len() < target {
+        s.push_str(WORDS[i % WORDS.len()]);
+        s.push(' ');
+        i = i.wrapping_mul(31).wrapping_add(7);
+    }
+    s.truncate(target.max(8));
+    s
+}
+
+struct Done {
+    ok: bool,
+    error: Option<String>,
+    ttft: Option<Duration>,
+    e2e: Duration,
+    decode: Option<f64>,
+}
+
+async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index: usize) -> Done {
+    let started = Instant::now();
+    let fail = |kind: String| Done {
+        ok: false,
+        error: Some(kind),
+        ttft: None,
+        e2e: started.elapsed(),
+        decode: None,
+    };
+    let mut deadline_ms = None;
+    if let Some(rag) = &cfg.rag {
+        match client
+            .post(&rag.url)
+            .json(&serde_json::json!({"query": index}))
+            .timeout(rag.deadline)
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => {
+                let _ = resp.bytes().await;
+            }
+            Ok(resp) => return fail(format!("dependency_{}", resp.status().as_u16())),
+            Err(_) => return fail("dependency_timeout".into()),
+        }
+        let left = rag.deadline.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return fail("deadline_exceeded".into());
+        }
+        deadline_ms = Some(left.as_millis());
+    }
+    let prompt_tokens =
+        ((f64::from(r.input_tokens) * cfg.prompt_scale) as u32).clamp(1, cfg.max_prompt_tokens);
+    let out = r.output_tokens.clamp(1, cfg.max_output_tokens);
+    let body = serde_json::json!({
+        "model": cfg.model,
+        "stream": true,
+        "messages": [{"role": "user", "content": prompt_of(prompt_tokens, index)}],
+        "max_tokens": out + 16,
+        "min_tokens": out,
+    });
+    let base = cfg.url.trim_end_matches('/');
+    let url = if base.ends_with("/v1") {
+        format!("{base}/chat/completions")
+    } else {
+        format!("{base}/v1/chat/completions")
+    };
+    let mut req = client.post(url).json(&body);
+    if let Some(k) = &cfg.api_key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(ms) = deadline_ms {
+        req = req
+            .header("x-candor-timeout-ms", ms.to_string())
+            .timeout(Duration::from_millis(ms as u64));
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => return fail("timeout".into()),
+        Err(e) if e.is_connect() => return fail("connect".into()),
+        Err(_) => return fail("transport".into()),
+    };
+    if !resp.status().is_success() {
+        return fail(format!("http_{}", resp.status().as_u16()));
+    }
+    let mut meter = Meter::new(started);
+    let mut splitter = SseSplitter::default();
+    let mut body = resp.bytes_stream();
+    let mut broken = None;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => {
+                let now = Instant::now();
+                splitter.push(&bytes);
+                while let Some(ev) = splitter.next_event() {
+                    if let Some(data) = event_data(&ev) {
+                        meter.on_data(now, &data);
+                    }
+                }
+            }
+            Err(e) => {
+                broken = Some(if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "stream_reset"
+                });
+                break;
+            }
+        }
+    }
+    if meter.stream_error().is_some() {
+        broken = Some("stream_error");
+    }
+    if broken.is_none() && !meter.saw_done() && !meter.saw_finish() {
+        broken = Some("truncated");
+    }
+    let mut obs = Observation::start(
+        0,
+        "load".into(),
+        cfg.model.as_str().into(),
+        Operation::Chat,
+        Source::Client,
+        true,
+        started,
+    );
+    meter.finish(Instant::now(), &mut obs);
+    Done {
+        ok: broken.is_none(),
+        error: broken.map(str::to_owned),
+        ttft: obs.ttft,
+        e2e: obs.e2e,
+        decode: obs.decode_rate,
+    }
+}
+
+fn progress_line(t: &Tally, sent: usize, total: usize, in_flight: usize, elapsed: Duration) {
+    let width = 30;
+    let filled = (sent * width).checked_div(total).unwrap_or(0);
+    let share = t.report.within_targets as f64 * 100.0 / t.report.requests.max(1) as f64;
+    let line = format!(
+        "\r[{}{}] {sent}/{total} sent, {} done, {in_flight} in flight, {} errors, {share:.1}% within targets, {:.0}s ",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        t.report.requests,
+        t.report.errors.values().sum::<u64>(),
+        elapsed.as_secs_f64()
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Replays the trace until it ends, `limit` is reached, or `stop` is cancelled.
+pub async fn run(cfg: &LoadConfig, stop: CancellationToken) -> LoadReport {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_default();
+    let total = cfg
+        .limit
+        .map_or(cfg.trace.len(), |l| l.min(cfg.trace.len()));
+    let start = Instant::now();
+    let mut tally = Tally::default();
+    let mut in_flight = FuturesUnordered::new();
+    let mut next = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let speed = cfg.speedup.max(1e-3);
+    let record = |t: &mut Tally, d: Done| {
+        t.report.requests += 1;
+        let within = d.ok && cfg.targets.met_by(true, d.ttft, d.e2e, d.decode);
+        if d.ok {
+            t.report.ok += 1;
+            t.e2e.record_n(d.e2e.as_secs_f64(), 1);
+        }
+        if let Some(e) = d.error {
+            *t.report.errors.entry(e).or_default() += 1;
+        }
+        t.report.within_targets += u64::from(within);
+        if let Some(v) = d.ttft {
+            t.ttft.record_n(v.as_secs_f64(), 1);
+        }
+        if let Some(v) = d.decode {
+            t.decode.record_n(v, 1);
+        }
+    };
+    loop {
+        let due = cfg
+            .trace
+            .get(next)
+            .filter(|_| next < total)
+            .map(|r| start + r.offset.div_f64(speed));
+        if due.is_none() && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            () = async { if let Some(d) = due { sleep_until(d).await } else { std::future::pending().await } } => {
+                let r = cfg.trace[next];
+                in_flight.push(one(&client, cfg, r, next));
+                next += 1;
+            }
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => record(&mut tally, done),
+            _ = tick.tick(), if cfg.progress => progress_line(&tally, next, total, in_flight.len(), start.elapsed()),
+            () = stop.cancelled() => break,
+        }
+    }
+    if cfg.progress {
+        progress_line(&tally, next, total, in_flight.len(), start.elapsed());
+        let _ = std::io::stderr().lock().write_all(b"\n");
+    }
+    let mut report = tally.report;
+    report.within_targets_share = report.within_targets as f64 / report.requests.max(1) as f64;
+    report.ttft_ms = Percentiles::of(&tally.ttft);
+    report.e2e_ms = Percentiles::of(&tally.e2e);
+    report.decode_tokens_per_s_p50 = tally.decode.quantile(0.5);
+    report.duration_s = start.elapsed().as_secs_f64();
+    report
+}
+
+/// The report as a text table.
+pub fn table(r: &LoadReport) -> String {
+    let f = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
+    let errors = if r.errors.is_empty() {
+        "none".into()
+    } else {
+        r.errors
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "requests            {}\nok                  {}\nerrors              {errors}\nwithin targets      {} ({:.1}%)\nTTFT ms             p50 {}  p95 {}  p99 {}\nend-to-end ms       p50 {}  p95 {}  p99 {}\ndecode tokens/s     p50 {}\nduration            {:.1}s ({:.1} req/s)\n",
+        r.requests,
+        r.ok,
+        r.within_targets,
+        r.within_targets_share * 100.0,
+        f(r.ttft_ms.p50),
+        f(r.ttft_ms.p95),
+        f(r.ttft_ms.p99),
+        f(r.e2e_ms.p50),
+        f(r.e2e_ms.p95),
+        f(r.e2e_ms.p99),
+        r.decode_tokens_per_s_p50
+            .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+        r.duration_s,
+        r.requests as f64 / r.duration_s.max(1e-9),
+    )
+}

@@ -1,0 +1,309 @@
+//! A continuous-batching engine model: sequence slots, a KV cache measured in tokens, a
+//! prefill rate, a decode step that grows with batch size, a waiting queue, and
+//! preemption with recompute when the KV cache is full. Pure: `step` takes `now`.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::fault::Effects;
+
+/// Engine parameters (part of a simulator profile).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Sequences decoded together at most (vLLM's `max_num_seqs`).
+    pub slots: usize,
+    /// KV-cache capacity in tokens.
+    pub kv_capacity_tokens: u64,
+    /// Prefill throughput, tokens per second.
+    pub prefill_tokens_per_s: f64,
+    /// Decode step time with one sequence.
+    #[serde(with = "humantime_serde")]
+    pub decode_step: Duration,
+    /// Extra step time per additional running sequence.
+    #[serde(with = "humantime_serde")]
+    pub decode_step_per_seq: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            slots: 32,
+            kv_capacity_tokens: 262_144,
+            prefill_tokens_per_s: 20_000.0,
+            decode_step: Duration::from_millis(12),
+            decode_step_per_seq: Duration::from_micros(400),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Step time for a batch of `n` sequences at normal speed.
+    pub fn step_time(&self, n: usize) -> Duration {
+        self.decode_step + self.decode_step_per_seq * (n.saturating_sub(1) as u32)
+    }
+}
+
+/// What the engine tells a request's handler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// One generated token.
+    Token(String),
+    /// Generation ended.
+    Done {
+        /// `stop` or `length`.
+        finish: &'static str,
+    },
+}
+
+/// A request handed to the engine.
+#[derive(Debug)]
+pub struct Job {
+    /// Prompt tokens to prefill.
+    pub prompt_tokens: u32,
+    /// The tokens it will generate.
+    pub output: Vec<String>,
+    /// Finish reason when done.
+    pub finish: &'static str,
+    /// Where tokens go; a closed receiver cancels the sequence.
+    pub tx: mpsc::UnboundedSender<Event>,
+}
+
+#[derive(Debug)]
+struct Seq {
+    job: Job,
+    generated: usize,
+    kv: u64,
+    arrived: Instant,
+    last_token: Option<Instant>,
+}
+
+/// Counters and gauges the `/metrics` endpoint shows, with vLLM's meanings.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// `vllm:num_preemptions_total`.
+    pub preemptions: u64,
+    /// `vllm:prompt_tokens_total` (prefill work, recompute included).
+    pub prompt_tokens: u64,
+    /// `vllm:generation_tokens_total`.
+    pub generation_tokens: u64,
+    /// `vllm:request_success_total` by finish reason (stop, length).
+    pub success_stop: u64,
+    /// See `success_stop`.
+    pub success_length: u64,
+    /// Engine steps (`vllm:iteration_tokens_total_count`).
+    pub steps: u64,
+    /// Tokens per step, summed (`vllm:iteration_tokens_total_sum`).
+    pub step_tokens: u64,
+    /// Iteration-token histogram counts for the buckets in `ITER_BUCKETS`.
+    pub iter_buckets: Vec<u64>,
+    /// TTFT histogram counts (`TTFT_BUCKETS`) and sum.
+    pub ttft: (Vec<u64>, f64, u64),
+    /// Inter-token latency histogram counts (`ITL_BUCKETS`) and sum.
+    pub itl: (Vec<u64>, f64, u64),
+}
+
+/// vLLM's iteration-token buckets (a subset).
+pub const ITER_BUCKETS: &[f64] = &[
+    1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
+/// vLLM's TTFT buckets (a subset).
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+/// vLLM's inter-token latency buckets (a subset).
+pub const ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+
+fn observe(h: &mut (Vec<u64>, f64, u64), bounds: &[f64], v: f64) {
+    if h.0.len() != bounds.len() {
+        h.0 = vec![0; bounds.len()];
+    }
+    if let Some(i) = bounds.iter().position(|&b| v <= b) {
+        h.0[i] += 1;
+    }
+    h.1 += v;
+    h.2 += 1;
+}
+
+/// The engine's state.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    kv_used: u64,
+    /// Tokens produced by the step in progress, delivered when it ends.
+    pending: Vec<(usize, Event)>,
+    stats: Stats,
+}
+
+impl Engine {
+    /// An idle engine.
+    pub fn new(config: EngineConfig) -> Engine {
+        Engine {
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            kv_used: 0,
+            pending: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Queues a request.
+    pub fn submit(&mut self, job: Job, now: Instant) {
+        self.waiting.push_back(Seq {
+            job,
+            generated: 0,
+            kv: 0,
+            arrived: now,
+            last_token: None,
+        });
+    }
+
+    /// Sequences in the batch.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Sequences waiting.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// KV-cache use as a fraction of the (possibly shrunk) capacity.
+    pub fn kv_usage(&self, effects: &Effects) -> f64 {
+        self.kv_used as f64 / self.capacity(effects).max(1) as f64
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn capacity(&self, effects: &Effects) -> u64 {
+        (self.config.kv_capacity_tokens as f64 * effects.kv) as u64
+    }
+
+    /// Plans one engine step at `now`: admits, prefills, decodes one token per sequence,
+    /// preempts on KV overflow. Returns how long the step takes; call [`Engine::finish_step`]
+    /// when that time has passed. `None` when there is nothing to do or the engine is stuck.
+    pub fn step(&mut self, effects: &Effects) -> Option<Duration> {
+        if effects.deadlock {
+            return None;
+        }
+        self.running.retain(|s| !s.job.tx.is_closed());
+        self.waiting.retain(|s| !s.job.tx.is_closed());
+        self.kv_used = self.running.iter().map(|s| s.kv).sum();
+        let capacity = self.capacity(effects);
+        // Admit while there are slots and room for the prompt (plus what a preempted
+        // sequence had generated: recompute).
+        let mut prefill = 0u64;
+        let mut admitted = Vec::new();
+        while self.running.len() < self.config.slots {
+            let Some(seq) = self.waiting.front() else {
+                break;
+            };
+            let need = u64::from(seq.job.prompt_tokens) + seq.generated as u64;
+            if self.kv_used + need + 1 > capacity && !self.running.is_empty() {
+                break;
+            }
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            seq.kv = need;
+            self.kv_used += need;
+            prefill += need;
+            admitted.push(self.running.len());
+            self.running.push(seq);
+        }
+        if self.running.is_empty() {
+            return None;
+        }
+        // Each running sequence needs one more KV slot for its next token; evict the newest
+        // until they fit (vLLM's recompute preemption).
+        while self.kv_used + self.running.len() as u64 > capacity && self.running.len() > 1 {
+            let Some(seq) = self.running.pop() else { break };
+            self.kv_used -= seq.kv;
+            self.stats.preemptions += 1;
+            self.waiting.push_front(Seq { kv: 0, ..seq });
+        }
+        self.stats.prompt_tokens += prefill;
+        let batch = self.running.len();
+        for (i, seq) in self.running.iter_mut().enumerate() {
+            if let Some(tok) = seq.job.output.get(seq.generated) {
+                self.pending.push((i, Event::Token(tok.clone())));
+            }
+            seq.generated += 1;
+            seq.kv += 1;
+        }
+        self.kv_used += batch as u64;
+        let step_tokens = prefill + batch as u64;
+        self.stats.steps += 1;
+        self.stats.step_tokens += step_tokens;
+        if self.stats.iter_buckets.len() != ITER_BUCKETS.len() {
+            self.stats.iter_buckets = vec![0; ITER_BUCKETS.len()];
+        }
+        if let Some(i) = ITER_BUCKETS.iter().position(|&b| step_tokens as f64 <= b) {
+            self.stats.iter_buckets[i] += 1;
+        }
+        let base = self.config.step_time(batch).as_secs_f64()
+            + prefill as f64 / self.config.prefill_tokens_per_s.max(1.0);
+        Some(Duration::from_secs_f64(base / effects.speed.max(0.01)))
+    }
+
+    /// Delivers the tokens of the step that just ended at `now` and retires finished sequences.
+    pub fn finish_step(&mut self, now: Instant) {
+        for (i, event) in self.pending.drain(..) {
+            let Some(seq) = self.running.get_mut(i) else {
+                continue;
+            };
+            let gap = match seq.last_token {
+                None => {
+                    observe(
+                        &mut self.stats.ttft,
+                        TTFT_BUCKETS,
+                        now.saturating_duration_since(seq.arrived).as_secs_f64(),
+                    );
+                    None
+                }
+                Some(prev) => Some(now.saturating_duration_since(prev).as_secs_f64()),
+            };
+            if let Some(g) = gap {
+                observe(&mut self.stats.itl, ITL_BUCKETS, g);
+            }
+            seq.last_token = Some(now);
+            self.stats.generation_tokens += 1;
+            let _ = seq.job.tx.send(event);
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            let seq = &self.running[i];
+            if seq.generated >= seq.job.output.len() {
+                let seq = self.running.swap_remove(i);
+                self.kv_used = self.kv_used.saturating_sub(seq.kv);
+                if seq.job.finish == "length" {
+                    self.stats.success_length += 1;
+                } else {
+                    self.stats.success_stop += 1;
+                }
+                let _ = seq.job.tx.send(Event::Done {
+                    finish: seq.job.finish,
+                });
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

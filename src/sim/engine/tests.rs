@@ -1,0 +1,153 @@
+use super::*;
+use crate::sim::fault::Fault;
+
+fn job(prompt: u32, n: usize) -> (Job, mpsc::UnboundedReceiver<Event>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        Job {
+            prompt_tokens: prompt,
+            output: (0..n).map(|i| format!("t{i}")).collect(),
+            finish: "stop",
+            tx,
+        },
+        rx,
+    )
+}
+
+/// Runs the engine in virtual time; returns each sequence's token arrival times.
+fn run(
+    engine: &mut Engine,
+    fx: &Effects,
+    rxs: &mut [mpsc::UnboundedReceiver<Event>],
+    t0: Instant,
+) -> Vec<Vec<Instant>> {
+    let mut now = t0;
+    let mut times = vec![Vec::new(); rxs.len()];
+    while let Some(d) = engine.step(fx) {
+        now += d;
+        engine.finish_step(now);
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            while let Ok(ev) = rx.try_recv() {
+                if matches!(ev, Event::Token(_)) {
+                    times[i].push(now);
+                }
+            }
+        }
+    }
+    times
+}
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        slots: 8,
+        kv_capacity_tokens: 100_000,
+        prefill_tokens_per_s: 10_000.0,
+        decode_step: Duration::from_millis(10),
+        decode_step_per_seq: Duration::from_millis(1),
+    }
+}
+
+#[test]
+fn decode_rate_at_batch_b_matches_the_step_time() {
+    for b in [1usize, 4, 8] {
+        let t0 = Instant::now();
+        let mut e = Engine::new(cfg());
+        let mut rxs = Vec::new();
+        for _ in 0..b {
+            let (j, rx) = job(100, 50);
+            e.submit(j, t0);
+            rxs.push(rx);
+        }
+        let times = run(&mut e, &Effects::of(&[]), &mut rxs, t0);
+        let step = cfg().step_time(b).as_secs_f64();
+        for t in &times {
+            assert_eq!(t.len(), 50);
+            let want = 1.0 / step;
+            // From the second token on, one token per step.
+            let measured = 48.0 / t[49].duration_since(t[1]).as_secs_f64();
+            assert!(
+                (measured / want - 1.0).abs() < 0.01,
+                "batch {b}: {measured} vs {want}"
+            );
+        }
+        // TTFT includes the prefill of every prompt admitted in the first step.
+        let first = times[0][0].duration_since(t0).as_secs_f64();
+        let want = step + (100 * b) as f64 / 10_000.0;
+        assert!((first - want).abs() < 1e-6, "ttft {first} vs {want}");
+        assert_eq!(e.stats().generation_tokens, 50 * b as u64);
+        assert_eq!(e.stats().success_stop, b as u64);
+    }
+}
+
+#[test]
+fn slowdown_factor_shows_in_tokens_per_second() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(cfg());
+    let (j, rx) = job(10, 40);
+    e.submit(j, t0);
+    let fx = Effects::of(&[Fault::Slowdown { factor: 0.6 }]);
+    let times = run(&mut e, &fx, &mut [rx], t0);
+    let rate = 38.0 / times[0][39].duration_since(times[0][1]).as_secs_f64();
+    assert!((rate / (0.6 / 0.010) - 1.0).abs() < 0.01, "rate {rate}");
+}
+
+#[test]
+fn kv_pressure_preempts_and_stalls_mid_stream_while_the_median_holds() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(EngineConfig {
+        kv_capacity_tokens: 1_000,
+        ..cfg()
+    });
+    let mut rxs = Vec::new();
+    for _ in 0..8 {
+        let (j, rx) = job(100, 100);
+        e.submit(j, t0);
+        rxs.push(rx);
+    }
+    let fx = Effects::of(&[]);
+    let times = run(&mut e, &fx, &mut rxs, t0);
+    assert!(e.stats().preemptions > 0, "a full KV cache must preempt");
+    let mut gaps: Vec<f64> = times
+        .iter()
+        .flat_map(|t| {
+            t.windows(2)
+                .map(|w| w[1].duration_since(w[0]).as_secs_f64())
+        })
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    let p50 = gaps[gaps.len() / 2];
+    let max = gaps[gaps.len() - 1];
+    assert!(p50 < 0.03, "median gap stays a step: {p50}");
+    assert!(
+        max > 10.0 * p50,
+        "a preempted stream stalls mid-way: max {max} p50 {p50}"
+    );
+    // Every sequence still finishes: no errors.
+    assert!(times.iter().all(|t| t.len() == 100));
+    assert_eq!(e.stats().success_stop, 8);
+}
+
+#[test]
+fn deadlock_stops_every_token() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(cfg());
+    let (j, mut rx) = job(10, 5);
+    e.submit(j, t0);
+    assert!(e.step(&Effects::of(&[Fault::Deadlock])).is_none());
+    assert_eq!(e.waiting(), 1);
+    assert!(rx.try_recv().is_err());
+}
+
+#[test]
+fn a_closed_receiver_cancels_the_sequence() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(cfg());
+    let (j, rx) = job(10, 1000);
+    e.submit(j, t0);
+    let fx = Effects::of(&[]);
+    let d = e.step(&fx).unwrap();
+    e.finish_step(t0 + d);
+    drop(rx);
+    assert!(e.step(&fx).is_none(), "nothing left to run");
+    assert_eq!(e.running(), 0);
+}
