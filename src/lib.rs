@@ -28,6 +28,7 @@ pub mod observation;
 pub mod proxy;
 pub mod request_log;
 pub mod route;
+pub mod scenario;
 pub mod server;
 pub mod sim;
 pub mod upstream;

@@ -3,6 +3,7 @@
 mod demo;
 mod load;
 mod logs;
+mod scenario;
 mod sim;
 
 use std::io::Write;
@@ -46,6 +47,8 @@ pub enum Command {
     Load(load::LoadArgs),
     /// Three simulated providers, the gateway and a trace replay, with faults injected.
     Demo(demo::DemoArgs),
+    /// Run scenario files (providers, faults, load) and compare faults with what Candor saw.
+    Scenario(scenario::ScenarioArgs),
 }
 
 /// `candor config …`
@@ -99,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(args) => sim::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Load(args) => load::run(args).await,
         Command::Demo(args) => demo::run(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Scenario(args) => scenario::run(args).await,
     }
 }
 

@@ -34,8 +34,11 @@ pub struct SimArgs {
 pub(super) async fn run(args: SimArgs) -> anyhow::Result<()> {
     let addr = SocketAddr::new(args.host, args.port);
     if args.dependency {
-        let bg = app::start_dependency(Dependency::new(args.median_latency, 0.3, Vec::new()), addr)
-            .await?;
+        let bg = app::start_dependency(
+            Dependency::new(args.median_latency, 0.3, Vec::new(), None),
+            addr,
+        )
+        .await?;
         out(&format!(
             "simulated vector DB on http://{} (POST /query, GET /metrics, POST|DELETE /sim/faults)\n",
             bg.addr

@@ -104,12 +104,27 @@ pub struct LoadReport {
     pub duration_s: f64,
 }
 
+/// Measurements accumulated over one or more replays.
 #[derive(Debug, Default)]
-struct Tally {
+pub struct Tally {
     report: LoadReport,
     ttft: LogHistogram,
     e2e: LogHistogram,
     decode: LogHistogram,
+    elapsed: Duration,
+}
+
+impl Tally {
+    /// The report over everything recorded so far.
+    pub fn report(&self) -> LoadReport {
+        let mut report = self.report.clone();
+        report.within_targets_share = report.within_targets as f64 / report.requests.max(1) as f64;
+        report.ttft_ms = Percentiles::of(&self.ttft);
+        report.e2e_ms = Percentiles::of(&self.e2e);
+        report.decode_tokens_per_s_p50 = self.decode.quantile(0.5);
+        report.duration_s = self.elapsed.as_secs_f64();
+        report
+    }
 }
 
 /// A prompt of about `tokens` tokens (four characters each), varied by `seed`.
@@ -268,6 +283,13 @@ fn progress_line(t: &Tally, sent: usize, total: usize, in_flight: usize, elapsed
 
 /// Replays the trace until it ends, `limit` is reached, or `stop` is cancelled.
 pub async fn run(cfg: &LoadConfig, stop: CancellationToken) -> LoadReport {
+    let mut tally = Tally::default();
+    run_into(cfg, stop, &mut tally).await;
+    tally.report()
+}
+
+/// Like [`run`], adding to `tally` (so repeated replays give one report).
+pub async fn run_into(cfg: &LoadConfig, stop: CancellationToken, tally: &mut Tally) {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
         .tcp_nodelay(true)
@@ -277,7 +299,6 @@ pub async fn run(cfg: &LoadConfig, stop: CancellationToken) -> LoadReport {
         .limit
         .map_or(cfg.trace.len(), |l| l.min(cfg.trace.len()));
     let start = Instant::now();
-    let mut tally = Tally::default();
     let mut in_flight = FuturesUnordered::new();
     let mut next = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -315,22 +336,16 @@ pub async fn run(cfg: &LoadConfig, stop: CancellationToken) -> LoadReport {
                 in_flight.push(one(&client, cfg, r, next));
                 next += 1;
             }
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => record(&mut tally, done),
-            _ = tick.tick(), if cfg.progress => progress_line(&tally, next, total, in_flight.len(), start.elapsed()),
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => record(tally, done),
+            _ = tick.tick(), if cfg.progress => progress_line(tally, next, total, in_flight.len(), start.elapsed()),
             () = stop.cancelled() => break,
         }
     }
     if cfg.progress {
-        progress_line(&tally, next, total, in_flight.len(), start.elapsed());
+        progress_line(tally, next, total, in_flight.len(), start.elapsed());
         let _ = std::io::stderr().lock().write_all(b"\n");
     }
-    let mut report = tally.report;
-    report.within_targets_share = report.within_targets as f64 / report.requests.max(1) as f64;
-    report.ttft_ms = Percentiles::of(&tally.ttft);
-    report.e2e_ms = Percentiles::of(&tally.e2e);
-    report.decode_tokens_per_s_p50 = tally.decode.quantile(0.5);
-    report.duration_s = start.elapsed().as_secs_f64();
-    report
+    tally.elapsed += start.elapsed();
 }
 
 /// The report as a text table.

@@ -39,12 +39,17 @@ struct Inner {
 
 impl Dependency {
     /// A dependency whose healthy query latency has this median and log-normal sigma.
-    pub fn new(median: Duration, sigma: f64, timeline: Vec<Scheduled>) -> Arc<Dependency> {
+    pub fn new(
+        median: Duration,
+        sigma: f64,
+        timeline: Vec<Scheduled>,
+        cycle: Option<Duration>,
+    ) -> Arc<Dependency> {
         Arc::new(Dependency {
             median,
             sigma,
             inner: Mutex::new(Inner {
-                faults: Faults::new(Instant::now(), timeline),
+                faults: Faults::new(Instant::now(), timeline, cycle),
                 rng: SplitMix::new(42),
                 counts: vec![0; BUCKETS.len()],
                 sum: 0.0,
@@ -152,7 +157,7 @@ mod tests {
 
     #[test]
     fn slow_fault_raises_latency() {
-        let dep = Dependency::new(Duration::from_millis(20), 0.2, Vec::new());
+        let dep = Dependency::new(Duration::from_millis(20), 0.2, Vec::new(), None);
         let now = Instant::now();
         let mut normal: Vec<f64> = (0..200).map(|_| dep.latency(now).as_secs_f64()).collect();
         normal.sort_by(f64::total_cmp);

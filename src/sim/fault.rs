@@ -107,15 +107,17 @@ struct Active {
 #[derive(Debug, Clone)]
 pub struct Faults {
     start: Instant,
+    cycle: Option<Duration>,
     timeline: Vec<Scheduled>,
     injected: Vec<Active>,
 }
 
 impl Faults {
-    /// Faults for a simulator that started at `start`.
-    pub fn new(start: Instant, timeline: Vec<Scheduled>) -> Faults {
+    /// Faults for a simulator that started at `start`; with `cycle`, the timeline repeats.
+    pub fn new(start: Instant, timeline: Vec<Scheduled>, cycle: Option<Duration>) -> Faults {
         Faults {
             start,
+            cycle,
             timeline,
             injected: Vec::new(),
         }
@@ -137,7 +139,10 @@ impl Faults {
 
     /// Every fault in force at `now`.
     pub fn active(&self, now: Instant) -> Vec<Fault> {
-        let t = now.saturating_duration_since(self.start);
+        let mut t = now.saturating_duration_since(self.start);
+        if let Some(c) = self.cycle.filter(|c| !c.is_zero()) {
+            t = Duration::from_nanos((t.as_nanos() % c.as_nanos()) as u64);
+        }
         let scheduled = self
             .timeline
             .iter()
@@ -237,7 +242,7 @@ faults = [
             .unwrap()
             .remove("faults")
             .unwrap();
-        let mut f = Faults::new(t0, timeline);
+        let mut f = Faults::new(t0, timeline.clone(), None);
         let at = |s| t0 + Duration::from_secs(s);
         assert!(f.active(at(5)).is_empty());
         assert_eq!(Effects::of(&f.active(at(15))).speed, 0.6);
@@ -248,5 +253,11 @@ faults = [
         assert!(!Effects::of(&f.active(at(51))).repetition);
         f.clear();
         assert!(f.active(at(100)).is_empty());
+        let cyclic = Faults::new(t0, timeline, Some(Duration::from_secs(100)));
+        assert_eq!(
+            Effects::of(&cyclic.active(at(115))).speed,
+            0.6,
+            "repeats every 100 s"
+        );
     }
 }

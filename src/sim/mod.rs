@@ -39,6 +39,9 @@ pub struct Profile {
     pub engine: EngineConfig,
     /// Faults scheduled relative to start.
     pub faults: Vec<Scheduled>,
+    /// When set, the fault timeline repeats with this period.
+    #[serde(with = "humantime_serde")]
+    pub fault_cycle: Option<Duration>,
 }
 
 impl Default for Profile {
@@ -49,6 +52,7 @@ impl Default for Profile {
             max_model_len: 32_768,
             engine: EngineConfig::default(),
             faults: Vec::new(),
+            fault_cycle: None,
         }
     }
 }
@@ -98,7 +102,7 @@ impl Sim {
         Arc::new(Sim {
             state: Mutex::new(State {
                 engine: Engine::new(profile.engine.clone()),
-                faults: Faults::new(now, profile.faults.clone()),
+                faults: Faults::new(now, profile.faults.clone(), profile.fault_cycle),
                 noise: SplitMix::new(profile.seed ^ 0xA5A5),
             }),
             profile,

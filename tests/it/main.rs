@@ -13,6 +13,8 @@ mod cli;
 mod errors;
 mod failover;
 mod health;
+mod scenario;
 mod secrets;
+mod sim;
 mod streaming;
 mod support;

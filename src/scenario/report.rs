@@ -1,0 +1,231 @@
+//! What a scenario run produced: the injected faults beside the gateway's own verdicts over
+//! time, and the load generator's measurements.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::health::report::{HealthReport, Verdict};
+use crate::load::LoadReport;
+use crate::sim::fault::Scheduled;
+
+/// One injected fault.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FaultWindow {
+    /// Provider id or `vector-db`.
+    pub target: String,
+    /// Fault kind.
+    pub kind: String,
+    /// Start, seconds from the scenario start.
+    pub start_s: f64,
+    /// End, when it ends.
+    pub end_s: Option<f64>,
+}
+
+impl FaultWindow {
+    pub(super) fn of(target: &str, s: &Scheduled) -> FaultWindow {
+        FaultWindow {
+            target: target.to_owned(),
+            kind: s.fault.name().to_owned(),
+            start_s: s.at.as_secs_f64(),
+            end_s: s.duration.map(|d| (s.at + d).as_secs_f64()),
+        }
+    }
+}
+
+/// One provider in a sample.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProviderSample {
+    /// Provider id.
+    pub id: String,
+    /// Verdict.
+    pub verdict: Verdict,
+    /// Attempts in the last minute.
+    pub requests_1m: u64,
+    /// P95 TTFT over the last minute, ms.
+    pub ttft_p95_ms: Option<f64>,
+    /// Median decode rate over the last minute.
+    pub decode_p50: Option<f64>,
+    /// Error rate over the last minute.
+    pub error_rate: Option<f64>,
+    /// In flight now.
+    pub in_flight: i64,
+}
+
+/// The gateway's health report, condensed, at one moment.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Sample {
+    /// Seconds from the scenario start.
+    pub t_s: f64,
+    /// Overall verdict.
+    pub verdict: Verdict,
+    /// Share within targets over the last minute.
+    pub within_targets_share: Option<f64>,
+    /// Successful completions per minute.
+    pub completions_per_min: f64,
+    /// Each provider.
+    pub providers: Vec<ProviderSample>,
+}
+
+impl Sample {
+    /// Condenses a report taken at `t`.
+    pub fn from_report(t: Duration, r: &HealthReport) -> Sample {
+        Sample {
+            t_s: t.as_secs_f64(),
+            verdict: r.verdict,
+            within_targets_share: r.overall.one_minute.within_targets_share,
+            completions_per_min: r.overall.one_minute.completions_per_min,
+            providers: r
+                .providers
+                .iter()
+                .map(|p| ProviderSample {
+                    id: p.id.clone(),
+                    verdict: p.scope.verdict,
+                    requests_1m: p.scope.one_minute.requests,
+                    ttft_p95_ms: p.scope.one_minute.ttft_ms.p95,
+                    decode_p50: p.scope.one_minute.decode_tokens_per_s_p50,
+                    error_rate: p.scope.one_minute.error_rate,
+                    in_flight: p.scope.in_flight,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A verdict change.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Transition {
+    /// Seconds from the scenario start.
+    pub t_s: f64,
+    /// New verdict.
+    pub verdict: Verdict,
+}
+
+/// The verdict history of the whole run.
+pub type Verdicts = BTreeMap<String, Vec<Transition>>;
+
+/// Verdict changes of the overall scope (`None`) or of one provider.
+pub(super) fn transitions(samples: &[Sample], provider: Option<&str>) -> Vec<Transition> {
+    let mut out: Vec<Transition> = Vec::new();
+    for s in samples {
+        let v = match provider {
+            None => Some(s.verdict),
+            Some(id) => s.providers.iter().find(|p| p.id == id).map(|p| p.verdict),
+        };
+        if let Some(v) = v
+            && out.last().is_none_or(|t| t.verdict != v)
+        {
+            out.push(Transition {
+                t_s: s.t_s,
+                verdict: v,
+            });
+        }
+    }
+    out
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    /// Scenario name.
+    pub name: String,
+    /// Wall time, s.
+    pub duration_s: f64,
+    /// What was injected.
+    pub faults: Vec<FaultWindow>,
+    /// Overall verdict changes.
+    pub overall: Vec<Transition>,
+    /// Verdict changes per provider.
+    pub providers: Verdicts,
+    /// The load generator's report.
+    pub load: LoadReport,
+    /// Every sample.
+    pub samples: Vec<Sample>,
+}
+
+impl ScenarioReport {
+    /// Means of the target's one-minute figures before a fault and while it lasted (from 15 s
+    /// after onset, when the one-minute window has filled with it).
+    pub fn effect(&self, f: &FaultWindow) -> String {
+        let end = f.end_s.unwrap_or(f64::INFINITY);
+        let pick = |lo: f64, hi: f64| -> Vec<&Sample> {
+            self.samples
+                .iter()
+                .filter(|s| s.t_s >= lo && s.t_s < hi)
+                .collect()
+        };
+        let before = pick(10.0, f.start_s);
+        let during = pick(f.start_s + 15.0, end);
+        let mean =
+            |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+        let show = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.0}{unit}"));
+        let provider = |ss: &[&Sample], k: fn(&ProviderSample) -> Option<f64>| {
+            mean(
+                ss.iter()
+                    .filter_map(|s| s.providers.iter().find(|p| p.id == f.target))
+                    .filter_map(k)
+                    .collect(),
+            )
+        };
+        if self.providers.contains_key(&f.target) {
+            format!(
+                "decode {} → {} tok/s, p95 TTFT {} → {}, errors {} → {}",
+                show(provider(&before, |p| p.decode_p50), ""),
+                show(provider(&during, |p| p.decode_p50), ""),
+                show(provider(&before, |p| p.ttft_p95_ms), "ms"),
+                show(provider(&during, |p| p.ttft_p95_ms), "ms"),
+                show(provider(&before, |p| p.error_rate.map(|e| e * 100.0)), "%"),
+                show(provider(&during, |p| p.error_rate.map(|e| e * 100.0)), "%"),
+            )
+        } else {
+            let overall = |ss: &[&Sample]| mean(ss.iter().map(|s| s.completions_per_min).collect());
+            format!(
+                "gateway completions/min {} → {} (the dependency sits in front of the gateway)",
+                show(overall(&before), ""),
+                show(overall(&during), ""),
+            )
+        }
+    }
+
+    /// The fault timeline beside the gateway's verdicts, then the load table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "scenario {} ({:.0}s)\n\ninjected faults:\n",
+            self.name, self.duration_s
+        );
+        if self.faults.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for f in &self.faults {
+            let end = f.end_s.map_or("end".into(), |e| format!("{e:.0}s"));
+            let _ = writeln!(
+                out,
+                "  {:>5.0}s..{end:<6} {:<10} {}",
+                f.start_s, f.target, f.kind
+            );
+        }
+        out.push_str("\nwhat the gateway's /health said:\n");
+        let mut line = |who: &str, ts: &[Transition]| {
+            let changes: Vec<String> = ts
+                .iter()
+                .map(|t| format!("{:.0}s {}", t.t_s, t.verdict.as_str()))
+                .collect();
+            let _ = writeln!(out, "  {who:<10} {}", changes.join(" → "));
+        };
+        line("overall", &self.overall);
+        for (id, ts) in &self.providers {
+            line(id, ts);
+        }
+        out.push_str("\nwhat the gateway measured on the target, before → during each fault:\n");
+        for f in &self.faults {
+            let _ = writeln!(out, "  {:<10} {:<18} {}", f.target, f.kind, self.effect(f));
+        }
+        out.push_str("\nload:\n");
+        for l in crate::load::table(&self.load).lines() {
+            let _ = writeln!(out, "  {l}");
+        }
+        out
+    }
+}
