@@ -161,36 +161,60 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 pub struct Background {
     /// Bound address.
     pub addr: SocketAddr,
-    stop: CancellationToken,
+    stop_server: CancellationToken,
+    stop_workers: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
     tracker: TaskTracker,
 }
 
+/// How long a simulator's open responses may take to finish at shutdown.
+const BACKGROUND_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 impl Background {
-    /// Stops it and waits for its tasks.
-    pub async fn stop(self) {
-        self.stop.cancel();
+    /// Stops accepting, lets open responses finish (briefly; the engine keeps running for
+    /// them), then stops the engine.
+    pub async fn stop(mut self) {
+        self.stop_server.cancel();
+        if tokio::time::timeout(BACKGROUND_GRACE, &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+        self.stop_workers.cancel();
         self.tracker.close();
         self.tracker.wait().await;
     }
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "app.rs is where long-lived tasks start"
+)]
 async fn serve_router(
     addr: SocketAddr,
     router: axum::Router,
-    tracker: &TaskTracker,
-    stop: &CancellationToken,
-) -> Result<SocketAddr, AppError> {
+    workers: TaskTracker,
+    stop_workers: CancellationToken,
+) -> Result<Background, AppError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| AppError::Bind { addr, source })?;
     let bound = listener.local_addr().map_err(AppError::Serve)?;
-    let signal = stop.clone();
-    tracker.spawn(async move {
+    let stop_server = CancellationToken::new();
+    let signal = stop_server.clone();
+    let server = tokio::spawn(async move {
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move { signal.cancelled().await })
             .await;
     });
-    Ok(bound)
+    Ok(Background {
+        addr: bound,
+        stop_server,
+        stop_workers,
+        server,
+        tracker: workers,
+    })
 }
 
 /// Starts a simulated provider (`candor sim`): its engine loop and its HTTP server.
@@ -202,15 +226,8 @@ pub async fn start_sim(
     let tracker = TaskTracker::new();
     let stop = CancellationToken::new();
     tracker.spawn(Arc::clone(&sim).run_engine(stop.clone()));
-    let addr = serve_router(addr, crate::sim::router(Arc::clone(&sim)), &tracker, &stop).await?;
-    Ok((
-        Background {
-            addr,
-            stop,
-            tracker,
-        },
-        sim,
-    ))
+    let bg = serve_router(addr, crate::sim::router(Arc::clone(&sim)), tracker, stop).await?;
+    Ok((bg, sim))
 }
 
 /// Starts a simulated vector-database dependency (`candor sim --dependency`).
@@ -218,12 +235,11 @@ pub async fn start_dependency(
     dep: Arc<crate::sim::dependency::Dependency>,
     addr: SocketAddr,
 ) -> Result<Background, AppError> {
-    let tracker = TaskTracker::new();
-    let stop = CancellationToken::new();
-    let addr = serve_router(addr, crate::sim::dependency::router(dep), &tracker, &stop).await?;
-    Ok(Background {
+    serve_router(
         addr,
-        stop,
-        tracker,
-    })
+        crate::sim::dependency::router(dep),
+        TaskTracker::new(),
+        CancellationToken::new(),
+    )
+    .await
 }

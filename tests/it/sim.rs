@@ -155,6 +155,7 @@ async fn deadlock_stops_tokens_while_health_stays_200() {
         .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(3), body.next()).await;
     assert!(matches!(first, Ok(Some(Ok(_)))));
+    while body.next().await.is_some() {}
     bg.stop().await;
 }
 
