@@ -59,15 +59,48 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+        histogram_series(
+            out,
+            name,
+            labels,
+            self.bounds,
+            &self.counts,
+            self.sum,
+            self.count,
+        );
     }
+}
+
+/// Writes the `# HELP` and `# TYPE` lines of a metric family.
+pub(crate) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one histogram series from per-bucket (not yet cumulative) counts; `labels` may be
+/// empty.
+pub(crate) fn histogram_series(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    bounds: &[f64],
+    counts: &[u64],
+    sum: f64,
+    count: u64,
+) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (i, b) in bounds.iter().enumerate() {
+        cumulative += counts.get(i).copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+    let braces = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(out, "{name}_sum{braces} {sum}");
+    let _ = writeln!(out, "{name}_count{braces} {count}");
 }
 
 /// Per (provider, model, operation) attempt series.
@@ -214,8 +247,7 @@ impl Metrics {
             ),
         ];
         for (name, help, pick) in hists {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} histogram");
+            family(&mut out, name, "histogram", help);
             for ((p, m, op), s) in &self.attempts {
                 let mut labels = series_labels(p, m, op);
                 if name == "gen_ai_client_token_usage" {
@@ -225,11 +257,12 @@ impl Metrics {
             }
         }
 
-        let _ = writeln!(
-            out,
-            "# HELP candor_attempts_total Upstream attempts by outcome."
+        family(
+            &mut out,
+            "candor_attempts_total",
+            "counter",
+            "Upstream attempts by outcome.",
         );
-        let _ = writeln!(out, "# TYPE candor_attempts_total counter");
         for ((p, m, op), s) in &self.attempts {
             for (outcome, n) in &s.outcomes {
                 let _ = writeln!(
@@ -239,11 +272,12 @@ impl Metrics {
                 );
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP candor_requests_total Client requests by answering provider, model and outcome."
+        family(
+            &mut out,
+            "candor_requests_total",
+            "counter",
+            "Client requests by answering provider, model and outcome.",
         );
-        let _ = writeln!(out, "# TYPE candor_requests_total counter");
         for ((p, m, outcome), n) in &self.requests {
             let _ = writeln!(
                 out,
@@ -252,8 +286,12 @@ impl Metrics {
                 escape(m)
             );
         }
-        let _ = writeln!(out, "# HELP candor_tokens_total Tokens processed by type.");
-        let _ = writeln!(out, "# TYPE candor_tokens_total counter");
+        family(
+            &mut out,
+            "candor_tokens_total",
+            "counter",
+            "Tokens processed by type.",
+        );
         for ((p, m, op), s) in &self.attempts {
             let l = series_labels(p, m, op);
             let _ = writeln!(
@@ -267,11 +305,12 @@ impl Metrics {
                 s.tokens_out
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP candor_cost_usd_total Cost from the provider price table, US dollars."
+        family(
+            &mut out,
+            "candor_cost_usd_total",
+            "counter",
+            "Cost from the provider price table, US dollars.",
         );
-        let _ = writeln!(out, "# TYPE candor_cost_usd_total counter");
         for ((p, m, op), s) in &self.attempts {
             let _ = writeln!(
                 out,
@@ -280,11 +319,12 @@ impl Metrics {
                 s.cost
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP candor_in_flight_requests Upstream attempts currently open."
+        family(
+            &mut out,
+            "candor_in_flight_requests",
+            "gauge",
+            "Upstream attempts currently open.",
         );
-        let _ = writeln!(out, "# TYPE candor_in_flight_requests gauge");
         for (p, n) in &gauges.in_flight {
             let _ = writeln!(
                 out,
@@ -292,21 +332,23 @@ impl Metrics {
                 escape(p)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP candor_request_log_dropped_total Request-log rows dropped because the writer queue was full."
+        family(
+            &mut out,
+            "candor_request_log_dropped_total",
+            "counter",
+            "Request-log rows dropped because the writer queue was full.",
         );
-        let _ = writeln!(out, "# TYPE candor_request_log_dropped_total counter");
         let _ = writeln!(
             out,
             "candor_request_log_dropped_total {}",
             gauges.request_log_dropped
         );
-        let _ = writeln!(
-            out,
-            "# HELP candor_observations_dropped_total Observations dropped because the health task queue was full."
+        family(
+            &mut out,
+            "candor_observations_dropped_total",
+            "counter",
+            "Observations dropped because the health task queue was full.",
         );
-        let _ = writeln!(out, "# TYPE candor_observations_dropped_total counter");
         let _ = writeln!(
             out,
             "candor_observations_dropped_total {}",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::out;
+use super::{out, until_signal};
 use crate::scenario::{self, Sample, Scenario};
 
 /// Arguments of `candor demo`.
@@ -60,8 +60,9 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let windows = s.fault_windows();
     let cycle = s.fault_cycle.map(|c| c.as_secs_f64());
-    let report = {
-        let run = scenario::run(
+    let report = until_signal(
+        &stop,
+        scenario::run(
             &s,
             &started,
             Duration::from_secs(2),
@@ -75,16 +76,9 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     .collect();
                 out(&status(sample, &active));
             },
-        );
-        tokio::pin!(run);
-        tokio::select! {
-            r = &mut run => r?,
-            () = super::shutdown_signal() => {
-                stop.cancel();
-                run.await?
-            }
-        }
-    };
+        ),
+    )
+    .await?;
     out(&format!(
         "\nstopping…\n\n{}",
         crate::load::table(&report.load)

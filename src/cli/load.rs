@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 
-use super::out;
+use super::{out, until_signal};
 use crate::config::Targets;
 use crate::load::{self, LoadConfig, Rag, trace};
 
@@ -104,16 +104,8 @@ pub(super) async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
         progress: !args.json,
     };
     let stop = CancellationToken::new();
-    let replay = load::run(&cfg, stop.clone());
-    tokio::pin!(replay);
     // Ctrl-C ends the replay early; the report covers what finished.
-    let report = tokio::select! {
-        r = &mut replay => r,
-        () = super::shutdown_signal() => {
-            stop.cancel();
-            replay.await
-        }
-    };
+    let report = until_signal(&stop, load::run(&cfg, stop.clone())).await;
     if args.json {
         out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
     } else {

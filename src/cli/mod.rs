@@ -106,6 +106,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Runs `fut`; on Ctrl-C or SIGTERM cancels `stop` and lets `fut` wind down and return.
+pub(crate) async fn until_signal<F: std::future::Future>(
+    stop: &tokio_util::sync::CancellationToken,
+    fut: F,
+) -> F::Output {
+    tokio::pin!(fut);
+    tokio::select! {
+        r = &mut fut => r,
+        () = shutdown_signal() => {
+            stop.cancel();
+            fut.await
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use super::out;
+use super::{out, until_signal};
 use crate::scenario::{self, Scenario};
 
 /// `candor scenario …`
@@ -47,17 +47,11 @@ pub(super) async fn run(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let stop = CancellationToken::new();
-    let report = {
-        let run = scenario::run(&s, &started, Duration::from_secs(1), stop.clone(), |_| {});
-        tokio::pin!(run);
-        tokio::select! {
-            r = &mut run => r?,
-            () = super::shutdown_signal() => {
-                stop.cancel();
-                run.await?
-            }
-        }
-    };
+    let report = until_signal(
+        &stop,
+        scenario::run(&s, &started, Duration::from_secs(1), stop.clone(), |_| {}),
+    )
+    .await?;
     started.stop().await?;
     if json {
         out(&format!("{}\n", serde_json::to_string_pretty(&report)?));

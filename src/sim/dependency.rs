@@ -115,16 +115,9 @@ async fn query(State(dep): State<Arc<Dependency>>) -> Json<serde_json::Value> {
 async fn metrics(State(dep): State<Arc<Dependency>>) -> impl IntoResponse {
     let s = dep.lock();
     let name = "vectordb_query_duration_seconds";
-    let mut out = format!("# HELP {name} Query latency.\n# TYPE {name} histogram\n");
-    let mut acc = 0;
-    for (b, c) in BUCKETS.iter().zip(&s.counts) {
-        acc += c;
-        out.push_str(&format!("{name}_bucket{{le=\"{b}\"}} {acc}\n"));
-    }
-    out.push_str(&format!(
-        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}\n",
-        s.count, s.sum, s.count
-    ));
+    let mut out = String::new();
+    crate::metrics::family(&mut out, name, "histogram", "Query latency.");
+    crate::metrics::histogram_series(&mut out, name, "", BUCKETS, &s.counts, s.sum, s.count);
     ([("content-type", "text/plain; version=0.0.4")], out)
 }
 

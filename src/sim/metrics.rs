@@ -7,21 +7,14 @@ use tokio::time::Instant;
 use super::Sim;
 use super::engine::{ITER_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS};
 use super::fault::Effects;
+use crate::metrics::{family, histogram_series};
 
 /// One histogram's data: bucket bounds, per-bucket counts, sum and count.
 struct Hist<'a>(&'a [f64], &'a [u64], f64, u64);
 
 fn histogram(out: &mut String, name: &str, help: &str, labels: &str, h: Hist<'_>) {
-    let Hist(bounds, counts, sum, count) = h;
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    let mut acc = 0;
-    for (i, b) in bounds.iter().enumerate() {
-        acc += counts.get(i).copied().unwrap_or(0);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {acc}");
-    }
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-    let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    family(out, name, "histogram", help);
+    histogram_series(out, name, labels, h.0, h.1, h.2, h.3);
 }
 
 /// Renders the engine's state as vLLM would expose it.
@@ -32,57 +25,51 @@ pub(super) fn render(sim: &Sim) -> String {
     let st = e.stats().clone();
     let labels = format!("engine=\"0\",model_name=\"{}\"", sim.profile.model);
     let mut out = String::with_capacity(8192);
-    let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {v}"
-        );
+    let mut scalar = |name: &str, kind: &str, help: &str, v: f64| {
+        family(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
     };
-    gauge(
-        &mut out,
+    scalar(
         "vllm:num_requests_running",
+        "gauge",
         "Number of requests in model execution batches.",
         e.running() as f64,
     );
-    gauge(
-        &mut out,
+    scalar(
         "vllm:num_requests_waiting",
+        "gauge",
         "Number of requests waiting to be processed.",
         e.waiting() as f64,
     );
-    gauge(
-        &mut out,
+    scalar(
         "vllm:kv_cache_usage_perc",
+        "gauge",
         "KV-cache usage. 1 means 100 percent usage.",
         e.kv_usage(&fx).min(1.0),
     );
-    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {v}"
-        );
-    };
-    counter(
-        &mut out,
+    scalar(
         "vllm:num_preemptions_total",
+        "counter",
         "Cumulative number of preemption from the engine.",
-        st.preemptions,
+        st.preemptions as f64,
     );
-    counter(
-        &mut out,
+    scalar(
         "vllm:prompt_tokens_total",
+        "counter",
         "Number of prefill tokens processed.",
-        st.prompt_tokens,
+        st.prompt_tokens as f64,
     );
-    counter(
-        &mut out,
+    scalar(
         "vllm:generation_tokens_total",
+        "counter",
         "Number of generation tokens processed.",
-        st.generation_tokens,
+        st.generation_tokens as f64,
     );
-    let _ = writeln!(
-        out,
-        "# HELP vllm:request_success_total Count of successfully processed requests.\n# TYPE vllm:request_success_total counter"
+    family(
+        &mut out,
+        "vllm:request_success_total",
+        "counter",
+        "Count of successfully processed requests.",
     );
     for (reason, v) in [
         ("stop", st.success_stop),

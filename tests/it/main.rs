@@ -14,6 +14,7 @@ mod errors;
 mod failover;
 mod health;
 mod scenario;
+mod sdk;
 mod secrets;
 mod sim;
 mod streaming;
