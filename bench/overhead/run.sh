@@ -3,7 +3,7 @@
 # run: fixed offered loads (open loop, oha with latency correction), non-streaming and
 # streaming, configurations alternated over several rounds, medians reported.
 #
-# Usage: bench/overhead/run.sh [--rates "500 2000"] [--seconds 15] [--rounds 3]
+# Usage: bench/overhead/run.sh [--rates "500 2000"] [--modes "json sse"] [--seconds 15] [--rounds 3]
 # Needs: nginx (Debian nginx-light) as the upstream, oha (crates.io) as the load tool;
 # both are installed when missing (oha is cached under ~/.cache/candor-ci/).
 set -euo pipefail
@@ -11,6 +11,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
 RATES="500 2000"
+MODES="json sse"
 SECONDS_EACH=15
 ROUNDS=3
 while (($#)); do
@@ -18,6 +19,7 @@ while (($#)); do
         --rates) RATES="$2"; shift 2 ;;
         --seconds) SECONDS_EACH="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
+        --modes) MODES="$2"; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -123,7 +125,7 @@ run_oha warm "http://127.0.0.1:$GW/v1/chat/completions" "$REQ_JSON" 200 >/dev/nu
 
 RESULTS="$WORK/results.jsonl"
 for round in $(seq "$ROUNDS"); do
-    for mode in json sse; do
+    for mode in $MODES; do
         if [[ $mode == json ]]; then body=$REQ_JSON; up=$UP_JSON; else body=$REQ_SSE; up=$UP_SSE; fi
         for rate in $RATES; do
             for target in direct candor; do
@@ -165,6 +167,8 @@ summary = []
 for mode in ("json", "sse"):
     for rate in sorted({r["rate"] for r in rows}):
         cell = lambda t, k: [r[k] for r in rows if r["mode"] == mode and r["rate"] == rate and r["target"] == t]
+        if not cell("candor", "p50_ms"):
+            continue
         d50, d99, c50, c99 = med(cell("direct", "p50_ms")), med(cell("direct", "p99_ms")), med(cell("candor", "p50_ms")), med(cell("candor", "p99_ms"))
         added50 = med([c - d for c, d in zip(cell("candor", "p50_ms"), cell("direct", "p50_ms"))])
         added99 = med([c - d for c, d in zip(cell("candor", "p99_ms"), cell("direct", "p99_ms"))])

@@ -102,6 +102,21 @@ pub struct LoadReport {
     pub decode_tokens_per_s_p50: Option<f64>,
     /// Wall time of the replay, s.
     pub duration_s: f64,
+    /// What the answers looked like (counts of requests).
+    pub quality: QualitySignals,
+}
+
+/// Cheap output checks the load generator makes on every answer.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct QualitySignals {
+    /// Ended with `finish_reason = length`.
+    pub finish_length: u64,
+    /// Completion length more than 20 % away from what the trace asked for.
+    pub output_length_off: u64,
+    /// `usage.prompt_tokens` under 90 % of the prompt sent (silent truncation).
+    pub prompt_tokens_short: u64,
+    /// Output with characters outside ASCII (the prompts are ASCII English).
+    pub non_ascii_output: u64,
 }
 
 /// Measurements accumulated over one or more replays.
@@ -145,6 +160,7 @@ pub fn prompt_of(tokens: u32, seed: usize) -> String {
 }
 
 struct Done {
+    quality: QualitySignals,
     ok: bool,
     error: Option<String>,
     ttft: Option<Duration>,
@@ -155,6 +171,7 @@ struct Done {
 async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index: usize) -> Done {
     let started = Instant::now();
     let fail = |kind: String| Done {
+        quality: QualitySignals::default(),
         ok: false,
         error: Some(kind),
         ttft: None,
@@ -191,6 +208,7 @@ async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index:
         "messages": [{"role": "user", "content": prompt_of(prompt_tokens, index)}],
         "max_tokens": out + 16,
         "min_tokens": out,
+        "stream_options": {"include_usage": true},
     });
     let base = cfg.url.trim_end_matches('/');
     let url = if base.ends_with("/v1") {
@@ -220,6 +238,7 @@ async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index:
     let mut splitter = SseSplitter::default();
     let mut body = resp.bytes_stream();
     let mut broken = None;
+    let mut non_ascii = false;
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(bytes) => {
@@ -227,6 +246,7 @@ async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index:
                 splitter.push(&bytes);
                 while let Some(ev) = splitter.next_event() {
                     if let Some(data) = event_data(&ev) {
+                        non_ascii |= has_non_ascii(&data);
                         meter.on_data(now, &data);
                     }
                 }
@@ -257,13 +277,39 @@ async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index:
         started,
     );
     meter.finish(Instant::now(), &mut obs);
+    let got = obs.completion_tokens.unwrap_or(0) as f64;
+    let quality = QualitySignals {
+        finish_length: u64::from(obs.finish_reason.as_deref() == Some("length")),
+        output_length_off: u64::from((got - f64::from(out)).abs() > 0.2 * f64::from(out)),
+        prompt_tokens_short: u64::from(
+            obs.prompt_tokens
+                .is_some_and(|p| (p as f64) < 0.9 * f64::from(prompt_tokens)),
+        ),
+        non_ascii_output: u64::from(non_ascii),
+    };
     Done {
+        quality,
         ok: broken.is_none(),
         error: broken.map(str::to_owned),
         ttft: obs.ttft,
         e2e: obs.e2e,
         decode: obs.decode_rate,
     }
+}
+
+/// True when a JSON payload carries non-ASCII text, raw or as a `\\uXXXX` escape above 0x7F.
+fn has_non_ascii(data: &[u8]) -> bool {
+    if data.iter().any(|&b| b >= 0x80) {
+        return true;
+    }
+    data.windows(6).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && std::str::from_utf8(&w[2..])
+                .ok()
+                .and_then(|h| u16::from_str_radix(h, 16).ok())
+                .is_some_and(|c| c > 0x7f)
+    })
 }
 
 fn progress_line(t: &Tally, sent: usize, total: usize, in_flight: usize, elapsed: Duration) {
@@ -314,6 +360,11 @@ pub async fn run_into(cfg: &LoadConfig, stop: CancellationToken, tally: &mut Tal
             *t.report.errors.entry(e).or_default() += 1;
         }
         t.report.within_targets += u64::from(within);
+        let q = &mut t.report.quality;
+        q.finish_length += d.quality.finish_length;
+        q.output_length_off += d.quality.output_length_off;
+        q.prompt_tokens_short += d.quality.prompt_tokens_short;
+        q.non_ascii_output += d.quality.non_ascii_output;
         if let Some(v) = d.ttft {
             t.ttft.record_n(v.as_secs_f64(), 1);
         }
@@ -361,7 +412,7 @@ pub fn table(r: &LoadReport) -> String {
             .join(", ")
     };
     format!(
-        "requests            {}\nok                  {}\nerrors              {errors}\nwithin targets      {} ({:.1}%)\nTTFT ms             p50 {}  p95 {}  p99 {}\nend-to-end ms       p50 {}  p95 {}  p99 {}\ndecode tokens/s     p50 {}\nduration            {:.1}s ({:.1} req/s)\n",
+        "requests            {}\nok                  {}\nerrors              {errors}\nwithin targets      {} ({:.1}%)\nTTFT ms             p50 {}  p95 {}  p99 {}\nend-to-end ms       p50 {}  p95 {}  p99 {}\ndecode tokens/s     p50 {}\nanswers             finish=length {}, output length off {}, prompt tokens short {}, non-ASCII {}\nduration            {:.1}s ({:.1} req/s)\n",
         r.requests,
         r.ok,
         r.within_targets,
@@ -374,7 +425,30 @@ pub fn table(r: &LoadReport) -> String {
         f(r.e2e_ms.p99),
         r.decode_tokens_per_s_p50
             .map_or_else(|| "-".into(), |v| format!("{v:.1}")),
+        r.quality.finish_length,
+        r.quality.output_length_off,
+        r.quality.prompt_tokens_short,
+        r.quality.non_ascii_output,
         r.duration_s,
         r.requests as f64 / r.duration_s.max(1e-9),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spots_non_ascii_raw_or_escaped() {
+        assert!(!has_non_ascii(br#"{"c":"plain \n text \u0041"}"#));
+        assert!(has_non_ascii("{\"c\":\"สวัสดี\"}".as_bytes()));
+        assert!(has_non_ascii(br#"{"c":"\u0e2a"}"#));
+    }
+
+    #[test]
+    fn prompts_have_the_asked_length() {
+        let p = prompt_of(100, 3);
+        assert_eq!(crate::sim::text::count_tokens(&p), 100);
+        assert_ne!(prompt_of(100, 4), p);
+    }
 }

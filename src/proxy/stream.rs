@@ -2,12 +2,11 @@
 //! each one, enforces the idle and total timeouts, and finishes the request exactly once —
 //! at the end, on an upstream failure, or when the client drops it.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -22,7 +21,8 @@ use crate::observation::{Blame, Outcome};
 pub struct MeteredStream {
     rest: BoxStream<'static, reqwest::Result<Bytes>>,
     splitter: SseSplitter,
-    ready: VecDeque<Bytes>,
+    /// Bytes ready for the client: every event available now goes out in one write.
+    out: BytesMut,
     meter: Option<Meter>,
     track: RequestTrack,
     strip_usage: bool,
@@ -53,7 +53,7 @@ impl MeteredStream {
         let mut s = MeteredStream {
             rest: open.rest,
             splitter: open.splitter,
-            ready: VecDeque::with_capacity(4),
+            out: BytesMut::new(),
             meter: Some(open.meter),
             track,
             strip_usage,
@@ -66,13 +66,13 @@ impl MeteredStream {
         for event in open.first_events {
             // The meter has already seen these; only the client-facing edits remain.
             if let Some(e) = s.client_view(event, None) {
-                s.ready.push_back(e);
+                s.out.extend_from_slice(&e);
             }
         }
         if s.meter.as_ref().is_some_and(Meter::saw_done)
             && let Some(ev) = s.upstream_ended()
         {
-            s.ready.push_back(ev);
+            s.out.extend_from_slice(&ev);
         }
         s
     }
@@ -142,7 +142,7 @@ impl MeteredStream {
         if let Some(tail) = self.splitter.remainder()
             && let Some(e) = self.client_view(tail, Some(Instant::now()))
         {
-            self.ready.push_back(e);
+            self.out.extend_from_slice(&e);
         }
         let complete = self
             .meter
@@ -192,8 +192,8 @@ impl Stream for MeteredStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if let Some(event) = this.ready.pop_front() {
-                return Poll::Ready(Some(Ok(event)));
+            if !this.out.is_empty() {
+                return Poll::Ready(Some(Ok(this.out.split().freeze())));
             }
             if this.ended {
                 return Poll::Ready(None);
@@ -204,13 +204,13 @@ impl Stream for MeteredStream {
                     this.splitter.push(&bytes);
                     while let Some(event) = this.splitter.next_event() {
                         if let Some(e) = this.client_view(event, Some(now)) {
-                            this.ready.push_back(e);
+                            this.out.extend_from_slice(&e);
                         }
                     }
                     if this.meter.as_ref().is_some_and(Meter::saw_done) {
                         // `[DONE]` ends the stream even if the upstream keeps the body open.
                         if let Some(ev) = this.upstream_ended() {
-                            this.ready.push_back(ev);
+                            this.out.extend_from_slice(&ev);
                         }
                         continue;
                     }
@@ -220,19 +220,19 @@ impl Stream for MeteredStream {
                 Poll::Ready(Some(Err(e))) => {
                     let err = transport_error(&e);
                     if let Some(ev) = this.end(Some(("reset", err.message))) {
-                        this.ready.push_back(ev);
+                        this.out.extend_from_slice(&ev);
                     }
                 }
                 Poll::Ready(None) => {
                     if let Some(ev) = this.upstream_ended() {
-                        this.ready.push_back(ev);
+                        this.out.extend_from_slice(&ev);
                     }
                 }
                 Poll::Pending => {
                     if this.total_timer.as_mut().poll(cx).is_ready() {
                         let msg = "stream exceeded the total time limit".to_owned();
                         if let Some(ev) = this.end(Some(("timeout_total", msg))) {
-                            this.ready.push_back(ev);
+                            this.out.extend_from_slice(&ev);
                         }
                         continue;
                     }
@@ -242,7 +242,7 @@ impl Stream for MeteredStream {
                             humantime::format_duration(this.idle)
                         );
                         if let Some(ev) = this.end(Some(("timeout_idle", msg))) {
-                            this.ready.push_back(ev);
+                            this.out.extend_from_slice(&ev);
                         }
                         continue;
                     }

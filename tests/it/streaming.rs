@@ -52,6 +52,11 @@ async fn stream_reaches_client_byte_for_byte_while_usage_is_metered() {
     assert!(rate > 30.0 && rate < 110.0, "decode rate {rate}");
     assert!(r.max_gap_ms.unwrap() >= 9.0);
     assert_eq!(r.attempts.len(), 1);
+    assert!(
+        r.attempts[0].connect_ms.is_some(),
+        "the first request opens a connection"
+    );
+    assert!(r.attempts[0].headers_ms.unwrap() <= ttft);
     // 11 in at $1/M + 8 out at $2/M.
     assert!((r.cost_usd.unwrap() - 27e-6).abs() < 1e-9);
     gw.stop().await;
