@@ -144,7 +144,8 @@ ok = sum(v for k, v in codes.items() if k.startswith("2"))
 total = sum(codes.values()) + sum(d.get("errorDistribution", {}).values())
 print(json.dumps({"round": int(rnd), "mode": mode, "rate": int(rate), "target": target,
                   "p50_ms": (lp.get("p50") or 0) * 1000, "p99_ms": (lp.get("p99") or 0) * 1000,
-                  "rps": d.get("summary", {}).get("requestsPerSec", 0), "ok": ok, "errors": total - ok}))
+                  "rps": d.get("summary", {}).get("requestsPerSec", 0), "ok": ok, "errors": total - ok,
+                  "error_kinds": d.get("errorDistribution", {})}))
 PY
                 echo "   round $round $mode $rate req/s $target done" >&2
             done
@@ -175,5 +176,11 @@ for mode in ("json", "sse"):
         name = "non-streaming" if mode == "json" else "streaming"
         print(f"| {name} | {rate} | {d50:.3f} | {d99:.3f} | {c50:.3f} | {c99:.3f} | {added50:.3f} | {added99:.3f} | {med(cell('candor','rps')):.0f} | {sum(cell('direct','errors'))}/{sum(cell('candor','errors'))} |")
         summary.append({"mode": name, "rate": rate, "direct_p50_ms": d50, "direct_p99_ms": d99, "candor_p50_ms": c50, "candor_p99_ms": c99, "added_p50_ms": added50, "added_p99_ms": added99})
+kinds = {}
+for r in rows:
+    for k, v in (r.get("error_kinds") or {}).items():
+        kinds[k] = kinds.get(k, 0) + v
+if kinds:
+    print("\nerrors by kind (all cells):", ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())))
 print("\nJSON:", json.dumps(summary))
 PY
