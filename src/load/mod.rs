@@ -287,9 +287,15 @@ async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index:
         ),
         non_ascii_output: u64::from(non_ascii),
     };
+    let ok = broken.is_none();
     Done {
-        quality,
-        ok: broken.is_none(),
+        // Answer checks describe answers: a broken stream is counted as an error instead.
+        quality: if ok {
+            quality
+        } else {
+            QualitySignals::default()
+        },
+        ok,
         error: broken.map(str::to_owned),
         ttft: obs.ttft,
         e2e: obs.e2e,

@@ -92,8 +92,8 @@ pub struct OpenStream {
     pub status: StatusCode,
     /// Upstream content type.
     pub content_type: Option<HeaderValue>,
-    /// Events already read (up to and including the first token).
-    pub first_events: Vec<Bytes>,
+    /// Events already read (up to and including the first token), as the meter saw them.
+    pub first_events: Vec<(Bytes, DataKind)>,
     /// The rest of the upstream body.
     pub rest: BoxStream<'static, reqwest::Result<Bytes>>,
     /// Bytes read past the last complete event.
@@ -208,7 +208,9 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
             Some(Err(e)) => return Err(transport_error(&e)),
             None => {
                 if let Some(tail) = splitter.remainder() {
-                    first_events.push(tail);
+                    let kind = event_data(&tail)
+                        .map_or(DataKind::Other, |d| meter.on_data(Instant::now(), &d));
+                    first_events.push((tail, kind));
                 }
                 if meter.saw_done() || meter.saw_finish() {
                     // A complete stream with no output tokens: still a valid answer.
@@ -221,10 +223,12 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
             }
         }
         let now = Instant::now();
-        while let Some(event) = splitter.next_event() {
-            if let Some(data) = event_data(&event)
-                && meter.on_data(now, &data) == DataKind::Error
-            {
+        // Stop at the first token: what follows belongs to the committed stream.
+        while !meter.saw_token()
+            && let Some(event) = splitter.next_event()
+        {
+            let kind = event_data(&event).map_or(DataKind::Other, |d| meter.on_data(now, &d));
+            if kind == DataKind::Error {
                 return Err(CallError::upstream(
                     "stream_error",
                     format!(
@@ -233,7 +237,7 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
                     ),
                 ));
             }
-            first_events.push(event);
+            first_events.push((event, kind));
         }
         if meter.saw_token() || meter.saw_done() {
             break;

@@ -63,12 +63,14 @@ impl MeteredStream {
             total_timer: Box::pin(sleep_until(total_deadline)),
             ended: false,
         };
-        for event in open.first_events {
+        for (event, kind) in open.first_events {
             // The meter has already seen these; only the client-facing edits remain.
-            if let Some(e) = s.client_view(event, None) {
+            if let Some(e) = s.client_view(event, kind) {
                 s.out.extend_from_slice(&e);
             }
         }
+        // Events that arrived in the same read as the first token.
+        s.drain_events(Instant::now());
         if s.meter.as_ref().is_some_and(Meter::saw_done)
             && let Some(ev) = s.upstream_ended()
         {
@@ -77,14 +79,26 @@ impl MeteredStream {
         s
     }
 
-    /// What the client should receive for `event` (None to hide it); meters it when `now`
-    /// is given.
-    fn client_view(&mut self, event: Bytes, now: Option<Instant>) -> Option<Bytes> {
-        let kind = match (event_data(&event), now, self.meter.as_mut()) {
-            (Some(data), Some(now), Some(meter)) => meter.on_data(now, &data),
-            (Some(data), None, _) => classify(&data),
+    /// Meters every complete event buffered, received at `now`, and queues the client's view.
+    fn drain_events(&mut self, now: Instant) {
+        while let Some(event) = self.splitter.next_event() {
+            if let Some(e) = self.take_event(event, now) {
+                self.out.extend_from_slice(&e);
+            }
+        }
+    }
+
+    /// Meters an event that arrived at `now`, then gives what the client should receive.
+    fn take_event(&mut self, event: Bytes, now: Instant) -> Option<Bytes> {
+        let kind = match (event_data(&event), self.meter.as_mut()) {
+            (Some(data), Some(meter)) => meter.on_data(now, &data),
             _ => DataKind::Other,
         };
+        self.client_view(event, kind)
+    }
+
+    /// What the client should receive for an event of `kind` (None to hide it).
+    fn client_view(&self, event: Bytes, kind: DataKind) -> Option<Bytes> {
         if !self.strip_usage {
             return Some(event);
         }
@@ -103,25 +117,23 @@ impl MeteredStream {
         }
         self.ended = true;
         let now = Instant::now();
+        let mut failure = failure;
         let mut upstream_reported = false;
         if let (Some(meter), Some(obs)) = (self.meter.take(), self.track.current_mut()) {
-            let stream_error = meter.stream_error().map(str::to_owned);
-            upstream_reported = stream_error.is_some();
+            // An error event from the upstream is the failure's best description.
+            if let Some(message) = meter.stream_error() {
+                upstream_reported = true;
+                failure = Some(("stream_error", message.to_owned()));
+            }
             meter.finish(now, obs);
-            obs.outcome = match (&failure, stream_error) {
-                (Some((kind, message)), _) => Outcome::Error {
+            obs.outcome = match &failure {
+                Some((kind, message)) => Outcome::Error {
                     kind,
                     status: None,
                     blame: Blame::Upstream,
                     message: message.clone(),
                 },
-                (None, Some(message)) => Outcome::Error {
-                    kind: "stream_error",
-                    status: None,
-                    blame: Blame::Upstream,
-                    message,
-                },
-                (None, None) => Outcome::Ok,
+                None => Outcome::Ok,
             };
         }
         match failure {
@@ -139,8 +151,9 @@ impl MeteredStream {
     }
 
     fn upstream_ended(&mut self) -> Option<Bytes> {
+        self.drain_events(Instant::now());
         if let Some(tail) = self.splitter.remainder()
-            && let Some(e) = self.client_view(tail, Some(Instant::now()))
+            && let Some(e) = self.take_event(tail, Instant::now())
         {
             self.out.extend_from_slice(&e);
         }
@@ -156,20 +169,6 @@ impl MeteredStream {
                 "upstream ended the stream without a finish reason".into(),
             )))
         }
-    }
-}
-
-/// Classifies a data payload the meter has already seen.
-fn classify(data: &[u8]) -> DataKind {
-    if data == b"[DONE]" {
-        return DataKind::Done;
-    }
-    // Cheap structural checks: only the usage-only chunk has an empty choices array and usage.
-    let has = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
-    if has(b"\"choices\":[]") && has(b"\"usage\":{") {
-        DataKind::UsageOnly
-    } else {
-        DataKind::Other
     }
 }
 
@@ -202,11 +201,7 @@ impl Stream for MeteredStream {
                 Poll::Ready(Some(Ok(bytes))) => {
                     let now = Instant::now();
                     this.splitter.push(&bytes);
-                    while let Some(event) = this.splitter.next_event() {
-                        if let Some(e) = this.client_view(event, Some(now)) {
-                            this.out.extend_from_slice(&e);
-                        }
-                    }
+                    this.drain_events(now);
                     if this.meter.as_ref().is_some_and(Meter::saw_done) {
                         // `[DONE]` ends the stream even if the upstream keeps the body open.
                         if let Some(ev) = this.upstream_ended() {

@@ -157,7 +157,10 @@ impl ScenarioReport {
                 .collect()
         };
         let before = pick(10.0, f.start_s);
-        let during = pick(f.start_s + 15.0, end);
+        // Skip the first part of the fault, while the one-minute window still holds mostly
+        // the time before it (at most 15 s, at most half the fault).
+        let settle = ((end - f.start_s) / 2.0).min(15.0);
+        let during = pick(f.start_s + settle, end);
         let mean =
             |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
         let show = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.0}{unit}"));

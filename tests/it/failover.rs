@@ -115,3 +115,33 @@ async fn client_errors_from_upstream_pass_through_without_failover() {
     assert!(other.seen().is_empty());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_upstream_error_event_mid_stream_reaches_the_client_once() {
+    let failing = spawn_mock(Script::ErrorAfter {
+        tokens: (0..5).map(|i| format!("t{i}")).collect(),
+        after: 2,
+    })
+    .await;
+    let mut gw = TestGateway::start(&[&failing], "").await;
+    let resp = gw
+        .post("/v1/chat/completions", chat(true))
+        .send()
+        .await
+        .unwrap();
+    let body = String::from_utf8_lossy(&resp.bytes().await.unwrap()).to_string();
+    assert!(
+        body.contains("t1") && body.contains("engine died"),
+        "{body}"
+    );
+    assert_eq!(
+        body.matches("\"error\"").count(),
+        1,
+        "one error event, the upstream's: {body}"
+    );
+    let rows = gw.rows(1).await;
+    assert_eq!(rows[0].error_type.as_deref(), Some("stream_error"));
+    assert_eq!(rows[0].attempts[0].outcome, "stream_error");
+    assert_eq!(rows[0].completion_tokens, Some(2));
+    gw.stop().await;
+}

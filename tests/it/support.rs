@@ -31,6 +31,8 @@ pub(crate) enum Script {
     Hang,
     /// Stream `after` tokens, then break the connection.
     ResetAfter { tokens: Vec<String>, after: usize },
+    /// Stream `after` tokens, then send an OpenAI error event and end the stream.
+    ErrorAfter { tokens: Vec<String>, after: usize },
 }
 
 impl Script {
@@ -177,6 +179,21 @@ async fn handle(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes
             Duration::from_millis(5),
             Some(after),
         ),
+        Script::ErrorAfter { tokens, after } => {
+            let mut events: Vec<String> = tokens[..after]
+                .iter()
+                .map(|t| chunk(t, None, include_usage))
+                .collect();
+            events.push(
+                "data: {\"error\":{\"message\":\"engine died\",\"type\":\"server_error\"}}\n\n"
+                    .into(),
+            );
+            let body = events.concat();
+            return Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from(body))
+                .unwrap();
+        }
     };
     if !stream {
         tokio::time::sleep(first_delay).await;
