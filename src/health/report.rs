@@ -145,8 +145,14 @@ impl ScopeReport {
         targets: &Targets,
         health: &HealthConfig,
     ) -> ScopeReport {
-        let one = WindowStats::from_slot(&window.sum(now, ONE_MINUTE), ONE_MINUTE);
-        let five = WindowStats::from_slot(&window.sum(now, FIVE_MINUTES), FIVE_MINUTES);
+        let one = WindowStats::from_slot(
+            &window.sum(now, ONE_MINUTE),
+            window.covered(now, ONE_MINUTE),
+        );
+        let five = WindowStats::from_slot(
+            &window.sum(now, FIVE_MINUTES),
+            window.covered(now, FIVE_MINUTES),
+        );
         let (judged, label) = if one.requests >= health.min_requests {
             (Some(&one), "1m")
         } else if five.requests >= health.min_requests {

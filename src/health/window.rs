@@ -202,6 +202,12 @@ impl Window {
         slot.record(s);
     }
 
+    /// How much of the last `span` the window has existed for (less than `span` just after
+    /// start), so rates are not diluted by time before the window began.
+    pub fn covered(&self, now: Instant, span: Duration) -> Duration {
+        span.min(now.saturating_duration_since(self.origin))
+    }
+
     /// Everything recorded in the last `span` (rounded up to whole slots) before `now`.
     pub fn sum(&self, now: Instant, span: Duration) -> Slot {
         let epoch = self.epoch(now);

@@ -109,13 +109,18 @@ impl RequestTrack {
             r.error_message = Some(message);
         }
         let ok = (200..300).contains(&status) && r.error_type.is_none();
+        // What the client waited for its first token: failed attempts before the answering
+        // one included.
+        let ttft = self.answer.as_ref().and_then(|a| {
+            a.ttft
+                .map(|t| a.started.saturating_duration_since(self.started) + t)
+        });
         if let Some(a) = &self.answer {
             let p = self.gw.upstreams.get(a.provider);
             r.quantization = p.and_then(|p| p.config.quantization.clone());
             r.served_model.clone_from(&a.served_model);
             r.system_fingerprint.clone_from(&a.system_fingerprint);
             r.node.clone_from(&a.node);
-            r.ttft_ms = a.ttft.map(ms);
             r.decode_tps = a.decode_rate;
             r.max_gap_ms = a.max_gap.map(ms);
             r.prompt_tokens = a.prompt_tokens;
@@ -123,7 +128,7 @@ impl RequestTrack {
             r.tokens_counted = a.tokens_counted;
             r.finish_reason.clone_from(&a.finish_reason);
         }
-        let ttft = self.answer.as_ref().and_then(|a| a.ttft);
+        r.ttft_ms = ttft.map(ms);
         let decode = self.answer.as_ref().and_then(|a| a.decode_rate);
         r.within_targets = self.gw.config.targets.met_by(ok, ttft, e2e, decode);
         self.gw.health.request_done(RequestSummary {

@@ -55,6 +55,9 @@ async fn a_provider_that_never_answers_fails_over_on_the_ttft_timeout() {
     let rows = gw.rows(2).await;
     let r = rows.iter().find(|r| r.attempts.len() == 2).unwrap();
     assert_eq!(r.attempts[0].outcome, "timeout_ttft");
+    // The client waited through the failed attempt: its TTFT includes it.
+    assert!(r.ttft_ms.unwrap() >= 300.0, "client TTFT {:?}", r.ttft_ms);
+    assert!(r.attempts[1].ttft_ms.unwrap() < 300.0);
     gw.stop().await;
 }
 
