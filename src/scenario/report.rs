@@ -48,10 +48,16 @@ pub struct ProviderSample {
     pub ttft_p95_ms: Option<f64>,
     /// Median decode rate over the last minute.
     pub decode_p50: Option<f64>,
+    /// P99 inter-token latency over the last minute, ms (stalls show here).
+    pub itl_p99_ms: Option<f64>,
     /// Error rate over the last minute.
     pub error_rate: Option<f64>,
     /// In flight now.
     pub in_flight: i64,
+    /// Mean prompt tokens per attempt over the last minute.
+    pub prompt_tokens_mean: Option<f64>,
+    /// Mean completion tokens per attempt over the last minute.
+    pub completion_tokens_mean: Option<f64>,
 }
 
 /// The gateway's health report, condensed, at one moment.
@@ -86,12 +92,25 @@ impl Sample {
                     requests_1m: p.scope.one_minute.requests,
                     ttft_p95_ms: p.scope.one_minute.ttft_ms.p95,
                     decode_p50: p.scope.one_minute.decode_tokens_per_s_p50,
+                    itl_p99_ms: p.scope.one_minute.itl_ms.p99,
                     error_rate: p.scope.one_minute.error_rate,
                     in_flight: p.scope.in_flight,
+                    prompt_tokens_mean: per_request(
+                        p.scope.one_minute.tokens_in,
+                        p.scope.one_minute.requests,
+                    ),
+                    completion_tokens_mean: per_request(
+                        p.scope.one_minute.tokens_out,
+                        p.scope.one_minute.requests,
+                    ),
                 })
                 .collect(),
         }
     }
+}
+
+fn per_request(tokens: u64, requests: u64) -> Option<f64> {
+    (requests > 0).then(|| tokens as f64 / requests as f64)
 }
 
 /// A verdict change.
@@ -174,13 +193,19 @@ impl ScenarioReport {
         };
         if self.providers.contains_key(&f.target) {
             format!(
-                "decode {} → {} tok/s, p95 TTFT {} → {}, errors {} → {}",
+                "decode {} → {} tok/s, p95 TTFT {} → {}, p99 ITL {} → {}, errors {} → {}, tokens in/out per request {}/{} → {}/{}",
                 show(provider(&before, |p| p.decode_p50), ""),
                 show(provider(&during, |p| p.decode_p50), ""),
                 show(provider(&before, |p| p.ttft_p95_ms), "ms"),
                 show(provider(&during, |p| p.ttft_p95_ms), "ms"),
+                show(provider(&before, |p| p.itl_p99_ms), "ms"),
+                show(provider(&during, |p| p.itl_p99_ms), "ms"),
                 show(provider(&before, |p| p.error_rate.map(|e| e * 100.0)), "%"),
                 show(provider(&during, |p| p.error_rate.map(|e| e * 100.0)), "%"),
+                show(provider(&before, |p| p.prompt_tokens_mean), ""),
+                show(provider(&before, |p| p.completion_tokens_mean), ""),
+                show(provider(&during, |p| p.prompt_tokens_mean), ""),
+                show(provider(&during, |p| p.completion_tokens_mean), ""),
             )
         } else {
             let overall = |ss: &[&Sample]| mean(ss.iter().map(|s| s.completions_per_min).collect());
