@@ -83,13 +83,7 @@ async fn logs_filters_and_prints_table_and_json() {
     .await;
     let mut gw = TestGateway::start(&[&good, &bad], "").await;
     for _ in 0..4 {
-        gw.post("/v1/chat/completions", chat(true))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        gw.chat(true).await.bytes().await.unwrap();
     }
     gw.rows(4).await;
     gw.stop().await;

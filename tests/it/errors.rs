@@ -67,14 +67,7 @@ async fn bad_requests_are_refused_clearly() {
         .unwrap();
     assert_eq!(error_of(resp).await.0, 413);
 
-    let (s, _) = error_of(
-        gw.http
-            .get(format!("{}/v1/nothing", gw.url))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _) = error_of(gw.get("/v1/nothing").await).await;
     assert_eq!(s, 404);
     assert!(mock.seen().is_empty(), "nothing bad may reach the upstream");
     gw.stop().await;
@@ -96,13 +89,7 @@ async fn all_providers_down_is_502_with_every_attempt() {
         state: a.state.clone(),
     };
     let mut gw = TestGateway::start(&[&a, &b], "").await;
-    let (s, v) = error_of(
-        gw.post("/v1/chat/completions", chat(true))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = error_of(gw.chat(true).await).await;
     assert_eq!(s, 502);
     assert_eq!(v["error"]["code"], "all_attempts_failed");
     let attempts = v["error"]["attempts"].as_array().unwrap();
@@ -124,22 +111,10 @@ async fn every_attempt_timing_out_is_504() {
         "[timeouts]\nttft = \"200ms\"\nidle = \"200ms\"\ntotal = \"400ms\"\n",
     )
     .await;
-    let (s, v) = error_of(
-        gw.post("/v1/chat/completions", chat(true))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, v) = error_of(gw.chat(true).await).await;
     assert_eq!(s, 504);
     assert_eq!(v["error"]["code"], "upstream_timeout");
-    let (s, _) = error_of(
-        gw.post("/v1/chat/completions", chat(false))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _) = error_of(gw.chat(false).await).await;
     assert_eq!(s, 504);
     gw.stop().await;
 }
@@ -153,18 +128,10 @@ async fn upstream_garbage_is_an_upstream_failure_not_a_crash() {
     .await;
     let mut gw = TestGateway::start(&[&mock], "").await;
     // Non-streamed garbage with a 2xx is passed through as the provider sent it.
-    let resp = gw
-        .post("/v1/chat/completions", chat(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(false).await;
     assert_eq!(resp.status(), 200);
     // Streamed request answered with a non-SSE body: passed through too, and metered.
-    let resp = gw
-        .post("/v1/chat/completions", chat(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(true).await;
     assert_eq!(resp.status(), 200);
     let rows = gw.rows(2).await;
     assert!(rows.iter().all(|r| r.completion_tokens.is_none()));

@@ -14,11 +14,7 @@ async fn a_failing_provider_is_skipped_before_commit() {
     let good = spawn_mock(Script::words(3)).await;
     let mut gw = TestGateway::start(&[&bad, &good], "").await;
     for stream in [true, false, true, false] {
-        let resp = gw
-            .post("/v1/chat/completions", chat(stream))
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.chat(stream).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["x-candor-provider"], "p1");
         resp.bytes().await.unwrap();
@@ -43,11 +39,7 @@ async fn a_provider_that_never_answers_fails_over_on_the_ttft_timeout() {
     let good = spawn_mock(Script::words(2)).await;
     let mut gw = TestGateway::start(&[&hung, &good], "[timeouts]\nttft = \"300ms\"\n").await;
     for _ in 0..2 {
-        let resp = gw
-            .post("/v1/chat/completions", chat(true))
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.chat(true).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["x-candor-provider"], "p1");
         resp.bytes().await.unwrap();
@@ -70,11 +62,7 @@ async fn no_failover_after_the_first_byte() {
     .await;
     let other = spawn_mock(Script::words(2)).await;
     let mut gw = TestGateway::start(&[&breaking, &other], "").await;
-    let resp = gw
-        .post("/v1/chat/completions", chat(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(true).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-candor-provider"], "p0");
     let body = String::from_utf8_lossy(&resp.bytes().await.unwrap()).to_string();
@@ -107,11 +95,7 @@ async fn client_errors_from_upstream_pass_through_without_failover() {
     .await;
     let other = spawn_mock(Script::words(2)).await;
     let mut gw = TestGateway::start(&[&picky, &other], "").await;
-    let resp = gw
-        .post("/v1/chat/completions", chat(false))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(false).await;
     assert_eq!(resp.status(), 400);
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["message"], "messages must not be empty");
@@ -127,11 +111,7 @@ async fn an_upstream_error_event_mid_stream_reaches_the_client_once() {
     })
     .await;
     let mut gw = TestGateway::start(&[&failing], "").await;
-    let resp = gw
-        .post("/v1/chat/completions", chat(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(true).await;
     let body = String::from_utf8_lossy(&resp.bytes().await.unwrap()).to_string();
     assert!(
         body.contains("t1") && body.contains("engine died"),

@@ -7,22 +7,13 @@ use serde_json::Value;
 use crate::support::*;
 
 async fn health(gw: &TestGateway) -> (u16, Value) {
-    let resp = gw
-        .http
-        .get(format!("{}/health", gw.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.get("/health").await;
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
 async fn drive(gw: &TestGateway, n: usize) {
     for i in 0..n {
-        let resp = gw
-            .post("/v1/chat/completions", chat(i % 2 == 0))
-            .send()
-            .await
-            .unwrap();
+        let resp = gw.chat(i % 2 == 0).await;
         resp.bytes().await.unwrap();
     }
 }
@@ -52,19 +43,9 @@ async fn health_reports_measurements_and_stays_200_within_bounds() {
     assert!(p["1m"]["decode_tokens_per_s_p50"].as_f64().unwrap() > 0.0);
     assert_eq!(p["in_flight"], 0);
     assert_eq!(v["targets"]["ttft_ms"], 2000.0);
-    let ready = gw
-        .http
-        .get(format!("{}/readyz", gw.url))
-        .send()
-        .await
-        .unwrap();
+    let ready = gw.get("/readyz").await;
     assert_eq!(ready.status(), 200);
-    let live = gw
-        .http
-        .get(format!("{}/livez", gw.url))
-        .send()
-        .await
-        .unwrap();
+    let live = gw.get("/livez").await;
     assert_eq!(live.status(), 200);
     gw.stop().await;
 }
@@ -83,13 +64,7 @@ async fn slow_first_tokens_breach_the_bound_and_answer_503() {
     )
     .await;
     for _ in 0..4 {
-        gw.post("/v1/chat/completions", chat(true))
-            .send()
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        gw.chat(true).await.bytes().await.unwrap();
     }
     let (s, v) = health(&gw).await;
     assert_eq!(s, 503, "{v}");
@@ -116,12 +91,7 @@ async fn dead_provider_makes_readyz_fail() {
     assert_eq!(s, 503);
     assert_eq!(v["verdict"], "failing");
     assert_eq!(v["providers"][0]["verdict"], "failing");
-    let ready = gw
-        .http
-        .get(format!("{}/readyz", gw.url))
-        .send()
-        .await
-        .unwrap();
+    let ready = gw.get("/readyz").await;
     assert_eq!(ready.status(), 503);
     gw.stop().await;
 }
@@ -131,15 +101,7 @@ async fn metrics_pass_promtool_and_count_traffic() {
     let mock = spawn_mock(Script::words(4)).await;
     let mut gw = TestGateway::start(&[&mock], "").await;
     drive(&gw, 4).await;
-    let text = gw
-        .http
-        .get(format!("{}/metrics", gw.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.get("/metrics").await.text().await.unwrap();
     for name in [
         "gen_ai_client_operation_duration_seconds_bucket",
         "gen_ai_client_operation_time_to_first_chunk_seconds_count",

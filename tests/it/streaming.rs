@@ -17,11 +17,7 @@ async fn stream_reaches_client_byte_for_byte_while_usage_is_metered() {
     })
     .await;
     let mut gw = TestGateway::start(&[&mock], "").await;
-    let resp = gw
-        .post("/v1/chat/completions", chat(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(true).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-candor-provider"], "p0");
     assert!(resp.headers().contains_key("x-candor-request-id"));
@@ -99,11 +95,7 @@ async fn first_chunk_reaches_client_long_before_upstream_finishes() {
     .await;
     let mut gw = TestGateway::start(&[&mock], "").await;
     let sent = Instant::now();
-    let resp = gw
-        .post("/v1/chat/completions", chat(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(true).await;
     let mut body = resp.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     let first_at = sent.elapsed();
@@ -127,11 +119,7 @@ async fn client_disconnect_cancels_the_upstream_and_is_logged_once() {
     })
     .await;
     let mut gw = TestGateway::start(&[&mock], "").await;
-    let resp = gw
-        .post("/v1/chat/completions", chat(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(true).await;
     let mut body = resp.bytes_stream();
     let _ = body.next().await.unwrap().unwrap();
     let _ = body.next().await.unwrap().unwrap();
@@ -161,14 +149,7 @@ async fn client_disconnect_cancels_the_upstream_and_is_logged_once() {
 async fn non_streaming_and_embeddings_pass_through() {
     let mock = spawn_mock(Script::words(3)).await;
     let mut gw = TestGateway::start(&[&mock], "").await;
-    let v: serde_json::Value = gw
-        .post("/v1/chat/completions", chat(false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = gw.chat(false).await.json().await.unwrap();
     assert_eq!(v["choices"][0]["message"]["content"], "w0 w1 w2 ");
     assert_eq!(v["usage"]["completion_tokens"], 3);
     let e = gw
@@ -198,11 +179,7 @@ async fn graceful_shutdown_drains_a_stream_and_flushes_the_log() {
     })
     .await;
     let mut gw = TestGateway::start(&[&mock], "").await;
-    let resp = gw
-        .post("/v1/chat/completions", chat(true))
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.chat(true).await;
     let running = gw.running.take().unwrap();
     let stopping = tokio::spawn(running.stop());
     let body = resp.bytes().await.unwrap();

@@ -300,6 +300,23 @@ impl TestGateway {
         }
     }
 
+    /// Sends `chat(stream)` to `/v1/chat/completions`.
+    pub(crate) async fn chat(&self, stream: bool) -> reqwest::Response {
+        self.post("/v1/chat/completions", chat(stream))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET path` without credentials.
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub(crate) fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
         self.http.post(format!("{}{path}", self.url)).json(&body)
     }
