@@ -21,6 +21,15 @@ struct Current {
     _guard: InFlight,
 }
 
+/// The timing of the attempt whose answer the client got.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    /// Client-perceived time to first token.
+    ttft: Option<std::time::Duration>,
+    /// Decode rate of the answering attempt.
+    decode: Option<f64>,
+}
+
 /// The life of one client request.
 #[derive(Debug)]
 pub struct RequestTrack {
@@ -29,7 +38,7 @@ pub struct RequestTrack {
     source: Source,
     record: RequestRecord,
     current: Option<Current>,
-    answer: Option<Observation>,
+    answer: Option<Answer>,
     finished: bool,
 }
 
@@ -87,9 +96,35 @@ impl RequestTrack {
         self.record.provider = Some(obs.provider_id.to_string());
         self.record.in_flight = Some(in_flight);
         if obs.outcome == Outcome::Ok || self.answer.is_none() {
-            self.answer = Some(obs.clone());
+            self.take_answer(&obs);
         }
         self.gw.health.observe(obs, cost);
+    }
+
+    /// Copies into the record what the client got from this attempt.
+    fn take_answer(&mut self, a: &Observation) {
+        let r = &mut self.record;
+        r.quantization = self
+            .gw
+            .upstreams
+            .get(a.provider)
+            .and_then(|p| p.config.quantization.clone());
+        r.served_model.clone_from(&a.served_model);
+        r.system_fingerprint.clone_from(&a.system_fingerprint);
+        r.node.clone_from(&a.node);
+        r.decode_tps = a.decode_rate;
+        r.max_gap_ms = a.max_gap.map(ms);
+        r.prompt_tokens = a.prompt_tokens;
+        r.completion_tokens = a.completion_tokens;
+        r.tokens_counted = a.tokens_counted;
+        r.finish_reason.clone_from(&a.finish_reason);
+        // What the client waited for its first token: failed attempts before this one included.
+        self.answer = Some(Answer {
+            ttft: a
+                .ttft
+                .map(|t| a.started.saturating_duration_since(self.started) + t),
+            decode: a.decode_rate,
+        });
     }
 
     /// Ends the request with the status the client got and, for failures, why.
@@ -109,27 +144,9 @@ impl RequestTrack {
             r.error_message = Some(message);
         }
         let ok = (200..300).contains(&status) && r.error_type.is_none();
-        // What the client waited for its first token: failed attempts before the answering
-        // one included.
-        let ttft = self.answer.as_ref().and_then(|a| {
-            a.ttft
-                .map(|t| a.started.saturating_duration_since(self.started) + t)
-        });
-        if let Some(a) = &self.answer {
-            let p = self.gw.upstreams.get(a.provider);
-            r.quantization = p.and_then(|p| p.config.quantization.clone());
-            r.served_model.clone_from(&a.served_model);
-            r.system_fingerprint.clone_from(&a.system_fingerprint);
-            r.node.clone_from(&a.node);
-            r.decode_tps = a.decode_rate;
-            r.max_gap_ms = a.max_gap.map(ms);
-            r.prompt_tokens = a.prompt_tokens;
-            r.completion_tokens = a.completion_tokens;
-            r.tokens_counted = a.tokens_counted;
-            r.finish_reason.clone_from(&a.finish_reason);
-        }
+        let ttft = self.answer.as_ref().and_then(|a| a.ttft);
+        let decode = self.answer.as_ref().and_then(|a| a.decode);
         r.ttft_ms = ttft.map(ms);
-        let decode = self.answer.as_ref().and_then(|a| a.decode_rate);
         r.within_targets = self.gw.config.targets.met_by(ok, ttft, e2e, decode);
         self.gw.health.request_done(RequestSummary {
             model: Arc::from(r.requested_model.as_str()),
