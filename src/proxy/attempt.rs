@@ -82,8 +82,6 @@ pub struct AttemptRequest<'a> {
     pub forward: HeaderMap,
     /// Timeouts for this attempt.
     pub timeouts: Timeouts,
-    /// The attempt may not run past this (client deadline), when set.
-    pub deadline: Option<Instant>,
 }
 
 /// A stream whose first token has arrived: ready to commit to the client.
@@ -100,6 +98,8 @@ pub struct OpenStream {
     pub splitter: SseSplitter,
     /// Measurements so far.
     pub meter: Meter,
+    /// When the attempt's total time runs out.
+    pub deadline: Instant,
 }
 
 impl std::fmt::Debug for OpenStream {
@@ -130,7 +130,7 @@ pub enum Answer {
 /// For a complete answer `obs` is final; for a stream the meter inside finishes it.
 pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answer, CallError> {
     let started = obs.started;
-    let total_deadline = cap(started + req.timeouts.total, req.deadline);
+    let total_deadline = started + req.timeouts.total;
     let mut builder = req
         .client
         .post(&req.url)
@@ -144,8 +144,9 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
     }
     let request = builder.body(req.body);
 
+    let ttft_deadline = (started + req.timeouts.ttft).min(total_deadline);
     let headers_deadline = if req.stream {
-        cap(started + req.timeouts.ttft, Some(total_deadline))
+        ttft_deadline
     } else {
         total_deadline
     };
@@ -194,7 +195,6 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
         });
     }
 
-    let ttft_deadline = cap(started + req.timeouts.ttft, Some(total_deadline));
     let mut rest = response.bytes_stream().boxed();
     let mut splitter = SseSplitter::default();
     let mut meter = Meter::new(started);
@@ -250,11 +250,8 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
         rest,
         splitter,
         meter,
+        deadline: total_deadline,
     })))
-}
-
-fn cap(at: Instant, deadline: Option<Instant>) -> Instant {
-    deadline.map_or(at, |d| d.min(at))
 }
 
 fn timeout(kind: &'static str, limit: Duration) -> CallError {

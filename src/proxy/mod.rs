@@ -195,6 +195,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
     let model: Arc<str> = Arc::from(head.model.as_str());
     let timeouts = gw.config.timeouts;
     let mut failures = Vec::new();
+    let mut all_timed_out = true;
     for &index in &plan.order {
         let Some(provider) = gw.upstreams.get(index) else {
             continue;
@@ -231,7 +232,6 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
             stream: head.stream,
             forward,
             timeouts,
-            deadline: None,
         };
         let Some(obs) = track.current_mut() else {
             continue;
@@ -252,13 +252,8 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
             }
             Ok(Answer::Stream(open)) => {
                 let status = open.status;
-                let stream = MeteredStream::new(
-                    *open,
-                    track,
-                    head.needs_usage_injection(),
-                    timeouts.idle,
-                    started + timeouts.total,
-                );
+                let stream =
+                    MeteredStream::new(*open, track, head.needs_usage_injection(), timeouts.idle);
                 return Ok(Reply::Stream {
                     status,
                     provider: Arc::clone(&provider.id),
@@ -274,6 +269,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
                 if !err.retryable {
                     return Ok(passthrough(track, err, provider.id.clone()));
                 }
+                all_timed_out &= err.is_timeout();
                 failures.push(AttemptFailure {
                     provider: provider.config.id.clone(),
                     kind: err.kind,
@@ -283,12 +279,11 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
             }
         }
     }
-    let timed_out = failures.iter().all(|f| f.kind.starts_with("timeout"));
     let err = Error::AllFailed {
         attempts: failures,
-        timed_out,
+        timed_out: all_timed_out,
     };
-    let status = if timed_out { 504 } else { 502 };
+    let status = if all_timed_out { 504 } else { 502 };
     track.finish(status, Some(("all_attempts_failed", err.to_string())));
     Err(err)
 }

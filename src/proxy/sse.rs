@@ -78,10 +78,10 @@ pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
     found
 }
 
-/// Removes a top-level `"usage":null` member that the upstream added only because Candor
-/// asked for usage; the client's stream then reads exactly as it would have.
-/// Returns `None` when the event has no such member.
-pub fn strip_null_usage(event: &[u8]) -> Option<Bytes> {
+/// Finds the top-level `"usage":null` member that the upstream added only because Candor
+/// asked for usage, with one neighbouring comma: cutting `event[from..to]` leaves the event
+/// exactly as the client would have received it. `None` when there is no such member.
+pub fn null_usage_span(event: &[u8]) -> Option<(usize, usize)> {
     const KEY: &[u8] = b"\"usage\":";
     let start = find(event, KEY)?;
     let mut end = start + KEY.len();
@@ -93,23 +93,18 @@ pub fn strip_null_usage(event: &[u8]) -> Option<Bytes> {
     }
     end += 4;
     // Take one neighbouring comma with it so the JSON stays valid.
-    let (cut_from, cut_to) = if event.get(end) == Some(&b',') {
-        (start, end + 1)
+    if event.get(end) == Some(&b',') {
+        return Some((start, end + 1));
+    }
+    let mut s = start;
+    while s > 0 && event[s - 1] == b' ' {
+        s -= 1;
+    }
+    Some(if s > 0 && event[s - 1] == b',' {
+        (s - 1, end)
     } else {
-        let mut s = start;
-        while s > 0 && event[s - 1] == b' ' {
-            s -= 1;
-        }
-        if s > 0 && event[s - 1] == b',' {
-            (s - 1, end)
-        } else {
-            (start, end)
-        }
-    };
-    let mut out = Vec::with_capacity(event.len());
-    out.extend_from_slice(&event[..cut_from]);
-    out.extend_from_slice(&event[cut_to..]);
-    Some(Bytes::from(out))
+        (start, end)
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -172,10 +167,11 @@ mod tests {
             ),
             (b"data: {\"usage\":null}\n\n", b"data: {}\n\n"),
         ];
+        let strip = |e: &[u8]| null_usage_span(e).map(|(from, to)| [&e[..from], &e[to..]].concat());
         for (input, want) in cases {
-            assert_eq!(strip_null_usage(input).as_deref(), Some(want));
+            assert_eq!(strip(input).as_deref(), Some(want));
         }
-        assert!(strip_null_usage(b"data: {\"usage\":{\"prompt_tokens\":1}}\n\n").is_none());
-        assert!(strip_null_usage(b"data: {\"c\":\"say \\\"usage\\\":null\"}\n\n").is_none());
+        assert!(strip(b"data: {\"usage\":{\"prompt_tokens\":1}}\n\n").is_none());
+        assert!(strip(b"data: {\"c\":\"say \\\"usage\\\":null\"}\n\n").is_none());
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::attempt::{OpenStream, transport_error};
 use super::meter::{DataKind, Meter};
-use super::sse::{SseSplitter, event_data, strip_null_usage};
+use super::sse::{SseSplitter, event_data, null_usage_span};
 use super::track::{CLIENT_CLOSED, RequestTrack};
 use crate::observation::{Blame, Outcome};
 
@@ -48,8 +48,8 @@ impl MeteredStream {
         track: RequestTrack,
         strip_usage: bool,
         idle: Duration,
-        total_deadline: Instant,
     ) -> MeteredStream {
+        let total_deadline = open.deadline;
         let mut s = MeteredStream {
             rest: open.rest,
             splitter: open.splitter,
@@ -65,9 +65,7 @@ impl MeteredStream {
         };
         for (event, kind) in open.first_events {
             // The meter has already seen these; only the client-facing edits remain.
-            if let Some(e) = s.client_view(event, kind) {
-                s.out.extend_from_slice(&e);
-            }
+            s.push_client_view(&event, kind);
         }
         // Events that arrived in the same read as the first token.
         s.drain_events(Instant::now());
@@ -82,31 +80,37 @@ impl MeteredStream {
     /// Meters every complete event buffered, received at `now`, and queues the client's view.
     fn drain_events(&mut self, now: Instant) {
         while let Some(event) = self.splitter.next_event() {
-            if let Some(e) = self.take_event(event, now) {
-                self.out.extend_from_slice(&e);
-            }
+            self.take_event(&event, now);
         }
     }
 
-    /// Meters an event that arrived at `now`, then gives what the client should receive.
-    fn take_event(&mut self, event: Bytes, now: Instant) -> Option<Bytes> {
-        let kind = match (event_data(&event), self.meter.as_mut()) {
+    /// Meters an event that arrived at `now`, then queues what the client should receive.
+    fn take_event(&mut self, event: &[u8], now: Instant) {
+        let kind = match (event_data(event), self.meter.as_mut()) {
             (Some(data), Some(meter)) => meter.on_data(now, &data),
             _ => DataKind::Other,
         };
-        self.client_view(event, kind)
+        self.push_client_view(event, kind);
     }
 
-    /// What the client should receive for an event of `kind` (None to hide it).
-    fn client_view(&self, event: Bytes, kind: DataKind) -> Option<Bytes> {
-        if !self.strip_usage {
-            return Some(event);
+    /// Queues what the client should receive for an event of `kind`: the event as it came,
+    /// or nothing (the usage chunk Candor asked for), or the event without the
+    /// `"usage":null` member that asking added. Written straight into the outgoing buffer.
+    fn push_client_view(&mut self, event: &[u8], kind: DataKind) {
+        if self.strip_usage {
+            match kind {
+                DataKind::UsageOnly => return,
+                DataKind::Other => {
+                    if let Some((from, to)) = null_usage_span(event) {
+                        self.out.extend_from_slice(&event[..from]);
+                        self.out.extend_from_slice(&event[to..]);
+                        return;
+                    }
+                }
+                DataKind::Done | DataKind::Error => {}
+            }
         }
-        match kind {
-            DataKind::UsageOnly => None,
-            DataKind::Other => Some(strip_null_usage(&event).unwrap_or(event)),
-            DataKind::Done | DataKind::Error => Some(event),
-        }
+        self.out.extend_from_slice(event);
     }
 
     /// Finishes the attempt and the request; returns an error event for the client when
@@ -152,10 +156,8 @@ impl MeteredStream {
 
     fn upstream_ended(&mut self) -> Option<Bytes> {
         self.drain_events(Instant::now());
-        if let Some(tail) = self.splitter.remainder()
-            && let Some(e) = self.take_event(tail, Instant::now())
-        {
-            self.out.extend_from_slice(&e);
+        if let Some(tail) = self.splitter.remainder() {
+            self.take_event(&tail, Instant::now());
         }
         let complete = self
             .meter
