@@ -17,8 +17,6 @@ use crate::config::{ProviderConfig, Timeouts};
 /// One provider at run time: its configuration and live counters.
 #[derive(Debug)]
 pub struct Provider {
-    /// Index in configuration order.
-    pub index: usize,
     /// Shared id, cheap to clone into observations.
     pub id: Arc<str>,
     /// What the configuration says.
@@ -68,7 +66,6 @@ impl Upstreams {
                     by_model.entry(m.clone()).or_default().push(index);
                 }
                 Arc::new(Provider {
-                    index,
                     id: Arc::from(c.id.as_str()),
                     config: c.clone(),
                     in_flight: AtomicI64::new(0),

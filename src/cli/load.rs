@@ -1,6 +1,5 @@
 //! `candor load`: replay a trace file (or a shipped sample) against an endpoint.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -64,13 +63,8 @@ pub struct LoadArgs {
 }
 
 pub(super) async fn run(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let text = match args.trace.as_str() {
-        "azure-conv" => trace::samples::AZURE_CONV.to_owned(),
-        "azure-code" => trace::samples::AZURE_CODE.to_owned(),
-        "mooncake" => trace::samples::MOONCAKE.to_owned(),
-        path => std::fs::read_to_string(PathBuf::from(path))
-            .with_context(|| format!("cannot read trace {path}"))?,
-    };
+    let text =
+        trace::read(&args.trace).with_context(|| format!("cannot read trace {}", args.trace))?;
     #[expect(
         clippy::disallowed_methods,
         reason = "a CLI flag names the variable; read once here"

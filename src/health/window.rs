@@ -60,11 +60,6 @@ impl LogHistogram {
         self.total += other.total;
     }
 
-    /// Observations recorded.
-    pub fn count(&self) -> u64 {
-        self.total
-    }
-
     /// The `q` quantile (0..=1), or `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let counts = self.counts.as_ref()?;

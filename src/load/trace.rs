@@ -34,6 +34,17 @@ pub mod samples {
     pub const MOONCAKE: &str = include_str!("../../traces/mooncake-conversation-sample.jsonl");
 }
 
+/// The text of a trace: a shipped sample by name (`azure-conv`, `azure-code`, `mooncake`) or
+/// a file.
+pub fn read(name_or_path: &str) -> std::io::Result<String> {
+    match name_or_path {
+        "azure-conv" => Ok(samples::AZURE_CONV.to_owned()),
+        "azure-code" => Ok(samples::AZURE_CODE.to_owned()),
+        "mooncake" => Ok(samples::MOONCAKE.to_owned()),
+        path => std::fs::read_to_string(path),
+    }
+}
+
 /// Parses either format, recognised by its first line.
 pub fn parse(text: &str) -> Result<Vec<TraceRequest>, TraceError> {
     let first = text.lines().next().unwrap_or_default().trim_start();

@@ -175,11 +175,6 @@ impl LogSender {
         }
     }
 
-    /// Records dropped so far.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
     /// The shared drop counter (read by `/metrics`).
     pub fn drop_counter(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.dropped)

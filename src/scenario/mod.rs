@@ -290,13 +290,8 @@ pub async fn start(s: &Scenario, port: u16) -> Result<Started, ScenarioError> {
 
 /// The load configuration for a started scenario.
 pub fn load_config(s: &Scenario, started: &Started) -> Result<LoadConfig, ScenarioError> {
-    let text = match s.load.trace.as_str() {
-        "azure-conv" => trace::samples::AZURE_CONV.to_owned(),
-        "azure-code" => trace::samples::AZURE_CODE.to_owned(),
-        "mooncake" => trace::samples::MOONCAKE.to_owned(),
-        path => std::fs::read_to_string(path)
-            .map_err(|e| ScenarioError::Trace(format!("{path}: {e}")))?,
-    };
+    let text = trace::read(&s.load.trace)
+        .map_err(|e| ScenarioError::Trace(format!("{}: {e}", s.load.trace)))?;
     Ok(LoadConfig {
         url: format!("http://{}", started.gateway.addr),
         model: s.model.clone(),

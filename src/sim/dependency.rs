@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::fault::{Effects, Fault, Faults, Scheduled};
+use super::fault::{Effects, Fault, Faults, Injection, Scheduled};
 use super::text::SplitMix;
 
 /// Latency buckets of `vectordb_query_duration_seconds`.
@@ -121,21 +121,8 @@ async fn metrics(State(dep): State<Arc<Dependency>>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], out)
 }
 
-#[derive(serde::Deserialize)]
-struct FaultRequest {
-    #[serde(default, with = "humantime_serde")]
-    duration: Option<Duration>,
-    #[serde(flatten)]
-    fault: Fault,
-}
-
-async fn add_fault(
-    State(dep): State<Arc<Dependency>>,
-    Json(f): Json<FaultRequest>,
-) -> &'static str {
-    dep.lock()
-        .faults
-        .inject(f.fault, Instant::now(), f.duration);
+async fn add_fault(State(dep): State<Arc<Dependency>>, Json(f): Json<Injection>) -> &'static str {
+    dep.lock().faults.apply(f, Instant::now());
     "ok"
 }
 

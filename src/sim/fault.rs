@@ -96,6 +96,18 @@ pub struct Scheduled {
     pub fault: Fault,
 }
 
+/// A fault injected at run time (`POST /sim/faults`): the fault, for `duration` or until
+/// cleared.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Injection {
+    /// How long it lasts.
+    #[serde(default, with = "humantime_serde")]
+    pub duration: Option<Duration>,
+    /// The fault.
+    #[serde(flatten)]
+    pub fault: Fault,
+}
+
 /// A fault in force.
 #[derive(Debug, Clone)]
 struct Active {
@@ -131,6 +143,11 @@ impl Faults {
         });
     }
 
+    /// Applies a run-time injection at `now`.
+    pub fn apply(&mut self, injection: Injection, now: Instant) {
+        self.inject(injection.fault, now, injection.duration);
+    }
+
     /// Clears injected faults and the rest of the timeline.
     pub fn clear(&mut self) {
         self.injected.clear();
@@ -154,11 +171,6 @@ impl Faults {
             .filter(move |a| a.until.is_none_or(|u| now < u))
             .map(|a| a.fault.clone());
         scheduled.chain(injected).collect()
-    }
-
-    /// The timeline as configured.
-    pub fn timeline(&self) -> &[Scheduled] {
-        &self.timeline
     }
 }
 

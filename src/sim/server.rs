@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -13,14 +12,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Sim;
 use super::engine::{Event, Job};
-use super::fault::Fault;
+use super::fault::Injection;
 use super::text::{self, Ask};
 
 /// The simulator's router.
@@ -57,20 +55,10 @@ async fn metrics(State(sim): State<Arc<Sim>>) -> Response {
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }
 
-#[derive(Deserialize)]
-struct FaultRequest {
-    #[serde(default, with = "humantime_serde")]
-    duration: Option<Duration>,
-    #[serde(flatten)]
-    fault: Fault,
-}
-
 async fn add_fault(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<FaultRequest>(&body) {
+    match serde_json::from_slice::<Injection>(&body) {
         Ok(f) => {
-            sim.lock()
-                .faults
-                .inject(f.fault, Instant::now(), f.duration);
+            sim.lock().faults.apply(f, Instant::now());
             list_faults(State(sim)).await.into_response()
         }
         Err(e) => error(StatusCode::BAD_REQUEST, &format!("bad fault: {e}")),
