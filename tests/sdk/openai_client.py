@@ -26,18 +26,24 @@ raw = client.chat.completions.with_raw_response.create(
 out["headers"] = {"provider": raw.headers.get("x-candor-provider"),
                   "request_id": raw.headers.get("x-candor-request-id")}
 
+import time
+
 text = []
 chunks = 0
+token_times = []
 for chunk in client.chat.completions.create(
     model=model, stream=True, messages=[{"role": "user", "content": "tell me about caches"}],
-    max_tokens=40, extra_body={"min_tokens": 12},
+    max_tokens=200, extra_body={"min_tokens": 120},
 ):
     chunks += 1
     if chunk.choices and chunk.choices[0].delta.content:
+        token_times.append(time.monotonic())
         text.append(chunk.choices[0].delta.content)
     if chunk.usage is not None:
         out["unexpected_usage_chunk"] = True
-out["stream"] = {"chunks": chunks, "text": "".join(text)}
+out["stream"] = {"chunks": chunks, "text": "".join(text),
+                 # Decode rate as this client saw it: tokens after the first over their span.
+                 "client_decode_tps": (len(token_times) - 1) / (token_times[-1] - token_times[0])}
 
 usage = None
 for chunk in client.chat.completions.create(
