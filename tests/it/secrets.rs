@@ -119,7 +119,22 @@ models = ["m"]
         .unwrap();
     assert_eq!(r.status(), 502);
     seen_by_client.push_str(&collect(r).await);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the writer has stored the three proxied requests (the two 401s never reach it).
+    for _ in 0..200 {
+        let rows: Vec<serde_json::Value> = http
+            .get(format!("{base}/api/requests"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if rows.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for path in [
         "/api/requests",
         "/api/providers",
