@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::health::HealthTask;
 use crate::proxy::Gateway;
 use crate::request_log::{StoreError, Writer};
+use crate::scrape;
 use crate::server;
 use crate::upstream::{Upstreams, http_client};
 
@@ -77,14 +78,20 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
 
     let tracker = TaskTracker::new();
     let stop_workers = CancellationToken::new();
-    let (health_task, health) = HealthTask::new(
-        Arc::clone(&upstreams),
-        config.targets,
-        config.health,
-        config.server.observation_queue,
-        log.drop_counter(),
-    );
+    let (health_task, health, snapshot) =
+        HealthTask::new(Arc::clone(&upstreams), &config, log.drop_counter());
     tracker.spawn(health_task.run(stop_workers.clone()));
+    for p in upstreams.all() {
+        if p.config.metrics_url.is_some() || p.config.gpu_metrics_url.is_some() {
+            tracker.spawn(scrape::run(
+                Arc::clone(p),
+                client.clone(),
+                config.scrape,
+                health.clone(),
+                stop_workers.clone(),
+            ));
+        }
+    }
 
     let gateway = Arc::new(Gateway::new(
         Arc::clone(&config),
@@ -92,6 +99,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         client,
         health,
         log,
+        snapshot,
     ));
     let listener = TcpListener::bind(config.server.listen)
         .await

@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod request_log;
 pub mod route;
 pub mod scenario;
+pub mod scrape;
 pub mod server;
 pub mod sim;
 pub mod upstream;

@@ -49,6 +49,8 @@ pub enum Outcome {
     },
     /// The client went away before the attempt ended.
     ClientCancelled,
+    /// Candor cancelled it: the other attempt of a hedged pair answered first.
+    Cancelled,
 }
 
 impl Outcome {
@@ -58,6 +60,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Error { kind, .. } => kind,
             Outcome::ClientCancelled => "client_cancelled",
+            Outcome::Cancelled => "hedge_cancelled",
         }
     }
 
@@ -162,6 +165,10 @@ pub struct Observation {
     pub system_fingerprint: Option<String>,
     /// Node that served it, from the provider's node header.
     pub node: Option<String>,
+    /// Sent as a probe to a recovering provider.
+    pub probe: bool,
+    /// Sent as a hedge (a duplicate of a slow attempt).
+    pub hedge: bool,
     /// How it ended.
     pub outcome: Outcome,
 }
@@ -200,6 +207,8 @@ impl Observation {
             served_model: None,
             system_fingerprint: None,
             node: None,
+            probe: false,
+            hedge: false,
             outcome: Outcome::Ok,
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,14 +14,42 @@ use tokio::time::Instant;
 
 use crate::config::{ProviderConfig, Timeouts};
 
-/// One provider at run time: its configuration and live counters.
+/// One provider at run time: its configuration and live counters. The counters are
+/// written by the request path with relaxed atomics and read by the health task on its
+/// tick; times are milliseconds since the registry's epoch.
 #[derive(Debug)]
 pub struct Provider {
+    /// Position in the configuration.
+    pub index: usize,
     /// Shared id, cheap to clone into observations.
     pub id: Arc<str>,
     /// What the configuration says.
     pub config: ProviderConfig,
+    epoch: Instant,
     in_flight: AtomicI64,
+    streams: AtomicI64,
+    decoding: AtomicI64,
+    tokens: AtomicU64,
+    last_progress_ms: AtomicU64,
+    busy_since_ms: AtomicU64,
+    probing: AtomicBool,
+}
+
+/// A provider's live counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Live {
+    /// Attempts open.
+    pub in_flight: i64,
+    /// Streamed attempts open.
+    pub streams: i64,
+    /// Streams past their first token.
+    pub decoding: i64,
+    /// Token-bearing chunks forwarded since start.
+    pub tokens: u64,
+    /// Last token or complete answer, ms since the epoch (0: never).
+    pub last_progress_ms: u64,
+    /// When open streams last rose from zero, ms since the epoch.
+    pub busy_since_ms: u64,
 }
 
 impl Provider {
@@ -30,20 +58,82 @@ impl Provider {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Milliseconds from the registry's epoch to `now`.
+    pub fn ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Counts an attempt as open until the guard drops.
-    pub fn track(self: &Arc<Self>) -> InFlight {
+    pub fn track(self: &Arc<Self>, streamed: bool) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
+        if streamed && self.streams.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.busy_since_ms
+                .store(self.ms(Instant::now()), Ordering::Relaxed);
+        }
+        InFlight(Arc::clone(self), streamed)
+    }
+
+    /// Counts a stream as decoding until the guard drops.
+    pub fn decoding(self: &Arc<Self>) -> Decoding {
+        self.decoding.fetch_add(1, Ordering::Relaxed);
+        Decoding(Arc::clone(self))
+    }
+
+    /// Notes progress at `now`: `tokens` more tokens forwarded (0 for a complete answer).
+    pub fn progress(&self, now: Instant, tokens: u64) {
+        self.tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.last_progress_ms.store(self.ms(now), Ordering::Relaxed);
+    }
+
+    /// Claims the single probe slot; `false` when a probe is already out.
+    pub fn claim_probe(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    /// True when no probe is out.
+    pub fn probe_free(&self) -> bool {
+        !self.probing.load(Ordering::Acquire)
+    }
+
+    /// Frees the probe slot.
+    pub fn release_probe(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// The live counters now.
+    pub fn live(&self) -> Live {
+        Live {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            streams: self.streams.load(Ordering::Relaxed),
+            decoding: self.decoding.load(Ordering::Relaxed),
+            tokens: self.tokens.load(Ordering::Relaxed),
+            last_progress_ms: self.last_progress_ms.load(Ordering::Relaxed),
+            busy_since_ms: self.busy_since_ms.load(Ordering::Relaxed),
+        }
     }
 }
 
-/// Holds one in-flight count on a provider; releases it on drop.
+/// Holds one decoding count on a provider; releases it on drop.
 #[derive(Debug)]
-pub struct InFlight(Arc<Provider>);
+pub struct Decoding(Arc<Provider>);
+
+impl Drop for Decoding {
+    fn drop(&mut self) {
+        self.0.decoding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Holds one in-flight count (and, for a stream, one stream count) on a provider;
+/// releases them on drop.
+#[derive(Debug)]
+pub struct InFlight(Arc<Provider>, bool);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.1 {
+            self.0.streams.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -58,6 +148,7 @@ impl Upstreams {
     /// Builds the registry from validated provider configs.
     pub fn new(configs: &[ProviderConfig]) -> Upstreams {
         let mut by_model: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let epoch = Instant::now();
         let providers = configs
             .iter()
             .enumerate()
@@ -66,9 +157,17 @@ impl Upstreams {
                     by_model.entry(m.clone()).or_default().push(index);
                 }
                 Arc::new(Provider {
+                    index,
                     id: Arc::from(c.id.as_str()),
                     config: c.clone(),
+                    epoch,
                     in_flight: AtomicI64::new(0),
+                    streams: AtomicI64::new(0),
+                    decoding: AtomicI64::new(0),
+                    tokens: AtomicU64::new(0),
+                    last_progress_ms: AtomicU64::new(0),
+                    busy_since_ms: AtomicU64::new(0),
+                    probing: AtomicBool::new(false),
                 })
             })
             .collect();
@@ -91,6 +190,21 @@ impl Upstreams {
     /// Indices of the providers serving `model`, in configuration order.
     pub fn serving(&self, model: &str) -> &[usize] {
         self.by_model.get(model).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every model `provider` serves alongside others: its peers, by index (itself excluded).
+    pub fn peers(&self, provider: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .by_model
+            .values()
+            .filter(|v| v.contains(&provider))
+            .flatten()
+            .copied()
+            .filter(|&i| i != provider)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Every model name served, sorted.

@@ -4,6 +4,7 @@
 //! named by environment variable in the file and held as [`Secret`], which never prints.
 
 mod raw;
+mod routing;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use raw::{RawConfig, RawProvider};
+pub use routing::{Hedge, HedgeDelay, Policy, RoutingConfig, ScrapeConfig};
 
 /// A secret value (provider key, client key, admin token). Its `Debug` is redacted and it
 /// has no `Display` or `Serialize`, so it cannot reach a log line or a response by accident.
@@ -75,6 +77,10 @@ pub struct Config {
     pub health: HealthConfig,
     /// The embedded request log.
     pub request_log: RequestLogConfig,
+    /// How providers are chosen, ejected and recovered.
+    pub routing: RoutingConfig,
+    /// How backend metrics are polled.
+    pub scrape: ScrapeConfig,
     /// The upstream providers, in file order.
     pub providers: Vec<ProviderConfig>,
 }
@@ -211,6 +217,8 @@ pub struct ProviderConfig {
     pub node_header: Option<String>,
     /// Prometheus endpoint of the inference server.
     pub metrics_url: Option<String>,
+    /// Prometheus endpoint of the DCGM exporter on the provider's GPU node.
+    pub gpu_metrics_url: Option<String>,
 }
 
 impl ProviderConfig {
@@ -388,6 +396,9 @@ impl Config {
             problems.push("request_log.retention: must be above 0".into());
         }
 
+        let routing = raw.routing.validate(&mut problems);
+        let scrape = raw.scrape.validate(&mut problems);
+
         if raw.providers.is_empty() {
             problems.push("providers: at least one [[providers]] entry is required".into());
         }
@@ -415,6 +426,8 @@ impl Config {
             targets,
             health,
             request_log,
+            routing,
+            scrape,
             providers,
         })
     }
@@ -450,8 +463,13 @@ fn validate_provider(
     }
     let base_url = p.base_url.trim_end_matches('/').to_owned();
     check_url(problems, &format!("{path}.base_url"), &base_url);
-    if let Some(u) = &p.metrics_url {
-        check_url(problems, &format!("{path}.metrics_url"), u);
+    for (name, url) in [
+        ("metrics_url", &p.metrics_url),
+        ("gpu_metrics_url", &p.gpu_metrics_url),
+    ] {
+        if let Some(u) = url {
+            check_url(problems, &format!("{path}.{name}"), u);
+        }
     }
     let api_key = p
         .api_key_env
@@ -491,6 +509,7 @@ fn validate_provider(
         quantization: p.quantization,
         node_header: p.node_header.map(|h| h.to_ascii_lowercase()),
         metrics_url: p.metrics_url,
+        gpu_metrics_url: p.gpu_metrics_url,
     })
 }
 

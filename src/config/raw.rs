@@ -20,6 +20,10 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) request_log: RawRequestLog,
     #[serde(default)]
+    pub(crate) routing: super::routing::RawRouting,
+    #[serde(default)]
+    pub(crate) scrape: super::routing::RawScrape,
+    #[serde(default)]
     pub(crate) providers: Vec<RawProvider>,
 }
 
@@ -102,6 +106,7 @@ pub(crate) struct RawProvider {
     pub(crate) quantization: Option<String>,
     pub(crate) node_header: Option<String>,
     pub(crate) metrics_url: Option<String>,
+    pub(crate) gpu_metrics_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

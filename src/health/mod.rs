@@ -2,33 +2,48 @@
 //! The request path hands it observations without waiting; the admin API asks it for
 //! reports.
 
+pub mod baseline;
 pub mod report;
+pub mod snapshot;
+pub mod state;
+mod tick;
 pub mod window;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{HealthConfig, Targets};
+use crate::config::{Config, HealthConfig, RoutingConfig, ScrapeConfig, Targets};
 use crate::metrics::{Gauges, Metrics};
 use crate::observation::{Observation, Outcome, RequestSummary, Source, unix_ms_now};
-use crate::upstream::Upstreams;
-use report::{HealthReport, ProviderReport, ScopeReport, TargetsView, Verdict};
+use crate::scrape::Backend;
+use crate::upstream::{Live, Upstreams};
+use report::{
+    BackendReport, HealthReport, ProviderReport, ScopeReport, TargetsView, Verdict, Windows,
+};
+use snapshot::{ProviderView, SharedSnapshot, Snapshot};
+use state::ProviderHealth;
 use window::{Sample, Window};
 
-/// Slot width of the rolling windows.
-const SLOT: Duration = Duration::from_secs(5);
-/// Slots kept: five minutes.
-const SLOTS: usize = 60;
+/// How often states are re-judged and the snapshot republished.
+pub const TICK: Duration = Duration::from_millis(500);
+/// The recent window the state machine judges: slot width and count (30 s).
+const RECENT_SLOT: Duration = Duration::from_secs(2);
+const RECENT_SLOTS: usize = 15;
+/// LiteLLM's cooldown time (reference gateway anchors).
+const COOLDOWN: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 enum Msg {
-    Attempt(Box<Observation>, f64),
+    Attempt(Box<Observation>, f64, i64),
     Request(RequestSummary),
+    Backend(usize, Option<Backend>),
+    RetryAfter(usize, Duration),
     Report(oneshot::Sender<HealthReport>),
     Metrics(oneshot::Sender<String>),
 }
@@ -47,9 +62,20 @@ impl HealthHandle {
         }
     }
 
-    /// Hands over one attempt's observation with its cost; never waits.
-    pub fn observe(&self, obs: Observation, cost: f64) {
-        self.try_send(Msg::Attempt(Box::new(obs), cost));
+    /// Hands over one attempt's observation with its cost and the in-flight count it
+    /// started with; never waits.
+    pub fn observe(&self, obs: Observation, cost: f64, in_flight: i64) {
+        self.try_send(Msg::Attempt(Box::new(obs), cost, in_flight));
+    }
+
+    /// Hands over a scrape of provider `index` (`None`: the scrape failed).
+    pub fn backend(&self, index: usize, backend: Option<Backend>) {
+        self.try_send(Msg::Backend(index, backend));
+    }
+
+    /// Provider `index` asked for no traffic for `wait` (`retry-after`).
+    pub fn retry_after(&self, index: usize, wait: Duration) {
+        self.try_send(Msg::RetryAfter(index, wait));
     }
 
     /// Hands over what the client experienced; never waits.
@@ -72,61 +98,114 @@ impl HealthHandle {
     }
 }
 
-/// The task that owns windows and metrics.
+/// Per-provider bookkeeping the task owns.
+#[derive(Debug)]
+struct Tracked {
+    windows: Windows,
+    /// The window the state machine judges; cleared when the state changes so a recovered
+    /// provider is not judged on what it did while broken.
+    recent: Window,
+    health: ProviderHealth,
+    live: Option<(Live, Instant)>,
+    live_decode: Option<f64>,
+    load: Option<f64>,
+    signals: state::Signals,
+    backend: Option<(Backend, Instant)>,
+    backend_failed: bool,
+    /// (minute, requests, failures) for the error-cooldown policy.
+    minute: (u64, u64, u64),
+    cooldown_until: Option<Instant>,
+    retry_after_until: Option<Instant>,
+}
+
+impl Tracked {
+    fn new(now: Instant) -> Tracked {
+        Tracked {
+            windows: Windows::new(now),
+            recent: Window::new(now, RECENT_SLOT, RECENT_SLOTS),
+            health: ProviderHealth::new(now),
+            live: None,
+            live_decode: None,
+            load: None,
+            signals: state::Signals::default(),
+            backend: None,
+            backend_failed: false,
+            minute: (0, 0, 0),
+            cooldown_until: None,
+            retry_after_until: None,
+        }
+    }
+}
+
+/// The task that owns windows, health states, the snapshot and metrics.
 #[derive(Debug)]
 pub struct HealthTask {
     rx: mpsc::Receiver<Msg>,
     upstreams: Arc<Upstreams>,
     targets: Targets,
     health: HealthConfig,
-    overall: Window,
-    providers: Vec<Window>,
+    routing: RoutingConfig,
+    scrape: ScrapeConfig,
+    overall: Windows,
+    providers: Vec<Tracked>,
+    snapshot: SharedSnapshot,
+    started: Instant,
     metrics: Metrics,
     observations_dropped: Arc<AtomicU64>,
     log_dropped: Arc<AtomicU64>,
 }
 
 impl HealthTask {
-    /// Creates the task and its handle. `log_dropped` counts request-log drops for `/metrics`.
+    /// Creates the task, its handle and the snapshot it publishes. `log_dropped` counts
+    /// request-log drops for `/metrics`.
     pub fn new(
         upstreams: Arc<Upstreams>,
-        targets: Targets,
-        health: HealthConfig,
-        queue: usize,
+        config: &Config,
         log_dropped: Arc<AtomicU64>,
-    ) -> (HealthTask, HealthHandle) {
-        let (tx, rx) = mpsc::channel(queue);
+    ) -> (HealthTask, HealthHandle, SharedSnapshot) {
+        let (tx, rx) = mpsc::channel(config.server.observation_queue);
         let dropped = Arc::new(AtomicU64::new(0));
         let now = Instant::now();
-        let providers = upstreams
-            .all()
-            .iter()
-            .map(|_| Window::new(now, SLOT, SLOTS))
-            .collect();
+        let providers = upstreams.all().iter().map(|_| Tracked::new(now)).collect();
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot {
+            providers: upstreams
+                .all()
+                .iter()
+                .map(|_| ProviderView::new(now))
+                .collect(),
+        }));
         (
             HealthTask {
                 rx,
                 upstreams,
-                targets,
-                health,
-                overall: Window::new(now, SLOT, SLOTS),
+                targets: config.targets,
+                health: config.health,
+                routing: config.routing.clone(),
+                scrape: config.scrape,
+                overall: Windows::new(now),
                 providers,
+                snapshot: Arc::clone(&snapshot),
+                started: now,
                 metrics: Metrics::default(),
                 observations_dropped: Arc::clone(&dropped),
                 log_dropped,
             },
             HealthHandle { tx, dropped },
+            snapshot,
         )
     }
 
     /// Runs until `stop` is cancelled (then drains what is queued) or every handle is gone.
     pub async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => self.handle(msg, Instant::now()),
                     None => return,
                 },
+                _ = tick.tick() => self.tick(Instant::now()),
                 () = stop.cancelled() => break,
             }
         }
@@ -137,8 +216,22 @@ impl HealthTask {
 
     fn handle(&mut self, msg: Msg, now: Instant) {
         match msg {
-            Msg::Attempt(obs, cost) => self.record_attempt(&obs, cost, now),
+            Msg::Attempt(obs, cost, in_flight) => self.record_attempt(&obs, cost, in_flight, now),
             Msg::Request(r) => self.record_request(&r),
+            Msg::Backend(i, b) => {
+                if let Some(t) = self.providers.get_mut(i) {
+                    t.backend_failed = b.is_none();
+                    if let Some(b) = b {
+                        t.backend = Some((b, now));
+                    }
+                }
+            }
+            Msg::RetryAfter(i, wait) => {
+                if let Some(t) = self.providers.get_mut(i) {
+                    t.retry_after_until = Some(now + wait);
+                    self.publish(now);
+                }
+            }
             Msg::Report(reply) => {
                 let _ = reply.send(self.report(now));
             }
@@ -148,27 +241,51 @@ impl HealthTask {
         }
     }
 
-    fn record_attempt(&mut self, obs: &Observation, cost: f64, now: Instant) {
+    fn record_attempt(&mut self, obs: &Observation, cost: f64, in_flight: i64, now: Instant) {
         self.metrics.record_attempt(obs, cost);
-        // A client that walks away says nothing about the provider; the deadlock
-        // watchdog looks at in-flight age instead.
-        if obs.outcome == Outcome::ClientCancelled {
+        // A client that walks away, or a hedge Candor cancelled, says nothing about the
+        // provider; the stall watchdog looks at progress instead.
+        if matches!(obs.outcome, Outcome::ClientCancelled | Outcome::Cancelled) {
             return;
         }
         let ok = obs.outcome == Outcome::Ok;
+        let failed = obs.outcome.is_upstream_failure();
+        let within = self.targets.met_by(ok, obs.ttft, obs.e2e, obs.decode_rate);
         let sample = Sample {
-            failed: obs.outcome.is_upstream_failure(),
+            failed,
             completed: ok,
-            within_targets: self.targets.met_by(ok, obs.ttft, obs.e2e, obs.decode_rate),
+            within_targets: within,
             ttft: obs.ttft.map(|d| d.as_secs_f64()),
             e2e: obs.e2e.as_secs_f64(),
             decode: obs.decode_rate,
             gaps: &obs.gaps,
+            max_gap: obs.max_gap.map(|d| d.as_secs_f64()),
+            in_flight,
             tokens_in: obs.prompt_tokens.unwrap_or(0),
             tokens_out: obs.completion_tokens.unwrap_or(0),
         };
-        if let Some(w) = self.providers.get_mut(obs.provider) {
-            w.record(now, &sample);
+        let can_eject = self.can_eject(obs.provider);
+        let Some(t) = self.providers.get_mut(obs.provider) else {
+            return;
+        };
+        t.windows.record(now, &sample);
+        t.recent.record(now, &sample);
+        // LiteLLM: more than half of this minute's requests failed (not the only one).
+        let minute = now.saturating_duration_since(self.started).as_secs() / 60;
+        if t.minute.0 != minute {
+            t.minute = (minute, 0, 0);
+        }
+        t.minute.1 += 1;
+        t.minute.2 += u64::from(failed);
+        if failed && t.minute.1 > 1 && t.minute.2 * 2 > t.minute.1 {
+            t.cooldown_until = Some(now + COOLDOWN);
+        }
+        let changed = t
+            .health
+            .on_attempt(now, failed, within, obs.probe, &self.routing, can_eject);
+        if changed {
+            t.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
+            self.publish(now);
         }
     }
 
@@ -192,6 +309,25 @@ impl HealthTask {
         );
     }
 
+    /// True when ejecting `provider` keeps every model it serves within the cap: at most
+    /// `max_ejected_share` of the model's providers (rounded up) and never all of them.
+    fn can_eject(&self, provider: usize) -> bool {
+        let ejected = |i: &usize| {
+            self.providers
+                .get(*i)
+                .is_some_and(|t| t.health.state.weight() == 0.0)
+        };
+        self.upstreams.models().all(|m| {
+            let serving = self.upstreams.serving(m);
+            if !serving.contains(&provider) {
+                return true;
+            }
+            let n = serving.len();
+            let allowed = ((n as f64 * self.routing.max_ejected_share).ceil() as usize).min(n - 1);
+            serving.iter().filter(|i| ejected(i)).count() < allowed
+        })
+    }
+
     fn gauges(&self) -> Gauges {
         Gauges {
             in_flight: self
@@ -212,10 +348,23 @@ impl HealthTask {
             .all()
             .iter()
             .zip(&self.providers)
-            .map(|(p, w)| ProviderReport {
+            .map(|(p, t)| ProviderReport {
                 id: p.config.id.clone(),
                 models: p.config.models.clone(),
-                scope: ScopeReport::judge(w, now, p.in_flight(), &self.targets, &self.health),
+                state: t.health.state.name(),
+                weight: t.health.state.weight(),
+                backend: self.backend_report(
+                    p.config.metrics_url.is_some() || p.config.gpu_metrics_url.is_some(),
+                    t,
+                    now,
+                ),
+                scope: ScopeReport::judge(
+                    &t.windows,
+                    now,
+                    p.in_flight(),
+                    &self.targets,
+                    &self.health,
+                ),
             })
             .collect();
         let in_flight = providers.iter().map(|p| p.scope.in_flight).sum();
@@ -236,5 +385,37 @@ impl HealthTask {
             overall,
             providers,
         }
+    }
+
+    fn backend_report(&self, configured: bool, t: &Tracked, now: Instant) -> BackendReport {
+        if !configured {
+            return BackendReport {
+                status: "not_configured",
+                age_s: None,
+                metrics: None,
+            };
+        }
+        match self.fresh_backend(t, now) {
+            Some((b, at)) => BackendReport {
+                status: "ok",
+                age_s: Some(now.saturating_duration_since(at).as_secs_f64()),
+                metrics: Some(b.clone()),
+            },
+            None => BackendReport {
+                status: "unknown",
+                age_s: t
+                    .backend
+                    .as_ref()
+                    .map(|(_, at)| now.saturating_duration_since(*at).as_secs_f64()),
+                metrics: None,
+            },
+        }
+    }
+
+    /// The provider's last scrape, when it succeeded and is not stale.
+    fn fresh_backend<'a>(&self, t: &'a Tracked, now: Instant) -> Option<(&'a Backend, Instant)> {
+        let (b, at) = t.backend.as_ref()?;
+        (!t.backend_failed && now.saturating_duration_since(*at) <= self.scrape.stale_after)
+            .then_some((b, *at))
     }
 }

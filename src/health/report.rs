@@ -66,6 +66,10 @@ pub struct WindowStats {
     pub itl_ms: Quantiles,
     /// Median decode rate, tokens/s.
     pub decode_tokens_per_s_p50: Option<f64>,
+    /// Longest gap between chunks per request, ms.
+    pub max_gap_ms: Quantiles,
+    /// Mean requests in flight when these started.
+    pub in_flight_mean: Option<f64>,
     /// Prompt tokens.
     pub tokens_in: u64,
     /// Completion tokens.
@@ -92,6 +96,8 @@ impl WindowStats {
             e2e_ms: q(&s.e2e),
             itl_ms: q(&s.itl),
             decode_tokens_per_s_p50: s.decode.quantile(0.5),
+            max_gap_ms: q(&s.max_gap),
+            in_flight_mean: s.mean_in_flight(),
             tokens_in: s.tokens_in,
             tokens_out: s.tokens_out,
         }
@@ -129,22 +135,53 @@ pub struct ScopeReport {
     /// Last five minutes.
     #[serde(rename = "5m")]
     pub five_minutes: WindowStats,
+    /// Last hour.
+    #[serde(rename = "1h")]
+    pub one_hour: WindowStats,
 }
 
 /// The window spans reported.
 pub const ONE_MINUTE: Duration = Duration::from_secs(60);
 /// The window spans reported.
 pub const FIVE_MINUTES: Duration = Duration::from_secs(300);
+/// The window spans reported.
+pub const ONE_HOUR: Duration = Duration::from_secs(3600);
+
+/// A scope's windows: 5-second slots for the last five minutes, 1-minute slots for the hour.
+#[derive(Debug, Clone)]
+pub struct Windows {
+    /// Fine window.
+    pub fine: Window,
+    /// Coarse window.
+    pub hour: Window,
+}
+
+impl Windows {
+    /// Empty windows starting at `now`.
+    pub fn new(now: Instant) -> Windows {
+        Windows {
+            fine: Window::new(now, Duration::from_secs(5), 60),
+            hour: Window::new(now, Duration::from_secs(60), 60),
+        }
+    }
+
+    /// Records into both.
+    pub fn record(&mut self, now: Instant, s: &super::window::Sample<'_>) {
+        self.fine.record(now, s);
+        self.hour.record(now, s);
+    }
+}
 
 impl ScopeReport {
     /// Judges a window against the targets.
     pub fn judge(
-        window: &Window,
+        windows: &Windows,
         now: Instant,
         in_flight: i64,
         targets: &Targets,
         health: &HealthConfig,
     ) -> ScopeReport {
+        let window = &windows.fine;
         let one = WindowStats::from_slot(
             &window.sum(now, ONE_MINUTE),
             window.covered(now, ONE_MINUTE),
@@ -167,6 +204,10 @@ impl ScopeReport {
             in_flight,
             one_minute: one.clone(),
             five_minutes: five.clone(),
+            one_hour: WindowStats::from_slot(
+                &windows.hour.sum(now, ONE_HOUR),
+                windows.hour.covered(now, ONE_HOUR),
+            ),
         };
         let Some(w) = judged else {
             report.note = Some(format!(
@@ -251,9 +292,28 @@ pub struct ProviderReport {
     pub id: String,
     /// Models it serves.
     pub models: Vec<String>,
+    /// Routing state: `healthy`, `degraded`, `ejected`, `recovering`.
+    pub state: &'static str,
+    /// Routing weight (1 healthy, 0 ejected).
+    pub weight: f64,
+    /// What the provider's own metrics say.
+    pub backend: BackendReport,
     /// Statistics over its attempts, and its verdict.
     #[serde(flatten)]
     pub scope: ScopeReport,
+}
+
+/// The provider's own metrics as `/health` shows them.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BackendReport {
+    /// `ok`, `unknown` (configured, but failing or stale) or `not_configured`.
+    pub status: &'static str,
+    /// Age of the reading, s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_s: Option<f64>,
+    /// Queue depth, running, KV and GPU memory use, rates.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<crate::scrape::Backend>,
 }
 
 /// The whole `/health` document.
@@ -302,7 +362,7 @@ mod tests {
         }
     }
 
-    fn fill(w: &mut Window, now: Instant, n: usize, ttft: f64, failed_every: usize) {
+    fn fill(w: &mut Windows, now: Instant, n: usize, ttft: f64, failed_every: usize) {
         for i in 0..n {
             let failed = failed_every > 0 && i % failed_every == 0;
             w.record(
@@ -323,7 +383,7 @@ mod tests {
     #[test]
     fn healthy_traffic_is_within_bounds() {
         let now = Instant::now();
-        let mut w = Window::new(now, Duration::from_secs(5), 60);
+        let mut w = Windows::new(now);
         fill(&mut w, now, 50, 0.2, 0);
         let r = ScopeReport::judge(&w, now, 3, &targets(), &health());
         assert_eq!(r.verdict, Verdict::WithinBounds);
@@ -335,7 +395,7 @@ mod tests {
     #[test]
     fn slow_first_token_degrades_with_evidence() {
         let now = Instant::now();
-        let mut w = Window::new(now, Duration::from_secs(5), 60);
+        let mut w = Windows::new(now);
         fill(&mut w, now, 40, 0.2, 0);
         fill(&mut w, now, 10, 0.9, 0);
         let r = ScopeReport::judge(&w, now, 0, &targets(), &health());
@@ -348,7 +408,7 @@ mod tests {
     #[test]
     fn mostly_errors_is_failing() {
         let now = Instant::now();
-        let mut w = Window::new(now, Duration::from_secs(5), 60);
+        let mut w = Windows::new(now);
         fill(&mut w, now, 20, 0.2, 1);
         let r = ScopeReport::judge(&w, now, 0, &targets(), &health());
         assert_eq!(r.verdict, Verdict::Failing);
@@ -357,7 +417,7 @@ mod tests {
     #[test]
     fn too_little_traffic_is_not_judged() {
         let now = Instant::now();
-        let mut w = Window::new(now, Duration::from_secs(5), 60);
+        let mut w = Windows::new(now);
         fill(&mut w, now, 3, 5.0, 1);
         let r = ScopeReport::judge(&w, now, 0, &targets(), &health());
         assert_eq!(r.verdict, Verdict::WithinBounds);

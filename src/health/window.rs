@@ -95,6 +95,10 @@ pub struct Sample<'a> {
     pub decode: Option<f64>,
     /// Per-token inter-token gaps, seconds.
     pub gaps: &'a [f32],
+    /// Longest gap between two chunks, seconds.
+    pub max_gap: Option<f64>,
+    /// Requests in flight when it started (the load it saw).
+    pub in_flight: i64,
     /// Prompt tokens.
     pub tokens_in: u64,
     /// Completion tokens.
@@ -124,6 +128,10 @@ pub struct Slot {
     pub decode: LogHistogram,
     /// Inter-token gap seconds.
     pub itl: LogHistogram,
+    /// Longest gap per request, seconds.
+    pub max_gap: LogHistogram,
+    /// Sum of in-flight counts at start (divide by `requests` for the mean load).
+    pub in_flight_sum: u64,
 }
 
 impl Slot {
@@ -146,6 +154,10 @@ impl Slot {
         for &g in s.gaps {
             self.itl.record_n(f64::from(g), 1);
         }
+        if let Some(g) = s.max_gap {
+            self.max_gap.record_n(g, 1);
+        }
+        self.in_flight_sum += u64::try_from(s.in_flight).unwrap_or(0);
     }
 
     fn merge(&mut self, o: &Slot) {
@@ -159,6 +171,13 @@ impl Slot {
         self.e2e.merge(&o.e2e);
         self.decode.merge(&o.decode);
         self.itl.merge(&o.itl);
+        self.max_gap.merge(&o.max_gap);
+        self.in_flight_sum += o.in_flight_sum;
+    }
+
+    /// Mean requests in flight when these started.
+    pub fn mean_in_flight(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.in_flight_sum as f64 / self.requests as f64)
     }
 }
 

@@ -35,6 +35,8 @@ pub struct CallError {
     pub message: String,
     /// The upstream's error response, passed to the client when the client is to blame.
     pub body: Option<(Bytes, Option<HeaderValue>)>,
+    /// How long the upstream asked us to stay away (`retry-after`, in seconds).
+    pub retry_after: Option<Duration>,
 }
 
 impl CallError {
@@ -46,6 +48,7 @@ impl CallError {
             retryable: true,
             message: message.into(),
             body: None,
+            retry_after: None,
         }
     }
 
@@ -344,6 +347,11 @@ fn status_error(
         retryable,
         message,
         body: Some((body, content_type)),
+        retry_after: retry_after
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs),
     }
 }
 

@@ -239,6 +239,11 @@ impl Meter {
         self.first_token.is_some()
     }
 
+    /// Token-bearing chunks so far (one token each for most servers).
+    pub fn token_chunks(&self) -> u64 {
+        u64::from(self.first_token.is_some()) + self.chunks.len() as u64
+    }
+
     /// The error object the upstream sent mid-stream, if any.
     pub fn stream_error(&self) -> Option<&str> {
         self.error.as_deref()

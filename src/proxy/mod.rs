@@ -3,27 +3,30 @@
 
 pub mod attempt;
 pub mod body;
+mod choose;
 pub mod meter;
+mod race;
 pub mod sse;
 pub mod stream;
 pub mod track;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 
 use bytes::Bytes;
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderValue;
 use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::health::HealthHandle;
-use crate::observation::{Observation, Operation, Source, unix_ms_now};
+use crate::health::snapshot::SharedSnapshot;
+use crate::observation::{Operation, Source, unix_ms_now};
 use crate::request_log::{LogSender, RequestRecord};
-use crate::route;
+use crate::route::budget::Budget;
 use crate::upstream::Upstreams;
-use attempt::{Answer, AttemptRequest, CallError};
 use body::RequestHead;
 pub use stream::MeteredStream;
 use track::RequestTrack;
@@ -41,7 +44,14 @@ pub struct Gateway {
     pub health: HealthHandle,
     /// Request-log sender.
     pub request_log: LogSender,
+    /// What the health model publishes, read without locks.
+    pub snapshot: SharedSnapshot,
+    /// Retries allowed across all requests.
+    pub retry_budget: Budget,
+    /// Hedges allowed, per hedged model.
+    pub hedge_budgets: BTreeMap<String, Budget>,
     rotation: AtomicUsize,
+    epoch: Instant,
 }
 
 impl Gateway {
@@ -52,15 +62,34 @@ impl Gateway {
         client: reqwest::Client,
         health: HealthHandle,
         request_log: LogSender,
+        snapshot: SharedSnapshot,
     ) -> Gateway {
+        let r = &config.routing;
         Gateway {
+            retry_budget: Budget::new(
+                r.retry_budget,
+                r.min_retries_per_s,
+                r.min_retries_per_s.max(10.0),
+            ),
+            hedge_budgets: r
+                .hedge
+                .iter()
+                .map(|(m, h)| (m.clone(), Budget::new(h.budget, 0.0, 10.0)))
+                .collect(),
             config,
             upstreams,
             client,
             health,
             request_log,
+            snapshot,
             rotation: AtomicUsize::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Milliseconds since the gateway started (the budgets' clock).
+    fn ms_now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
@@ -81,6 +110,8 @@ pub struct ClientRequest {
     pub arrived: Instant,
     /// Client or synthetic.
     pub source: Source,
+    /// The client's deadline (`x-candor-timeout-ms`), when it sent one.
+    pub deadline: Option<Instant>,
 }
 
 /// A committed answer.
@@ -96,6 +127,8 @@ pub enum Reply {
         body: Bytes,
         /// Answering provider.
         provider: Arc<str>,
+        /// Why it was chosen.
+        route: Arc<str>,
     },
     /// A stream.
     Stream {
@@ -103,6 +136,8 @@ pub enum Reply {
         status: StatusCode,
         /// Answering provider.
         provider: Arc<str>,
+        /// Why it was chosen.
+        route: Arc<str>,
         /// The metered stream.
         stream: Box<MeteredStream>,
     },
@@ -144,6 +179,9 @@ pub enum Error {
         /// True when every attempt timed out.
         timed_out: bool,
     },
+    /// No provider can answer within the client's deadline.
+    #[error("{0}")]
+    Deadline(String),
 }
 
 fn all_failed_message(attempts: &[AttemptFailure]) -> String {
@@ -166,6 +204,9 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
         ts_ms: unix_ms_now(),
         operation: req.operation.as_str().to_owned(),
         client_key_id: req.client_key_id.clone(),
+        deadline_ms: req.deadline.map(|d| {
+            i64::try_from(d.saturating_duration_since(req.arrived).as_millis()).unwrap_or(i64::MAX)
+        }),
         ..RequestRecord::default()
     };
     let head = match RequestHead::parse(&req.body) {
@@ -179,11 +220,30 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
     record.requested_model.clone_from(&head.model);
     record.stream = head.stream;
     record.max_tokens = head.max_tokens;
-    let serving = gw.upstreams.serving(&head.model);
-    let plan = route::plan(serving, gw.rotation.fetch_add(1, Ordering::Relaxed));
+    gw.retry_budget.deposit();
+    if let Some(b) = gw.hedge_budgets.get(&head.model) {
+        b.deposit();
+    }
+    let plan = choose::plan(gw, &head, req.deadline, Instant::now());
     record.route_reason = Some(plan.reason.clone());
+    record.route_candidates.clone_from(&plan.candidates);
+    if let Some(&first) = plan.order.first()
+        && let Some(b) = gw
+            .snapshot
+            .load()
+            .providers
+            .get(first)
+            .and_then(|v| v.backend.as_ref())
+    {
+        record.queue_depth = b.reading.queue;
+        record.kv_usage = b.reading.kv_usage;
+    }
     let mut track = RequestTrack::new(Arc::clone(gw), req.arrived, req.source, record);
     if plan.order.is_empty() {
+        if let Some(message) = plan.deadline_unmet {
+            track.finish(504, Some(("deadline_exceeded", message.clone())));
+            return Err(Error::Deadline(message));
+        }
         let err = Error::UnknownModel {
             model: head.model.clone(),
             served: gw.upstreams.models().map(str::to_owned).collect(),
@@ -191,117 +251,13 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
         track.finish(404, Some(("model_not_found", err.to_string())));
         return Err(err);
     }
-
-    let model: Arc<str> = Arc::from(head.model.as_str());
-    let timeouts = gw.config.timeouts;
-    let mut failures = Vec::new();
-    let mut all_timed_out = true;
-    for &index in &plan.order {
-        let Some(provider) = gw.upstreams.get(index) else {
-            continue;
-        };
-        let started = Instant::now();
-        let guard = provider.track();
-        let in_flight = provider.in_flight();
-        track.begin_attempt(
-            Observation::start(
-                index,
-                Arc::clone(&provider.id),
-                Arc::clone(&model),
-                req.operation,
-                req.source,
-                head.stream,
-                started,
-            ),
-            guard,
-            in_flight,
-        );
-        let mut forward = HeaderMap::new();
-        if let Some(tp) = &req.traceparent {
-            forward.insert(HeaderName::from_static("traceparent"), tp.clone());
-        }
-        let attempt = AttemptRequest {
-            client: &gw.client,
-            provider,
-            url: format!("{}{}", provider.config.base_url, req.operation.path()),
-            body: body::upstream_body(
-                &req.body,
-                &head,
-                provider.config.upstream_model(&head.model),
-            ),
-            stream: head.stream,
-            forward,
-            timeouts,
-        };
-        let Some(obs) = track.current_mut() else {
-            continue;
-        };
-        match attempt::run(attempt, obs).await {
-            Ok(Answer::Complete {
-                status,
-                content_type,
-                body,
-            }) => {
-                track.finish(status.as_u16(), None);
-                return Ok(Reply::Complete {
-                    status,
-                    content_type,
-                    body,
-                    provider: Arc::clone(&provider.id),
-                });
-            }
-            Ok(Answer::Stream(open)) => {
-                let status = open.status;
-                let stream =
-                    MeteredStream::new(*open, track, head.needs_usage_injection(), timeouts.idle);
-                return Ok(Reply::Stream {
-                    status,
-                    provider: Arc::clone(&provider.id),
-                    stream: Box::new(stream),
-                });
-            }
-            Err(err) => {
-                if let Some(obs) = track.current_mut() {
-                    obs.e2e = Instant::now().saturating_duration_since(started);
-                    obs.outcome = err.outcome();
-                }
-                track.end_attempt();
-                if !err.retryable {
-                    return Ok(passthrough(track, err, provider.id.clone()));
-                }
-                all_timed_out &= err.is_timeout();
-                failures.push(AttemptFailure {
-                    provider: provider.config.id.clone(),
-                    kind: err.kind,
-                    status: err.status,
-                    message: err.message.clone(),
-                });
-            }
-        }
-    }
-    let err = Error::AllFailed {
-        attempts: failures,
-        timed_out: all_timed_out,
+    let ctx = race::Ctx {
+        gw,
+        req: &req,
+        head: &head,
+        route: Arc::from(plan.reason.as_str()),
     };
-    let status = if all_timed_out { 504 } else { 502 };
-    track.finish(status, Some(("all_attempts_failed", err.to_string())));
-    Err(err)
-}
-
-/// The upstream's own answer to a request the client got wrong, passed through unchanged.
-fn passthrough(mut track: RequestTrack, err: CallError, provider: Arc<str>) -> Reply {
-    let status = err
-        .status
-        .and_then(|s| StatusCode::from_u16(s).ok())
-        .unwrap_or(StatusCode::BAD_REQUEST);
-    track.finish(status.as_u16(), Some((err.kind, err.message.clone())));
-    let (body, content_type) = err.body.unwrap_or_default();
-    Reply::Complete {
-        status,
-        content_type,
-        body,
-        provider,
-    }
+    race::run(&ctx, &plan, track).await
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).

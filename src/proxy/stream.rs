@@ -16,6 +16,7 @@ use super::meter::{DataKind, Meter};
 use super::sse::{SseSplitter, event_data, null_usage_span};
 use super::track::{CLIENT_CLOSED, RequestTrack};
 use crate::observation::{Blame, Outcome};
+use crate::upstream::{Decoding, Provider};
 
 /// A metered SSE stream on its way to the client.
 pub struct MeteredStream {
@@ -31,6 +32,11 @@ pub struct MeteredStream {
     total_deadline: Instant,
     total_timer: Pin<Box<Sleep>>,
     ended: bool,
+    provider: std::sync::Arc<Provider>,
+    /// Counts this stream as decoding on its provider while it runs.
+    decoding: Option<Decoding>,
+    /// Token chunks already reported to the provider's live counters.
+    reported: u64,
 }
 
 impl std::fmt::Debug for MeteredStream {
@@ -48,8 +54,10 @@ impl MeteredStream {
         track: RequestTrack,
         strip_usage: bool,
         idle: Duration,
+        provider: std::sync::Arc<Provider>,
     ) -> MeteredStream {
         let total_deadline = open.deadline;
+        let decoding = Some(provider.decoding());
         let mut s = MeteredStream {
             rest: open.rest,
             splitter: open.splitter,
@@ -62,6 +70,9 @@ impl MeteredStream {
             total_deadline,
             total_timer: Box::pin(sleep_until(total_deadline)),
             ended: false,
+            provider,
+            decoding,
+            reported: 0,
         };
         for (event, kind) in open.first_events {
             // The meter has already seen these; only the client-facing edits remain.
@@ -81,6 +92,13 @@ impl MeteredStream {
     fn drain_events(&mut self, now: Instant) {
         while let Some(event) = self.splitter.next_event() {
             self.take_event(&event, now);
+        }
+        if let Some(m) = &self.meter {
+            let n = m.token_chunks();
+            if n > self.reported {
+                self.provider.progress(now, n - self.reported);
+                self.reported = n;
+            }
         }
     }
 
@@ -120,6 +138,7 @@ impl MeteredStream {
             return None;
         }
         self.ended = true;
+        self.decoding = None;
         let now = Instant::now();
         let mut failure = failure;
         let mut upstream_reported = false;

@@ -7,18 +7,38 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::Gateway;
-use crate::observation::{Observation, Outcome, RequestSummary, Source};
+use crate::observation::{Observation, Outcome, RequestSummary, Source, unix_ms_now};
 use crate::request_log::{AttemptRecord, RequestRecord, ms};
-use crate::upstream::InFlight;
+use crate::upstream::{InFlight, Provider};
 
 /// Status recorded when the client went away before the answer ended (nginx's convention).
 pub const CLIENT_CLOSED: u16 = 499;
 
+/// One attempt of the request: its observation and its hold on the provider's in-flight
+/// count. A reserved slot (a hedge that may never fire) has no guard until launched.
 #[derive(Debug)]
-struct Current {
-    obs: Observation,
-    in_flight: i64,
-    _guard: InFlight,
+pub struct Slot {
+    /// The attempt's measurements.
+    pub obs: Observation,
+    /// The provider's in-flight count when it started (itself included).
+    pub in_flight: i64,
+    guard: Option<InFlight>,
+}
+
+impl Slot {
+    /// A slot for an attempt on `provider`, started now.
+    pub fn launch(&mut self, provider: &Arc<Provider>) {
+        let now = Instant::now();
+        self.obs.started = now;
+        self.obs.started_unix_ms = unix_ms_now();
+        self.guard = Some(provider.track(self.obs.streamed));
+        self.in_flight = provider.in_flight();
+    }
+
+    /// True once the attempt went out.
+    pub fn launched(&self) -> bool {
+        self.guard.is_some()
+    }
 }
 
 /// The timing of the attempt whose answer the client got.
@@ -37,7 +57,10 @@ pub struct RequestTrack {
     started: Instant,
     source: Source,
     record: RequestRecord,
-    current: Option<Current>,
+    /// Open attempts by slot number (a closed slot is `None`, so numbers stay valid).
+    slots: Vec<Option<Slot>>,
+    /// The attempt committed to the client (a stream in progress).
+    committed: Option<Slot>,
     answer: Option<Answer>,
     finished: bool,
 }
@@ -50,7 +73,8 @@ impl RequestTrack {
             started,
             source,
             record,
-            current: None,
+            slots: Vec::new(),
+            committed: None,
             answer: None,
             finished: false,
         }
@@ -61,27 +85,83 @@ impl RequestTrack {
         &self.record.request_id
     }
 
-    /// Opens an attempt; it stays open (and counted in flight) until `end_attempt`.
-    pub fn begin_attempt(&mut self, obs: Observation, guard: InFlight, in_flight: i64) {
-        self.end_attempt();
-        self.current = Some(Current {
+    /// Reserves a slot for an attempt described by `obs`; it goes out when launched.
+    pub fn reserve(&mut self, obs: Observation) -> usize {
+        self.record.provider = Some(obs.provider_id.to_string());
+        self.slots.push(Some(Slot {
+            obs,
+            in_flight: 0,
+            guard: None,
+        }));
+        self.slots.len() - 1
+    }
+
+    /// Opens an attempt on `provider` now; it stays counted in flight until closed.
+    pub fn open(&mut self, obs: Observation, provider: &Arc<Provider>) -> usize {
+        let i = self.reserve(obs);
+        if let Some(Some(s)) = self.slots.get_mut(i) {
+            s.launch(provider);
+        }
+        i
+    }
+
+    /// Slot `i`.
+    pub fn slot_mut(&mut self, i: usize) -> Option<&mut Slot> {
+        self.slots.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Slots `i` and `j` (distinct) at once.
+    pub fn pair_mut(&mut self, i: usize, j: usize) -> Option<(&mut Slot, &mut Slot)> {
+        if i == j || i.max(j) >= self.slots.len() {
+            return None;
+        }
+        let (lo, hi) = self.slots.split_at_mut(i.max(j));
+        let (a, b) = (lo[i.min(j)].as_mut()?, hi[0].as_mut()?);
+        Some(if i < j { (a, b) } else { (b, a) })
+    }
+
+    /// The committed attempt's observation.
+    pub fn current_mut(&mut self) -> Option<&mut Observation> {
+        self.committed.as_mut().map(|c| &mut c.obs)
+    }
+
+    /// Commits slot `i` to the client (a stream); it ends with the request.
+    pub fn commit(&mut self, i: usize) {
+        if let Some(slot) = self.slots.get_mut(i).and_then(Option::take) {
+            let old = self.committed.take();
+            self.end_slot(old, true);
+            self.committed = Some(slot);
+        }
+    }
+
+    /// Closes slot `i`: records it (if it went out) and hands its observation over.
+    pub fn close(&mut self, i: usize) {
+        let slot = self.slots.get_mut(i).and_then(Option::take);
+        self.end_slot(slot, false);
+    }
+
+    /// Records a finished attempt; `answered` marks the one whose answer the client got.
+    fn end_slot(&mut self, slot: Option<Slot>, answered: bool) {
+        let Some(Slot {
             obs,
             in_flight,
-            _guard: guard,
-        });
-    }
-
-    /// The open attempt's observation.
-    pub fn current_mut(&mut self) -> Option<&mut Observation> {
-        self.current.as_mut().map(|c| &mut c.obs)
-    }
-
-    /// Closes the open attempt: records it and hands its observation to the health task.
-    pub fn end_attempt(&mut self) {
-        let Some(Current { obs, in_flight, .. }) = self.current.take() else {
+            guard,
+        }) = slot
+        else {
             return;
         };
-        let cost = self.gw.upstreams.get(obs.provider).map_or(0.0, |p| {
+        if guard.is_none() {
+            // A hedge that never went out is not an attempt.
+            return;
+        }
+        drop(guard);
+        let provider = self.gw.upstreams.get(obs.provider);
+        if obs.probe
+            && let Some(p) = provider
+        {
+            p.release_probe();
+        }
+        let cost = provider.map_or(0.0, |p| {
             p.config.price.cost(
                 obs.prompt_tokens.unwrap_or(0),
                 obs.completion_tokens.unwrap_or(0),
@@ -93,12 +173,21 @@ impl RequestTrack {
         if cost > 0.0 {
             *self.record.cost_usd.get_or_insert(0.0) += cost;
         }
-        self.record.provider = Some(obs.provider_id.to_string());
-        self.record.in_flight = Some(in_flight);
-        if obs.outcome == Outcome::Ok || self.answer.is_none() {
+        if answered || obs.outcome == Outcome::Ok || self.answer.is_none() {
+            self.record.provider = Some(obs.provider_id.to_string());
+            self.record.in_flight = Some(in_flight);
             self.take_answer(&obs);
         }
-        self.gw.health.observe(obs, cost);
+        self.gw.health.observe(obs, cost, in_flight);
+    }
+
+    /// Ends every open attempt (in slot order) and the committed one.
+    fn end_all(&mut self) {
+        for i in 0..self.slots.len() {
+            self.close(i);
+        }
+        let committed = self.committed.take();
+        self.end_slot(committed, true);
     }
 
     /// Copies into the record what the client got from this attempt.
@@ -132,7 +221,7 @@ impl RequestTrack {
         if self.finished {
             return;
         }
-        self.end_attempt();
+        self.end_all();
         self.finished = true;
         let now = Instant::now();
         let e2e = now.saturating_duration_since(self.started);
@@ -170,12 +259,17 @@ impl Drop for RequestTrack {
             return;
         }
         // The request future was dropped: the client went away mid-request.
-        let started = self.started;
-        if let Some(c) = &mut self.current {
-            if c.obs.e2e.is_zero() {
-                c.obs.e2e = Instant::now().saturating_duration_since(c.obs.started.max(started));
+        let now = Instant::now();
+        for s in self
+            .slots
+            .iter_mut()
+            .flatten()
+            .chain(self.committed.as_mut())
+        {
+            if s.obs.e2e.is_zero() {
+                s.obs.e2e = now.saturating_duration_since(s.obs.started);
             }
-            c.obs.outcome = Outcome::ClientCancelled;
+            s.obs.outcome = Outcome::ClientCancelled;
         }
         self.finish(
             CLIENT_CLOSED,

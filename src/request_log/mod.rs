@@ -46,6 +46,12 @@ pub struct AttemptRecord {
     pub decode_tps: Option<f64>,
     /// Provider's in-flight attempts when this one started (itself included).
     pub in_flight: i64,
+    /// Sent as a probe to a recovering provider.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
+    /// Sent as a hedge.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hedge: bool,
 }
 
 impl AttemptRecord {
@@ -64,6 +70,7 @@ impl AttemptRecord {
                 Some(message.clone()),
             ),
             Outcome::ClientCancelled => (None, Some(Blame::Client.as_str().to_owned()), None),
+            Outcome::Cancelled => (None, Some(Blame::Gateway.as_str().to_owned()), None),
         };
         AttemptRecord {
             provider: obs.provider_id.to_string(),
@@ -79,6 +86,8 @@ impl AttemptRecord {
             max_gap_ms: obs.max_gap.map(ms),
             decode_tps: obs.decode_rate,
             in_flight,
+            probe: obs.probe,
+            hedge: obs.hedge,
         }
     }
 }
@@ -149,8 +158,10 @@ pub struct RequestRecord {
     pub max_tokens: Option<u64>,
     /// Remaining client deadline on arrival, ms.
     pub deadline_ms: Option<i64>,
-    /// Why the answering provider was chosen.
+    /// Why the answering provider was chosen (`x-candor-route`).
     pub route_reason: Option<String>,
+    /// Every candidate the router weighed: score, prediction, decision and why.
+    pub route_candidates: Vec<crate::route::Candidate>,
     /// Whether the request met every target.
     pub within_targets: bool,
     /// Every attempt in order.

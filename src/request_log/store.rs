@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS requests (
     deadline_ms INTEGER,
     route_reason TEXT,
     within_targets INTEGER NOT NULL,
-    attempts TEXT NOT NULL
+    attempts TEXT NOT NULL,
+    route_candidates TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_ms);
 CREATE INDEX IF NOT EXISTS requests_provider_ts ON requests (provider, ts_ms);
@@ -68,7 +69,7 @@ const COLUMNS: &str = "request_id, trace_id, ts_ms, operation, client_key_id, re
     provider, served_model, system_fingerprint, node, quantization, stream, status, error_type, \
     error_message, in_flight, queue_depth, kv_usage, ttft_ms, e2e_ms, decode_tps, max_gap_ms, \
     prompt_tokens, completion_tokens, tokens_counted, cost_usd, finish_reason, max_tokens, \
-    deadline_ms, route_reason, within_targets, attempts";
+    deadline_ms, route_reason, within_targets, attempts, route_candidates";
 
 impl Store {
     /// Opens (creating if needed) the database for writing, in WAL mode.
@@ -78,6 +79,15 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Files written before routing provenance existed lack its column.
+        let has_candidates: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = 'route_candidates'",
+            [],
+            |row| row.get(0),
+        )?;
+        if !has_candidates {
+            conn.execute_batch("ALTER TABLE requests ADD COLUMN route_candidates TEXT")?;
+        }
         Ok(Store { conn })
     }
 
@@ -95,7 +105,7 @@ impl Store {
     pub fn insert(&mut self, batch: &[RequestRecord]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let placeholders = (1..=32)
+            let placeholders = (1..=33)
                 .map(|i| format!("?{i}"))
                 .collect::<Vec<_>>()
                 .join(",");
@@ -104,6 +114,10 @@ impl Store {
             ))?;
             for r in batch {
                 let attempts = serde_json::to_string(&r.attempts)
+                    .map_err(|e| StoreError::Corrupt(r.request_id.clone(), e))?;
+                let candidates = (!r.route_candidates.is_empty())
+                    .then(|| serde_json::to_string(&r.route_candidates))
+                    .transpose()
                     .map_err(|e| StoreError::Corrupt(r.request_id.clone(), e))?;
                 stmt.execute(params![
                     r.request_id,
@@ -138,6 +152,7 @@ impl Store {
                     r.route_reason,
                     r.within_targets,
                     attempts,
+                    candidates,
                 ])?;
             }
         }
@@ -193,15 +208,21 @@ impl Store {
                     route_reason: row.get(29)?,
                     within_targets: row.get(30)?,
                     attempts: Vec::new(),
+                    route_candidates: Vec::new(),
                 },
                 row.get::<_, String>(31)?,
+                row.get::<_, Option<String>>(32)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (mut record, attempts) = row?;
+            let (mut record, attempts, candidates) = row?;
             record.attempts = serde_json::from_str::<Vec<AttemptRecord>>(&attempts)
                 .map_err(|e| StoreError::Corrupt(record.request_id.clone(), e))?;
+            if let Some(c) = candidates {
+                record.route_candidates = serde_json::from_str(&c)
+                    .map_err(|e| StoreError::Corrupt(record.request_id.clone(), e))?;
+            }
             out.push(record);
         }
         Ok(out)

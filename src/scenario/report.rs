@@ -42,6 +42,8 @@ pub struct ProviderSample {
     pub id: String,
     /// Verdict.
     pub verdict: Verdict,
+    /// Routing state (`healthy`, `degraded`, `ejected`, `recovering`).
+    pub state: &'static str,
     /// Attempts in the last minute.
     pub requests_1m: u64,
     /// P95 TTFT over the last minute, ms.
@@ -89,6 +91,7 @@ impl Sample {
                 .map(|p| ProviderSample {
                     id: p.id.clone(),
                     verdict: p.scope.verdict,
+                    state: p.state,
                     requests_1m: p.scope.one_minute.requests,
                     ttft_p95_ms: p.scope.one_minute.ttft_ms.p95,
                     decode_p50: p.scope.one_minute.decode_tokens_per_s_p50,

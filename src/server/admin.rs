@@ -9,9 +9,12 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tokio::time::Instant;
 
 use super::error::ApiError;
+use super::routing_view::RoutingView;
 use crate::health::report::{HealthReport, Verdict};
+use crate::health::snapshot;
 use crate::observation::unix_ms_now;
 use crate::proxy::Gateway;
 use crate::request_log::{LogFilter, RequestRecord, Store};
@@ -86,9 +89,12 @@ pub(super) struct ProviderView {
     price_output_per_million: f64,
     quantization: Option<String>,
     metrics_url: Option<String>,
+    gpu_metrics_url: Option<String>,
     has_api_key: bool,
     in_flight: i64,
     verdict: Option<Verdict>,
+    /// Routing state and why.
+    routing: RoutingView,
 }
 
 /// `GET /api/providers`.
@@ -96,6 +102,8 @@ pub(super) async fn providers(
     State(gw): State<Arc<Gateway>>,
 ) -> Result<Json<Vec<ProviderView>>, ApiError> {
     let r = report(&gw).await?;
+    let views = gw.snapshot.load();
+    let (now, now_unix) = (Instant::now(), unix_ms_now());
     Ok(Json(
         gw.upstreams
             .all()
@@ -109,6 +117,7 @@ pub(super) async fn providers(
                 price_output_per_million: p.config.price.output_per_million,
                 quantization: p.config.quantization.clone(),
                 metrics_url: p.config.metrics_url.clone(),
+                gpu_metrics_url: p.config.gpu_metrics_url.clone(),
                 has_api_key: p.config.api_key.is_some(),
                 in_flight: p.in_flight(),
                 verdict: r
@@ -116,6 +125,10 @@ pub(super) async fn providers(
                     .iter()
                     .find(|x| x.id == p.config.id)
                     .map(|x| x.scope.verdict),
+                routing: views.providers.get(p.index).map_or_else(
+                    || RoutingView::of(&snapshot::ProviderView::new(now), now, now_unix),
+                    |v| RoutingView::of(v, now, now_unix),
+                ),
             })
             .collect(),
     ))

@@ -147,6 +147,12 @@ impl From<ProxyError> for ApiError {
                     message,
                 )
             },
+            ProxyError::Deadline(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_error",
+                "deadline_exceeded",
+                message,
+            ),
             ProxyError::AllFailed {
                 attempts,
                 timed_out,

@@ -4,6 +4,7 @@
 mod admin;
 pub mod error;
 mod openai;
+mod routing_view;
 
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ use error::ApiError;
 pub const REQUEST_ID: &str = "x-candor-request-id";
 /// Header naming the provider that answered.
 pub const PROVIDER: &str = "x-candor-provider";
+/// Response header: why the provider was chosen.
+pub const ROUTE: &str = "x-candor-route";
 
 /// The application router.
 pub fn router(gw: Arc<Gateway>) -> Router {

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::{PROVIDER, REQUEST_ID, bearer};
+use super::{PROVIDER, REQUEST_ID, ROUTE, bearer};
 use crate::observation::{Operation, Source};
 use crate::proxy::{self, ClientRequest, Gateway, Reply};
 
@@ -105,6 +105,7 @@ async fn answer(
         return Err(ApiError::too_large(limit));
     }
     let traceparent = req.headers().get("traceparent").cloned();
+    let deadline = deadline(req.headers(), arrived)?;
     let body = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|e| {
@@ -124,6 +125,7 @@ async fn answer(
             client_key_id,
             arrived,
             source: Source::Client,
+            deadline,
         },
     )
     .await?;
@@ -133,6 +135,7 @@ async fn answer(
             content_type,
             body,
             provider,
+            route,
         } => {
             let mut r = (status, body).into_response();
             let h = r.headers_mut();
@@ -140,14 +143,13 @@ async fn answer(
                 CONTENT_TYPE,
                 content_type.unwrap_or(HeaderValue::from_static("application/json")),
             );
-            if let Ok(v) = HeaderValue::from_str(&provider) {
-                h.insert(PROVIDER, v);
-            }
+            decision_headers(h, &provider, &route);
             r
         }
         Reply::Stream {
             status,
             provider,
+            route,
             stream,
         } => {
             let mut r = Response::new(Body::from_stream(*stream));
@@ -159,12 +161,55 @@ async fn answer(
             let h = r.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            if let Ok(v) = HeaderValue::from_str(&provider) {
-                h.insert(PROVIDER, v);
-            }
+            decision_headers(h, &provider, &route);
             r
         }
     })
+}
+
+/// `x-candor-provider` and `x-candor-route` (the routing reason, ASCII only).
+fn decision_headers(h: &mut axum::http::HeaderMap, provider: &str, route: &str) {
+    if let Ok(v) = HeaderValue::from_str(provider) {
+        h.insert(PROVIDER, v);
+    }
+    let ascii: String = route
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&ascii) {
+        h.insert(ROUTE, v);
+    }
+}
+
+/// The client's deadline: `x-candor-timeout-ms`, else Envoy's
+/// `x-envoy-expected-rq-timeout-ms`, counted from arrival.
+fn deadline(
+    headers: &axum::http::HeaderMap,
+    arrived: Instant,
+) -> Result<Option<Instant>, ApiError> {
+    for name in ["x-candor-timeout-ms", "x-envoy-expected-rq-timeout-ms"] {
+        let Some(v) = headers.get(name) else {
+            continue;
+        };
+        let ms = v
+            .to_str()
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "The {name} header must be a positive whole number of milliseconds."
+                ))
+            })?;
+        return Ok(Some(arrived + std::time::Duration::from_millis(ms)));
+    }
+    Ok(None)
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {

@@ -81,7 +81,7 @@ async fn logs_filters_and_prints_table_and_json() {
         body: "x".into(),
     })
     .await;
-    let mut gw = TestGateway::start(&[&good, &bad], "").await;
+    let mut gw = TestGateway::start(&[&good, &bad], TestGateway::IN_ORDER).await;
     for _ in 0..4 {
         gw.chat(true).await.bytes().await.unwrap();
     }

@@ -88,7 +88,7 @@ async fn all_providers_down_is_502_with_every_attempt() {
         url: dead_url,
         state: a.state.clone(),
     };
-    let mut gw = TestGateway::start(&[&a, &b], "").await;
+    let mut gw = TestGateway::start(&[&a, &b], TestGateway::IN_ORDER).await;
     let (s, v) = error_of(gw.chat(true).await).await;
     assert_eq!(s, 502);
     assert_eq!(v["error"]["code"], "all_attempts_failed");

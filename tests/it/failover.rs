@@ -10,7 +10,7 @@ async fn a_failing_provider_is_skipped_before_commit() {
     })
     .await;
     let good = spawn_mock(Script::words(3)).await;
-    let mut gw = TestGateway::start(&[&bad, &good], "").await;
+    let mut gw = TestGateway::start(&[&bad, &good], TestGateway::IN_ORDER).await;
     for stream in [true, false, true, false] {
         let resp = gw.chat(stream).await;
         assert_eq!(resp.status(), 200);
@@ -35,7 +35,11 @@ async fn a_failing_provider_is_skipped_before_commit() {
 async fn a_provider_that_never_answers_fails_over_on_the_ttft_timeout() {
     let hung = spawn_mock(Script::Hang).await;
     let good = spawn_mock(Script::words(2)).await;
-    let mut gw = TestGateway::start(&[&hung, &good], "[timeouts]\nttft = \"300ms\"\n").await;
+    let mut gw = TestGateway::start(
+        &[&hung, &good],
+        &format!("{}[timeouts]\nttft = \"300ms\"\n", TestGateway::IN_ORDER),
+    )
+    .await;
     for _ in 0..2 {
         let resp = gw.chat(true).await;
         assert_eq!(resp.status(), 200);
@@ -59,7 +63,7 @@ async fn no_failover_after_the_first_byte() {
     })
     .await;
     let other = spawn_mock(Script::words(2)).await;
-    let mut gw = TestGateway::start(&[&breaking, &other], "").await;
+    let mut gw = TestGateway::start(&[&breaking, &other], TestGateway::IN_ORDER).await;
     let resp = gw.chat(true).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-candor-provider"], "p0");
@@ -91,7 +95,7 @@ async fn client_errors_from_upstream_pass_through_without_failover() {
     })
     .await;
     let other = spawn_mock(Script::words(2)).await;
-    let mut gw = TestGateway::start(&[&picky, &other], "").await;
+    let mut gw = TestGateway::start(&[&picky, &other], TestGateway::IN_ORDER).await;
     let resp = gw.chat(false).await;
     assert_eq!(resp.status(), 400);
     let v: serde_json::Value = resp.json().await.unwrap();

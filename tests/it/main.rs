@@ -13,6 +13,7 @@ mod cli;
 mod errors;
 mod failover;
 mod health;
+mod routing;
 mod scenario;
 mod sdk;
 mod secrets;

@@ -61,6 +61,8 @@ name = "short-slowdown"
 duration = "24s"
 [gateway.health]
 min_requests = 5
+[gateway.routing]
+policy = "round_robin"
 [load]
 trace = "azure-conv"
 speedup = 2.0

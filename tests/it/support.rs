@@ -264,6 +264,10 @@ pub(crate) struct TestGateway {
 }
 
 impl TestGateway {
+    /// Extra config that makes the first request go to the first provider (round robin),
+    /// for tests about what happens on a given provider.
+    pub(crate) const IN_ORDER: &str = "[routing]\npolicy = \"round_robin\"\n";
+
     pub(crate) async fn start(mocks: &[&Mock], extra: &str) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
         let mut text = format!(

@@ -1,0 +1,451 @@
+//! The per-provider health state machine: healthy, degraded (with a weight), ejected until
+//! a time, recovering on probes. Every state carries its evidence. Pure: the health task
+//! feeds it attempts and per-tick signals with `now`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::baseline::{Baseline, Reference};
+use crate::config::{RoutingConfig, Targets};
+
+/// A provider's state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum State {
+    /// Performing like its baseline and peers.
+    Healthy,
+    /// Worse than its reference; gets traffic in proportion to `weight` (0–1).
+    Degraded {
+        /// Share of a healthy provider's traffic it should get.
+        weight: f64,
+    },
+    /// Gets no traffic until `until`.
+    Ejected {
+        /// End of the ejection.
+        until: Instant,
+    },
+    /// Gets real requests one at a time as probes until enough succeed.
+    Recovering {
+        /// Probe successes so far.
+        successes: u32,
+    },
+}
+
+impl State {
+    /// The state's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Healthy => "healthy",
+            State::Degraded { .. } => "degraded",
+            State::Ejected { .. } => "ejected",
+            State::Recovering { .. } => "recovering",
+        }
+    }
+
+    /// Routing weight: 1 healthy, the degraded weight, 0 otherwise.
+    pub fn weight(&self) -> f64 {
+        match self {
+            State::Healthy => 1.0,
+            State::Degraded { weight } => *weight,
+            State::Ejected { .. } | State::Recovering { .. } => 0.0,
+        }
+    }
+}
+
+/// One fact behind a state: which signal, its value, what it was compared with, since when.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Evidence {
+    /// `decode_rate`, `ttft`, `misses_targets`, `consecutive_failures`, `error_rate`,
+    /// `stall`, `backend_stuck`, `probe`, `ejection_capped`.
+    pub signal: &'static str,
+    /// The measured value.
+    pub value: f64,
+    /// What it was compared with.
+    pub reference: Option<f64>,
+    /// `baseline`, `peers`, `target` or `limit`.
+    pub against: &'static str,
+    /// When this signal first held (Unix ms in reports; an `Instant` here).
+    #[serde(skip)]
+    pub since: Option<Instant>,
+    /// In words.
+    pub detail: String,
+}
+
+/// What the health task measured for a provider over the recent window, at one tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Signals {
+    /// Attempts in the recent window.
+    pub requests: u64,
+    /// Of which failed upstream.
+    pub failures: u64,
+    /// Median TTFT, s.
+    pub ttft_p50: Option<f64>,
+    /// P95 TTFT, s.
+    pub ttft_p95: Option<f64>,
+    /// Per-stream decode rate now, tokens/s (live, else the window's median).
+    pub decode: Option<f64>,
+    /// Median end to end, s.
+    pub e2e_p50: Option<f64>,
+    /// Mean in-flight (the load the signals were measured at).
+    pub load: f64,
+    /// How long requests have been in flight with no token from anyone.
+    pub stalled_for: Option<Duration>,
+    /// The server's own metrics say it has work but makes no progress.
+    pub backend_stuck: bool,
+}
+
+/// The state machine for one provider.
+#[derive(Debug, Clone)]
+pub struct ProviderHealth {
+    /// Current state.
+    pub state: State,
+    /// Why.
+    pub evidence: Vec<Evidence>,
+    /// When the current state began.
+    pub since: Instant,
+    /// The learned baseline.
+    pub baseline: Baseline,
+    consecutive_failures: u32,
+    ejections: u32,
+    missed_ticks: u32,
+    suspect_ticks: u32,
+    healthy_since: Instant,
+}
+
+/// Minimum attempts in the recent window before performance is judged.
+pub const MIN_SAMPLES: u64 = 5;
+/// TTFT differences smaller than this are noise, whatever the ratio.
+const TTFT_FLOOR_S: f64 = 0.05;
+/// Ticks a healthy provider must look worse than its reference before it is degraded: a
+/// burst (say, failed-over requests landing at once) is not a degradation.
+const DEGRADE_AFTER_TICKS: u32 = 3;
+/// Lowest weight a degraded provider keeps.
+const MIN_WEIGHT: f64 = 0.05;
+/// Error rate in the recent window that ejects (LiteLLM's cooldown share; reference gateway
+/// anchors), with at least `MIN_SAMPLES` attempts.
+const EJECT_ERROR_RATE: f64 = 0.5;
+
+impl ProviderHealth {
+    /// A healthy provider at `now`.
+    pub fn new(now: Instant) -> ProviderHealth {
+        ProviderHealth {
+            state: State::Healthy,
+            evidence: Vec::new(),
+            since: now,
+            baseline: Baseline::default(),
+            consecutive_failures: 0,
+            ejections: 0,
+            missed_ticks: 0,
+            suspect_ticks: 0,
+            healthy_since: now,
+        }
+    }
+
+    /// Ejections in a row (the ejection-time multiplier).
+    pub fn ejections(&self) -> u32 {
+        self.ejections
+    }
+
+    fn set(&mut self, state: State, evidence: Vec<Evidence>, now: Instant) -> bool {
+        let changed = std::mem::discriminant(&state) != std::mem::discriminant(&self.state);
+        // Keep the first-seen time of signals that still hold.
+        let evidence = evidence
+            .into_iter()
+            .map(|mut e| {
+                e.since = self
+                    .evidence
+                    .iter()
+                    .find(|old| old.signal == e.signal)
+                    .and_then(|old| old.since)
+                    .or(Some(now));
+                e
+            })
+            .collect();
+        self.evidence = evidence;
+        if changed {
+            self.since = now;
+            if state == State::Healthy {
+                self.healthy_since = now;
+            }
+        }
+        self.state = state;
+        changed
+    }
+
+    /// Ejects for `base × ejections in a row` (capped), unless `can_eject` is false, in
+    /// which case the provider stays degraded at the lowest weight. Returns true on change.
+    fn eject(
+        &mut self,
+        mut evidence: Vec<Evidence>,
+        now: Instant,
+        cfg: &RoutingConfig,
+        can_eject: bool,
+    ) -> bool {
+        if !can_eject {
+            evidence.push(Evidence {
+                signal: "ejection_capped",
+                value: 1.0,
+                reference: Some(cfg.max_ejected_share),
+                against: "limit",
+                since: None,
+                detail:
+                    "would be ejected, but the share of providers ejected at once is at its cap"
+                        .into(),
+            });
+            return self.set(State::Degraded { weight: MIN_WEIGHT }, evidence, now);
+        }
+        self.ejections = self.ejections.saturating_add(1);
+        let time = cfg
+            .base_ejection
+            .saturating_mul(self.ejections)
+            .min(cfg.max_ejection.max(cfg.base_ejection));
+        self.consecutive_failures = 0;
+        self.missed_ticks = 0;
+        self.set(State::Ejected { until: now + time }, evidence, now)
+    }
+
+    /// Takes one finished attempt. `probe` marks a probe sent while recovering.
+    pub fn on_attempt(
+        &mut self,
+        now: Instant,
+        upstream_failure: bool,
+        within_targets: bool,
+        probe: bool,
+        cfg: &RoutingConfig,
+        can_eject: bool,
+    ) -> bool {
+        if upstream_failure {
+            self.consecutive_failures += 1;
+        } else {
+            self.consecutive_failures = 0;
+        }
+        match self.state {
+            State::Recovering { successes } if probe => {
+                if !upstream_failure && within_targets {
+                    let successes = successes + 1;
+                    if successes >= cfg.probe_successes {
+                        return self.set(State::Healthy, Vec::new(), now);
+                    }
+                    self.state = State::Recovering { successes };
+                    false
+                } else {
+                    let ev = Evidence {
+                        signal: "probe",
+                        value: f64::from(successes),
+                        reference: Some(f64::from(cfg.probe_successes)),
+                        against: "limit",
+                        since: None,
+                        detail: if upstream_failure {
+                            "a probe request failed".into()
+                        } else {
+                            "a probe request missed the targets".into()
+                        },
+                    };
+                    self.eject(vec![ev], now, cfg, true)
+                }
+            }
+            State::Healthy | State::Degraded { .. }
+                if self.consecutive_failures >= cfg.consecutive_failures =>
+            {
+                let ev = Evidence {
+                    signal: "consecutive_failures",
+                    value: f64::from(self.consecutive_failures),
+                    reference: Some(f64::from(cfg.consecutive_failures)),
+                    against: "limit",
+                    since: None,
+                    detail: format!("{} upstream failures in a row", self.consecutive_failures),
+                };
+                self.eject(vec![ev], now, cfg, can_eject)
+            }
+            _ => false,
+        }
+    }
+
+    /// Re-judges the provider at a tick from its recent `signals`, its own baseline, and
+    /// `peers` (the median of comparable peers). Returns true when the state changed.
+    pub fn on_tick(
+        &mut self,
+        now: Instant,
+        s: &Signals,
+        peers: Option<Reference>,
+        cfg: &RoutingConfig,
+        targets: &Targets,
+        can_eject: bool,
+    ) -> bool {
+        match self.state {
+            State::Ejected { until } => {
+                if now >= until {
+                    let evidence = std::mem::take(&mut self.evidence);
+                    return self.set(State::Recovering { successes: 0 }, evidence, now);
+                }
+                return false;
+            }
+            State::Recovering { .. } => return false,
+            State::Healthy | State::Degraded { .. } => {}
+        }
+        // Envoy: a healthy sweep decrements the ejection multiplier.
+        if self.state == State::Healthy
+            && self.ejections > 0
+            && now.saturating_duration_since(self.healthy_since) >= cfg.base_ejection
+        {
+            self.ejections -= 1;
+            self.healthy_since = now;
+        }
+
+        if let Some(ev) = hard_failure(s, cfg) {
+            return self.eject(vec![ev], now, cfg, can_eject);
+        }
+        if s.requests < MIN_SAMPLES {
+            return false;
+        }
+        let reference = self.baseline.at(s.load).map(|r| (r, "baseline"));
+        let reference = reference.or(peers.map(|r| (r, "peers")));
+        let mut evidence = Vec::new();
+        let mut weight: f64 = 1.0;
+        if let (Some(d), Some((r, against))) = (s.decode, reference)
+            && let Some(base) = r.decode
+            && d < base * cfg.degrade_ratio
+        {
+            weight = weight.min(d / base);
+            evidence.push(Evidence {
+                signal: "decode_rate",
+                value: d,
+                reference: Some(base),
+                against,
+                since: None,
+                detail: format!(
+                    "decoding at {d:.1} tokens/s, {:.0} % below its {against} of {base:.1}",
+                    (1.0 - d / base) * 100.0
+                ),
+            });
+        }
+        if let (Some(t), Some((r, against))) = (s.ttft_p50, reference)
+            && let Some(base) = r.ttft
+            && t - base > TTFT_FLOOR_S
+            && base < t * cfg.degrade_ratio
+        {
+            weight = weight.min(base / t);
+            evidence.push(Evidence {
+                signal: "ttft",
+                value: t,
+                reference: Some(base),
+                against,
+                since: None,
+                detail: format!(
+                    "median time to first token {:.0} ms against its {against} of {:.0} ms",
+                    t * 1000.0,
+                    base * 1000.0
+                ),
+            });
+        }
+        if let Some(miss) = misses_targets(s, targets) {
+            self.missed_ticks += 1;
+            evidence.push(miss);
+            // Two ticks in a row: a latency or decode-rate outlier beyond the targets is
+            // ejected like an erroring host.
+            if self.missed_ticks >= 2 {
+                return self.eject(evidence, now, cfg, can_eject);
+            }
+        } else {
+            self.missed_ticks = 0;
+        }
+        if evidence.is_empty() {
+            self.suspect_ticks = 0;
+            if let (Some(t), Some(d)) = (s.ttft_p50, s.decode)
+                && self.state == State::Healthy
+            {
+                self.baseline.learn(s.load, t, d);
+            }
+            if self.state != State::Healthy {
+                return self.set(State::Healthy, Vec::new(), now);
+            }
+            return false;
+        }
+        self.suspect_ticks += 1;
+        if self.state == State::Healthy && self.suspect_ticks < DEGRADE_AFTER_TICKS {
+            return false;
+        }
+        let weight = weight.clamp(MIN_WEIGHT, 1.0);
+        self.set(State::Degraded { weight }, evidence, now)
+    }
+}
+
+/// Stalls and error storms: reasons to eject at once.
+fn hard_failure(s: &Signals, cfg: &RoutingConfig) -> Option<Evidence> {
+    if let Some(stall) = s.stalled_for
+        && stall >= cfg.stall_after
+    {
+        return Some(Evidence {
+            signal: "stall",
+            value: stall.as_secs_f64(),
+            reference: Some(cfg.stall_after.as_secs_f64()),
+            against: "limit",
+            since: None,
+            detail: format!(
+                "requests in flight but no token for {:.1} s",
+                stall.as_secs_f64()
+            ),
+        });
+    }
+    if s.backend_stuck {
+        return Some(Evidence {
+            signal: "backend_stuck",
+            value: 0.0,
+            reference: None,
+            against: "limit",
+            since: None,
+            detail: "the server reports waiting and running requests but generates no tokens"
+                .into(),
+        });
+    }
+    let rate = s.failures as f64 / s.requests.max(1) as f64;
+    (s.requests >= MIN_SAMPLES && rate >= EJECT_ERROR_RATE).then(|| Evidence {
+        signal: "error_rate",
+        value: rate,
+        reference: Some(EJECT_ERROR_RATE),
+        against: "limit",
+        since: None,
+        detail: format!("{} of the last {} attempts failed", s.failures, s.requests),
+    })
+}
+
+/// The provider's recent performance cannot meet the service-level targets.
+fn misses_targets(s: &Signals, t: &Targets) -> Option<Evidence> {
+    let ttft_limit = t.ttft.as_secs_f64();
+    if let Some(p95) = s.ttft_p95
+        && p95 > ttft_limit
+        && s.ttft_p50.is_some_and(|p50| p50 > ttft_limit * 0.5)
+    {
+        return Some(Evidence {
+            signal: "misses_targets",
+            value: p95,
+            reference: Some(ttft_limit),
+            against: "target",
+            since: None,
+            detail: format!(
+                "P95 time to first token {:.0} ms exceeds the {:.0} ms target",
+                p95 * 1000.0,
+                ttft_limit * 1000.0
+            ),
+        });
+    }
+    let e2e_ok = s.e2e_p50.is_some_and(|e| e <= t.e2e.as_secs_f64());
+    match s.decode {
+        Some(d) if d < t.decode_tokens_per_s && !e2e_ok => Some(Evidence {
+            signal: "misses_targets",
+            value: d,
+            reference: Some(t.decode_tokens_per_s),
+            against: "target",
+            since: None,
+            detail: format!(
+                "decoding at {d:.1} tokens/s, below the {:.1} tokens/s target",
+                t.decode_tokens_per_s
+            ),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

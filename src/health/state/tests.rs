@@ -1,0 +1,225 @@
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+
+fn cfg() -> RoutingConfig {
+    RoutingConfig::default()
+}
+
+fn targets() -> Targets {
+    Targets {
+        ttft: Duration::from_secs(1),
+        decode_tokens_per_s: 20.0,
+        e2e: Duration::from_secs(10),
+        error_rate: 0.01,
+    }
+}
+
+fn clean() -> Signals {
+    Signals {
+        requests: 40,
+        failures: 0,
+        ttft_p50: Some(0.10),
+        ttft_p95: Some(0.20),
+        decode: Some(50.0),
+        e2e_p50: Some(3.0),
+        load: 4.0,
+        stalled_for: None,
+        backend_stuck: false,
+    }
+}
+
+/// A provider that has learned its baseline on clean traffic.
+fn learned(now: Instant) -> ProviderHealth {
+    let mut h = ProviderHealth::new(now);
+    for _ in 0..20 {
+        assert!(!h.on_tick(now, &clean(), None, &cfg(), &targets(), true));
+    }
+    h
+}
+
+#[test]
+fn clean_traffic_stays_healthy_and_teaches_the_baseline() {
+    let now = Instant::now();
+    let h = learned(now);
+    assert_eq!(h.state, State::Healthy);
+    assert!(h.evidence.is_empty());
+    let b = h.baseline.at(4.0).unwrap();
+    assert_eq!(b.decode, Some(50.0));
+}
+
+#[test]
+fn slower_decoding_degrades_in_proportion_with_evidence() {
+    let t0 = Instant::now();
+    let mut h = learned(t0);
+    let slow = Signals {
+        decode: Some(30.0),
+        ..clean()
+    };
+    let t1 = t0 + Duration::from_secs(1);
+    // A blip is not a degradation: it must persist for a few ticks.
+    assert!(!h.on_tick(t1, &slow, None, &cfg(), &targets(), true));
+    assert!(!h.on_tick(t1, &slow, None, &cfg(), &targets(), true));
+    assert_eq!(h.state, State::Healthy);
+    assert!(h.on_tick(t1, &slow, None, &cfg(), &targets(), true));
+    let State::Degraded { weight } = h.state else {
+        panic!("expected degraded, got {:?}", h.state);
+    };
+    assert!((weight - 0.6).abs() < 1e-9, "weight {weight}");
+    let e = &h.evidence[0];
+    assert_eq!((e.signal, e.against), ("decode_rate", "baseline"));
+    assert_eq!((e.value, e.reference), (30.0, Some(50.0)));
+    assert_eq!(e.since, Some(t1));
+    // Still degraded a tick later: the evidence keeps its first-seen time, and the
+    // baseline did not learn from the incident.
+    let t2 = t1 + Duration::from_secs(1);
+    h.on_tick(t2, &slow, None, &cfg(), &targets(), true);
+    assert_eq!(h.evidence[0].since, Some(t1));
+    assert_eq!(h.baseline.at(4.0).unwrap().decode, Some(50.0));
+    // Back to normal: healthy again, evidence cleared.
+    assert!(h.on_tick(t2, &clean(), None, &cfg(), &targets(), true));
+    assert_eq!(h.state, State::Healthy);
+    assert!(h.evidence.is_empty());
+}
+
+#[test]
+fn peers_are_the_reference_without_a_baseline() {
+    let now = Instant::now();
+    let mut h = ProviderHealth::new(now);
+    let peers = Reference {
+        ttft: Some(0.1),
+        decode: Some(100.0),
+    };
+    for _ in 0..3 {
+        h.on_tick(now, &clean(), Some(peers), &cfg(), &targets(), true);
+    }
+    assert_eq!(h.state, State::Degraded { weight: 0.5 });
+    assert_eq!(h.evidence[0].against, "peers");
+}
+
+#[test]
+fn consecutive_failures_eject_for_the_base_time_then_probes_decide() {
+    let t0 = Instant::now();
+    let c = cfg();
+    let mut h = learned(t0);
+    for i in 0..4 {
+        assert!(
+            !h.on_attempt(t0, true, false, false, &c, true),
+            "failure {i}"
+        );
+    }
+    assert!(h.on_attempt(t0, true, false, false, &c, true));
+    assert_eq!(
+        h.state,
+        State::Ejected {
+            until: t0 + c.base_ejection
+        }
+    );
+    assert_eq!(h.evidence[0].signal, "consecutive_failures");
+    assert_eq!(h.evidence[0].value, 5.0);
+    // Time passes: recovering, and only probes count.
+    let t1 = t0 + c.base_ejection;
+    assert!(h.on_tick(t1, &clean(), None, &c, &targets(), true));
+    assert_eq!(h.state, State::Recovering { successes: 0 });
+    for _ in 0..10 {
+        h.on_attempt(t1, false, true, false, &c, true);
+        h.on_tick(t1, &clean(), None, &c, &targets(), true);
+    }
+    assert_eq!(
+        h.state,
+        State::Recovering { successes: 0 },
+        "never without probes"
+    );
+    // A failed probe ejects again, for twice as long.
+    assert!(h.on_attempt(t1, true, false, true, &c, true));
+    assert_eq!(
+        h.state,
+        State::Ejected {
+            until: t1 + c.base_ejection * 2
+        }
+    );
+    let t2 = t1 + c.base_ejection * 2;
+    h.on_tick(t2, &clean(), None, &c, &targets(), true);
+    // A probe that succeeds but misses the targets does not count either.
+    assert!(h.on_attempt(t2, false, false, true, &c, true));
+    assert!(matches!(h.state, State::Ejected { .. }));
+    let t3 = t2 + c.base_ejection * 3;
+    h.on_tick(t3, &clean(), None, &c, &targets(), true);
+    for i in 0..c.probe_successes {
+        let changed = h.on_attempt(t3, false, true, true, &c, true);
+        assert_eq!(changed, i + 1 == c.probe_successes);
+    }
+    assert_eq!(h.state, State::Healthy);
+    assert_eq!(h.ejections(), 3);
+}
+
+#[test]
+fn the_ejection_cap_leaves_the_provider_degraded_with_evidence() {
+    let now = Instant::now();
+    let c = cfg();
+    let mut h = learned(now);
+    for _ in 0..5 {
+        h.on_attempt(now, true, false, false, &c, false);
+    }
+    assert_eq!(h.state, State::Degraded { weight: MIN_WEIGHT });
+    let signals: Vec<_> = h.evidence.iter().map(|e| e.signal).collect();
+    assert_eq!(signals, vec!["consecutive_failures", "ejection_capped"]);
+}
+
+#[test]
+fn a_stall_or_a_stuck_backend_ejects_at_once() {
+    let now = Instant::now();
+    let c = cfg();
+    let mut h = learned(now);
+    let stalled = Signals {
+        stalled_for: Some(c.stall_after),
+        ..clean()
+    };
+    assert!(h.on_tick(now, &stalled, None, &c, &targets(), true));
+    assert!(matches!(h.state, State::Ejected { .. }));
+    assert_eq!(h.evidence[0].signal, "stall");
+
+    let mut h = learned(now);
+    let short = Signals {
+        stalled_for: Some(c.stall_after / 2),
+        ..clean()
+    };
+    assert!(!h.on_tick(now, &short, None, &c, &targets(), true));
+    let stuck = Signals {
+        backend_stuck: true,
+        ..clean()
+    };
+    assert!(h.on_tick(now, &stuck, None, &c, &targets(), true));
+    assert_eq!(h.evidence[0].signal, "backend_stuck");
+}
+
+#[test]
+fn missing_the_targets_two_ticks_running_ejects_on_performance() {
+    let now = Instant::now();
+    let c = cfg();
+    let mut h = learned(now);
+    let slow = Signals {
+        decode: Some(10.0),
+        e2e_p50: Some(20.0),
+        ..clean()
+    };
+    assert!(!h.on_tick(now, &slow, None, &c, &targets(), true));
+    assert!(h.on_tick(now, &slow, None, &c, &targets(), true));
+    assert!(matches!(h.state, State::Ejected { .. }));
+    assert!(h.evidence.iter().any(|e| e.signal == "misses_targets"));
+}
+
+#[test]
+fn too_few_requests_are_not_judged() {
+    let now = Instant::now();
+    let mut h = learned(now);
+    let thin = Signals {
+        requests: 2,
+        decode: Some(1.0),
+        ..clean()
+    };
+    assert!(!h.on_tick(now, &thin, None, &cfg(), &targets(), true));
+    assert_eq!(h.state, State::Healthy);
+}

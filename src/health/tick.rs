@@ -1,0 +1,171 @@
+//! The health task's tick: measure each provider's recent signals (windows, live token
+//! counters, scrapes), compare with baselines and peers, step the state machines, and
+//! publish the snapshot the router reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::baseline::{Baseline, Reference};
+use super::snapshot::{ProviderView, Snapshot};
+use super::state::{MIN_SAMPLES, Signals, State};
+use super::{HealthTask, RECENT_SLOT, RECENT_SLOTS, Tracked};
+use crate::health::window::Window;
+
+/// Span of the recent window.
+const RECENT: Duration = Duration::from_secs(30);
+/// Weight of the newest live decode-rate measurement.
+const LIVE_ALPHA: f64 = 0.5;
+
+impl HealthTask {
+    /// Re-judges every provider at `now` and republishes the snapshot.
+    pub(super) fn tick(&mut self, now: Instant) {
+        let signals: Vec<Signals> = (0..self.providers.len())
+            .map(|i| self.measure(i, now))
+            .collect();
+        for i in 0..self.providers.len() {
+            let peers = self.peer_reference(i, &signals);
+            let can_eject = self.can_eject(i);
+            let Some(t) = self.providers.get_mut(i) else {
+                continue;
+            };
+            t.signals = signals[i];
+            if t.health.on_tick(
+                now,
+                &signals[i],
+                peers,
+                &self.routing,
+                &self.targets,
+                can_eject,
+            ) {
+                t.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
+            }
+        }
+        self.publish(now);
+    }
+
+    /// Provider `i`'s signals now; also advances its live decode-rate average.
+    fn measure(&mut self, i: usize, now: Instant) -> Signals {
+        let Some(p) = self.upstreams.get(i).map(Arc::clone) else {
+            return Signals::default();
+        };
+        let live = p.live();
+        let stale = self.scrape.stale_after;
+        let Some(t) = self.providers.get_mut(i) else {
+            return Signals::default();
+        };
+        if let Some((prev, at)) = t.live {
+            let dt = now.saturating_duration_since(at).as_secs_f64();
+            let streams = (prev.decoding + live.decoding) as f64 / 2.0;
+            t.live_decode = if streams >= 0.5 && dt > 0.0 {
+                let rate = live.tokens.saturating_sub(prev.tokens) as f64 / dt / streams;
+                Some(match t.live_decode {
+                    Some(old) => old + LIVE_ALPHA * (rate - old),
+                    None => rate,
+                })
+            } else {
+                None
+            };
+        }
+        t.live = Some((live, now));
+        t.load = Some(match t.load {
+            Some(old) => old + LIVE_ALPHA * (live.in_flight as f64 - old),
+            None => live.in_flight as f64,
+        });
+        let recent = t.recent.sum(now, RECENT);
+        let now_ms = p.ms(now);
+        let stalled_for = (live.streams > 0).then(|| {
+            let since = live.last_progress_ms.max(live.busy_since_ms);
+            Duration::from_millis(now_ms.saturating_sub(since))
+        });
+        let backend_stuck = t.backend.as_ref().is_some_and(|(b, at)| {
+            !t.backend_failed && now.saturating_duration_since(*at) <= stale && b.stuck()
+        });
+        Signals {
+            requests: recent.requests,
+            failures: recent.failed,
+            ttft_p50: recent.ttft.quantile(0.5),
+            ttft_p95: recent.ttft.quantile(0.95),
+            decode: t.live_decode.or_else(|| recent.decode.quantile(0.5)),
+            e2e_p50: recent.e2e.quantile(0.5),
+            // The load now (a short average), matching the live decode rate it qualifies.
+            load: t.load.unwrap_or(live.in_flight as f64),
+            stalled_for,
+            backend_stuck,
+        }
+    }
+
+    /// The median TTFT and decode rate of `i`'s healthy peers at comparable load.
+    fn peer_reference(&self, i: usize, signals: &[Signals]) -> Option<Reference> {
+        let mine = signals.get(i)?;
+        let mut ttft = Vec::new();
+        let mut decode = Vec::new();
+        for j in self.upstreams.peers(i) {
+            let (Some(s), Some(t)) = (signals.get(j), self.providers.get(j)) else {
+                continue;
+            };
+            if t.health.state != State::Healthy
+                || s.requests < MIN_SAMPLES
+                || !Baseline::comparable(mine.load, s.load)
+            {
+                continue;
+            }
+            ttft.extend(s.ttft_p50);
+            decode.extend(s.decode);
+        }
+        let r = Reference {
+            ttft: median(&mut ttft),
+            decode: median(&mut decode),
+        };
+        (r.ttft.is_some() || r.decode.is_some()).then_some(r)
+    }
+
+    /// Publishes what the router needs, by provider index.
+    pub(super) fn publish(&mut self, now: Instant) {
+        let providers = self
+            .upstreams
+            .all()
+            .iter()
+            .zip(&self.providers)
+            .map(|(p, t)| self.view(p.config.metrics_url.is_some(), t, now))
+            .collect();
+        self.snapshot.store(Arc::new(Snapshot { providers }));
+    }
+
+    fn view(&self, scraped: bool, t: &Tracked, now: Instant) -> ProviderView {
+        let s = &t.signals;
+        let baseline = t.health.baseline.at(s.load);
+        let recent = t.windows.fine.sum(now, Duration::from_secs(300));
+        let fresh = self.fresh_backend(t, now);
+        ProviderView {
+            state: t.health.state,
+            since: t.health.since,
+            evidence: t.health.evidence.clone(),
+            ejections: t.health.ejections(),
+            ttft_p50: s.ttft_p50.or(baseline.and_then(|b| b.ttft)),
+            ttft_p95: s.ttft_p95,
+            decode: s.decode.or(baseline.and_then(|b| b.decode)),
+            mean_output_tokens: (recent.completed > 0)
+                .then(|| recent.tokens_out as f64 / recent.completed as f64),
+            baseline,
+            backend: fresh.map(|(b, _)| b.clone()),
+            backend_unknown: scraped && fresh.is_none(),
+            cooldown_until: t.cooldown_until.filter(|&u| u > now),
+            retry_after_until: t.retry_after_until.filter(|&u| u > now),
+        }
+    }
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}

@@ -1,0 +1,170 @@
+//! Backend scrapers: poll each provider's inference-server `/metrics` (and its DCGM
+//! exporter) on an interval, read the engine's names into one `Reading`, turn counters into
+//! rates, and hand the result to the health task. A failed scrape is reported as unknown;
+//! the health task treats a reading older than `stale_after` as unknown too.
+
+pub mod engines;
+pub mod text;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ScrapeConfig;
+use crate::health::HealthHandle;
+use crate::upstream::Provider;
+pub use engines::Reading;
+
+/// What the health model knows from a provider's own metrics, rates included.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Backend {
+    /// The latest reading.
+    #[serde(flatten)]
+    pub reading: Reading,
+    /// Preemptions per second since the previous scrape.
+    pub preemptions_per_s: Option<f64>,
+    /// Generated tokens per second since the previous scrape.
+    pub generation_tokens_per_s: Option<f64>,
+    /// Engine steps per second since the previous scrape.
+    pub engine_steps_per_s: Option<f64>,
+    /// Names of the active throttle reasons.
+    pub throttle: Vec<&'static str>,
+}
+
+impl Backend {
+    /// Combines a reading with the previous one `dt` earlier.
+    pub fn from_readings(cur: Reading, prev: Option<&Reading>, dt: Duration) -> Backend {
+        let secs = dt.as_secs_f64();
+        let rate = |c: Option<f64>, p: Option<f64>| match (c, p) {
+            // A counter that went down was reset (server restart): no rate this time.
+            (Some(c), Some(p)) if secs > 0.0 && c >= p => Some((c - p) / secs),
+            _ => None,
+        };
+        let p = prev.copied().unwrap_or_default();
+        Backend {
+            preemptions_per_s: rate(cur.preemptions_total, p.preemptions_total),
+            generation_tokens_per_s: rate(cur.generation_tokens_total, p.generation_tokens_total),
+            engine_steps_per_s: rate(cur.engine_steps_total, p.engine_steps_total),
+            throttle: cur
+                .throttle_reasons
+                .map(engines::throttle_names)
+                .unwrap_or_default(),
+            reading: cur,
+        }
+    }
+
+    /// Work waiting and running, yet neither tokens nor engine steps advance: a stuck
+    /// batch loop (reference §5.2).
+    pub fn stuck(&self) -> bool {
+        let r = &self.reading;
+        let work = r.queue.unwrap_or(0.0) > 0.0 && r.running.unwrap_or(0.0) > 0.0;
+        let still = |v: Option<f64>| v.is_some_and(|v| v == 0.0);
+        work && still(self.generation_tokens_per_s)
+            && (self.engine_steps_per_s.is_none() || still(self.engine_steps_per_s))
+    }
+}
+
+/// Fetches one endpoint's text within `timeout`.
+async fn fetch(client: &reqwest::Client, url: &str, timeout: Duration) -> Option<String> {
+    let resp = client.get(url).timeout(timeout).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.text().await.ok()
+}
+
+/// Polls `provider` until `stop`, reporting each result (or `None` for a failed scrape).
+pub async fn run(
+    provider: Arc<Provider>,
+    client: reqwest::Client,
+    cfg: ScrapeConfig,
+    health: HealthHandle,
+    stop: CancellationToken,
+) {
+    let urls: Vec<String> = [
+        provider.config.metrics_url.clone(),
+        provider.config.gpu_metrics_url.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if urls.is_empty() {
+        return;
+    }
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut prev: Option<(Reading, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let mut texts = Vec::with_capacity(urls.len());
+        for url in &urls {
+            texts.push(fetch(&client, url, cfg.timeout).await);
+        }
+        let now = Instant::now();
+        // The inference server's metrics are required; the GPU exporter's are extra.
+        let server_ok = provider.config.metrics_url.is_none() || texts[0].is_some();
+        if !server_ok {
+            health.backend(provider.index, None);
+            prev = None;
+            continue;
+        }
+        let lines: Vec<text::Line<'_>> = texts
+            .iter()
+            .flatten()
+            .flat_map(|t| text::parse(t))
+            .collect();
+        let reading = engines::read(&lines);
+        let backend = Backend::from_readings(
+            reading,
+            prev.as_ref().map(|(r, _)| r),
+            prev.map_or(Duration::ZERO, |(_, t)| now.saturating_duration_since(t)),
+        );
+        health.backend(provider.index, Some(backend));
+        prev = Some((reading, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_become_rates_and_a_stuck_loop_is_seen() {
+        let prev = Reading {
+            queue: Some(4.0),
+            running: Some(8.0),
+            generation_tokens_total: Some(1000.0),
+            engine_steps_total: Some(50.0),
+            ..Reading::default()
+        };
+        let moving = Reading {
+            generation_tokens_total: Some(1500.0),
+            engine_steps_total: Some(75.0),
+            ..prev
+        };
+        let b = Backend::from_readings(moving, Some(&prev), Duration::from_secs(5));
+        assert_eq!(b.generation_tokens_per_s, Some(100.0));
+        assert_eq!(b.engine_steps_per_s, Some(5.0));
+        assert!(!b.stuck());
+        let b = Backend::from_readings(prev, Some(&prev), Duration::from_secs(5));
+        assert!(b.stuck(), "queue and batch present, no tokens, no steps");
+        // First scrape: no rate, so not judged stuck.
+        assert!(!Backend::from_readings(prev, None, Duration::ZERO).stuck());
+        // A counter reset gives no rate rather than a negative one.
+        let reset = Reading {
+            generation_tokens_total: Some(10.0),
+            ..prev
+        };
+        assert_eq!(
+            Backend::from_readings(reset, Some(&prev), Duration::from_secs(5))
+                .generation_tokens_per_s,
+            None
+        );
+    }
+}
