@@ -143,6 +143,8 @@ type RequestKey = (Arc<str>, Arc<str>, &'static str);
 pub struct Gauges {
     /// (provider id, attempts in flight).
     pub in_flight: Vec<(Arc<str>, i64)>,
+    /// (provider id, routing state name, routing weight).
+    pub routing: Vec<(Arc<str>, &'static str, f64)>,
     /// Request-log rows dropped because the queue was full.
     pub request_log_dropped: u64,
     /// Observations dropped because the health task's queue was full.
@@ -329,6 +331,35 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "candor_in_flight_requests{{provider=\"{}\"}} {n}",
+                escape(p)
+            );
+        }
+        family(
+            &mut out,
+            "candor_provider_state",
+            "gauge",
+            "1 for the provider's current routing state (healthy, degraded, ejected, recovering).",
+        );
+        for (p, state, _) in &gauges.routing {
+            for name in ["healthy", "degraded", "ejected", "recovering"] {
+                let _ = writeln!(
+                    out,
+                    "candor_provider_state{{provider=\"{}\",state=\"{name}\"}} {}",
+                    escape(p),
+                    u8::from(*state == name)
+                );
+            }
+        }
+        family(
+            &mut out,
+            "candor_provider_routing_weight",
+            "gauge",
+            "Share of a healthy provider's traffic the provider should get (1 healthy, 0 ejected).",
+        );
+        for (p, _, w) in &gauges.routing {
+            let _ = writeln!(
+                out,
+                "candor_provider_routing_weight{{provider=\"{}\"}} {w}",
                 escape(p)
             );
         }

@@ -410,6 +410,14 @@ impl Config {
             }
         }
 
+        for model in routing.hedge.keys() {
+            if !providers.iter().any(|p| p.models.contains(model)) {
+                problems.push(format!(
+                    "routing.hedge: model {model:?} is not served by any provider"
+                ));
+            }
+        }
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }

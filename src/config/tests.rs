@@ -143,3 +143,48 @@ fn targets_judge_requests() {
         "non-streamed within e2e"
     );
 }
+
+#[test]
+fn routing_defaults_and_problems() {
+    let c = Config::parse(MINIMAL, env).unwrap();
+    assert_eq!(c.routing, RoutingConfig::default());
+    assert_eq!(c.routing.policy, Policy::Candor);
+    assert_eq!(c.scrape.stale_after, Duration::from_secs(15));
+
+    let text = format!(
+        "[routing]\npolicy = \"least_busy\"\n[[routing.hedge]]\nmodel = \"m\"\ndelay = \"250ms\"\n[scrape]\ninterval = \"2s\"\n{MINIMAL}"
+    );
+    let c = Config::parse(&text, env).unwrap();
+    assert_eq!(c.routing.policy, Policy::LeastBusy);
+    assert_eq!(
+        c.routing.hedge["m"].delay,
+        HedgeDelay::Fixed(Duration::from_millis(250))
+    );
+    assert_eq!(
+        c.scrape.stale_after,
+        Duration::from_secs(6),
+        "three intervals"
+    );
+
+    let text = format!(
+        "[routing]\nretry_budget = 1.5\nmax_ejection = \"1s\"\n[[routing.hedge]]\nmodel = \"nobody-serves-this\"\ndelay = \"later\"\n{MINIMAL}"
+    );
+    let Err(ConfigError::Invalid(problems)) = Config::parse(&text, env) else {
+        panic!("must be invalid");
+    };
+    for want in [
+        "routing.retry_budget",
+        "routing.max_ejection",
+        "routing.hedge[0].delay",
+        "routing.hedge: model \"nobody-serves-this\"",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "missing {want}: {problems:?}"
+        );
+    }
+    assert!(matches!(
+        Config::parse(&format!("[routing]\npolicy = \"fastest\"\n{MINIMAL}"), env),
+        Err(ConfigError::Parse(_))
+    ));
+}

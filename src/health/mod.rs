@@ -336,6 +336,19 @@ impl HealthTask {
                 .iter()
                 .map(|p| (Arc::clone(&p.id), p.in_flight()))
                 .collect(),
+            routing: self
+                .upstreams
+                .all()
+                .iter()
+                .zip(&self.providers)
+                .map(|(p, t)| {
+                    (
+                        Arc::clone(&p.id),
+                        t.health.state.name(),
+                        t.health.state.weight(),
+                    )
+                })
+                .collect(),
             request_log_dropped: self.log_dropped.load(Ordering::Relaxed),
             observations_dropped: self.observations_dropped.load(Ordering::Relaxed),
         }
@@ -353,6 +366,7 @@ impl HealthTask {
                 models: p.config.models.clone(),
                 state: t.health.state.name(),
                 weight: t.health.state.weight(),
+                evidence: t.health.evidence.clone(),
                 backend: self.backend_report(
                     p.config.metrics_url.is_some() || p.config.gpu_metrics_url.is_some(),
                     t,

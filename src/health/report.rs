@@ -296,6 +296,8 @@ pub struct ProviderReport {
     pub state: &'static str,
     /// Routing weight (1 healthy, 0 ejected).
     pub weight: f64,
+    /// Why the state is what it is.
+    pub evidence: Vec<super::state::Evidence>,
     /// What the provider's own metrics say.
     pub backend: BackendReport,
     /// Statistics over its attempts, and its verdict.

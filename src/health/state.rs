@@ -93,6 +93,8 @@ pub struct Signals {
     pub stalled_for: Option<Duration>,
     /// The server's own metrics say it has work but makes no progress.
     pub backend_stuck: bool,
+    /// The GPU exporter's clock-event (throttle) reason bits, when known.
+    pub throttle_reasons: Option<u64>,
 }
 
 /// The state machine for one provider.
@@ -120,6 +122,9 @@ const TTFT_FLOOR_S: f64 = 0.05;
 /// Ticks a healthy provider must look worse than its reference before it is degraded: a
 /// burst (say, failed-over requests landing at once) is not a degradation.
 const DEGRADE_AFTER_TICKS: u32 = 3;
+/// Clock-event bits that slow a GPU: SW power cap, HW slowdown, SW and HW thermal, HW power
+/// brake (DCGM exporter's decoding, reference §1.6).
+const SLOWDOWN_BITS: u64 = 0x4 | 0x8 | 0x20 | 0x40 | 0x80;
 /// Lowest weight a degraded provider keeps.
 const MIN_WEIGHT: f64 = 0.05;
 /// Error rate in the recent window that ejects (LiteLLM's cooldown share; reference gateway
@@ -262,8 +267,9 @@ impl ProviderHealth {
         }
     }
 
-    /// Re-judges the provider at a tick from its recent `signals`, its own baseline, and
-    /// `peers` (the median of comparable peers). Returns true when the state changed.
+    /// Re-judges the provider at a tick from its recent `signals` against `peers` (the
+    /// median of healthy peers at comparable load) or, without peers, its own baseline.
+    /// Returns true when the state changed.
     pub fn on_tick(
         &mut self,
         now: Instant,
@@ -299,8 +305,11 @@ impl ProviderHealth {
         if s.requests < MIN_SAMPLES {
             return false;
         }
-        let reference = self.baseline.at(s.load).map(|r| (r, "baseline"));
-        let reference = reference.or(peers.map(|r| (r, "peers")));
+        // Healthy peers at comparable load see the same traffic, so they are the fairer
+        // reference; a provider's own baseline stands in when it has no such peers.
+        let reference = peers
+            .map(|r| (r, "peers"))
+            .or_else(|| self.baseline.at(s.load).map(|r| (r, "baseline")));
         let mut evidence = Vec::new();
         let mut weight: f64 = 1.0;
         if let (Some(d), Some((r, against))) = (s.decode, reference)
@@ -339,16 +348,19 @@ impl ProviderHealth {
                 ),
             });
         }
-        if let Some(miss) = misses_targets(s, targets) {
-            self.missed_ticks += 1;
-            evidence.push(miss);
-            // Two ticks in a row: a latency or decode-rate outlier beyond the targets is
-            // ejected like an erroring host.
-            if self.missed_ticks >= 2 {
-                return self.eject(evidence, now, cfg, can_eject);
+        // An outlier against its own baseline or its peers at comparable load that also
+        // misses the targets, two ticks running, is ejected like an erroring host. Missing
+        // the targets without being an outlier is load, not a fault: ejecting for it would
+        // pile the load onto the others.
+        match misses_targets(s, targets) {
+            Some(miss) if !evidence.is_empty() => {
+                self.missed_ticks += 1;
+                evidence.push(miss);
+                if self.missed_ticks >= 2 {
+                    return self.eject(evidence, now, cfg, can_eject);
+                }
             }
-        } else {
-            self.missed_ticks = 0;
+            _ => self.missed_ticks = 0,
         }
         if evidence.is_empty() {
             self.suspect_ticks = 0;
@@ -361,6 +373,20 @@ impl ProviderHealth {
                 return self.set(State::Healthy, Vec::new(), now);
             }
             return false;
+        }
+        // The GPU's own account corroborates a slowdown (reference §6.2).
+        if let Some(bits) = s.throttle_reasons.filter(|b| b & SLOWDOWN_BITS != 0) {
+            evidence.push(Evidence {
+                signal: "gpu_throttle",
+                value: bits as f64,
+                reference: None,
+                against: "limit",
+                since: None,
+                detail: format!(
+                    "GPU clocks held back: {}",
+                    crate::scrape::engines::throttle_names(bits & SLOWDOWN_BITS).join(", ")
+                ),
+            });
         }
         self.suspect_ticks += 1;
         if self.state == State::Healthy && self.suspect_ticks < DEGRADE_AFTER_TICKS {

@@ -79,9 +79,11 @@ impl HealthTask {
             let since = live.last_progress_ms.max(live.busy_since_ms);
             Duration::from_millis(now_ms.saturating_sub(since))
         });
-        let backend_stuck = t.backend.as_ref().is_some_and(|(b, at)| {
-            !t.backend_failed && now.saturating_duration_since(*at) <= stale && b.stuck()
-        });
+        let fresh = t
+            .backend
+            .as_ref()
+            .filter(|(_, at)| !t.backend_failed && now.saturating_duration_since(*at) <= stale)
+            .map(|(b, _)| b);
         Signals {
             requests: recent.requests,
             failures: recent.failed,
@@ -92,7 +94,8 @@ impl HealthTask {
             // The load now (a short average), matching the live decode rate it qualifies.
             load: t.load.unwrap_or(live.in_flight as f64),
             stalled_for,
-            backend_stuck,
+            backend_stuck: fresh.is_some_and(crate::scrape::Backend::stuck),
+            throttle_reasons: fresh.and_then(|b| b.reading.throttle_reasons),
         }
     }
 

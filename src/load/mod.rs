@@ -104,6 +104,61 @@ pub struct LoadReport {
     pub duration_s: f64,
     /// What the answers looked like (counts of requests).
     pub quality: QualitySignals,
+    /// Requests by when they were sent, in `SLICE` steps from the origin.
+    pub timeline: Vec<Slice>,
+}
+
+/// Width of a timeline slice.
+pub const SLICE: Duration = Duration::from_secs(5);
+
+/// The requests sent during one slice of time.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Slice {
+    /// Requests sent in the slice (and finished).
+    pub requests: u64,
+    /// Of which within every target.
+    pub within_targets: u64,
+    /// Of which failed.
+    pub errors: u64,
+}
+
+impl std::ops::Add for Slice {
+    type Output = Slice;
+    fn add(self, o: Slice) -> Slice {
+        Slice {
+            requests: self.requests + o.requests,
+            within_targets: self.within_targets + o.within_targets,
+            errors: self.errors + o.errors,
+        }
+    }
+}
+
+impl LoadReport {
+    /// Requests that got neither an answer nor an error response: the connection broke,
+    /// the stream was cut without a finish, or nothing came back in time.
+    pub fn lost(&self) -> u64 {
+        self.errors
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    k.as_str(),
+                    "transport" | "connect" | "stream_reset" | "truncated" | "timeout"
+                )
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Requests sent in `[from, to)` seconds from the origin (whole slices): (requests,
+    /// within targets, errors).
+    pub fn between(&self, from: f64, to: f64) -> Slice {
+        let w = SLICE.as_secs_f64();
+        self.timeline
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as f64 * w >= from && (*i as f64 + 1.0) * w <= to)
+            .fold(Slice::default(), |a, (_, s)| a + *s)
+    }
 }
 
 /// Cheap output checks the load generator makes on every answer.
@@ -127,6 +182,7 @@ pub struct Tally {
     e2e: LogHistogram,
     decode: LogHistogram,
     elapsed: Duration,
+    origin: Option<Instant>,
 }
 
 impl Tally {
@@ -139,6 +195,22 @@ impl Tally {
         report.decode_tokens_per_s_p50 = self.decode.quantile(0.5);
         report.duration_s = self.elapsed.as_secs_f64();
         report
+    }
+
+    /// Sets the time the timeline counts from (default: the first replay's start).
+    pub fn set_origin(&mut self, origin: Instant) {
+        self.origin = Some(origin);
+    }
+
+    fn slice(&mut self, sent: Instant) -> &mut Slice {
+        let origin = *self.origin.get_or_insert(sent);
+        let i =
+            (sent.saturating_duration_since(origin).as_secs_f64() / SLICE.as_secs_f64()) as usize;
+        let timeline = &mut self.report.timeline;
+        if timeline.len() <= i {
+            timeline.resize(i + 1, Slice::default());
+        }
+        &mut timeline[i]
     }
 }
 
@@ -160,6 +232,7 @@ pub fn prompt_of(tokens: u32, seed: usize) -> String {
 }
 
 struct Done {
+    started: Instant,
     quality: QualitySignals,
     ok: bool,
     error: Option<String>,
@@ -171,6 +244,7 @@ struct Done {
 async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index: usize) -> Done {
     let started = Instant::now();
     let fail = |kind: String| Done {
+        started,
         quality: QualitySignals::default(),
         ok: false,
         error: Some(kind),
@@ -289,6 +363,7 @@ async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index:
     };
     let ok = broken.is_none();
     Done {
+        started,
         // Answer checks describe answers: a broken stream is counted as an error instead.
         quality: if ok {
             quality
@@ -366,6 +441,10 @@ pub async fn run_into(cfg: &LoadConfig, stop: CancellationToken, tally: &mut Tal
             *t.report.errors.entry(e).or_default() += 1;
         }
         t.report.within_targets += u64::from(within);
+        let slice = t.slice(d.started);
+        slice.requests += 1;
+        slice.within_targets += u64::from(within);
+        slice.errors += u64::from(!d.ok);
         let q = &mut t.report.quality;
         q.finish_length += d.quality.finish_length;
         q.output_length_off += d.quality.output_length_off;

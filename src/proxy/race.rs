@@ -75,9 +75,14 @@ pub(super) async fn run(
         let Some(provider) = gw.upstreams.get(index) else {
             continue;
         };
+        // A recovering provider gets one probe at a time: if another request took the
+        // probe slot meanwhile, this one goes elsewhere.
+        let probe = plan.probe == Some(index);
+        if probe && (made > 0 || !provider.claim_probe()) {
+            continue;
+        }
         made += 1;
         tried.push(index);
-        let probe = made == 1 && plan.probe == Some(index) && provider.claim_probe();
         let mut obs = observation(ctx, index);
         obs.probe = probe;
         let a = track.open(obs, provider);

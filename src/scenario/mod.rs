@@ -16,12 +16,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, AppError, Background, Running};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Policy};
 use crate::load::{self, LoadConfig, Rag, trace};
 use crate::sim::dependency::Dependency;
 use crate::sim::fault::Scheduled;
 use crate::sim::{Profile, Sim};
-pub use report::{FaultWindow, ProviderSample, Sample, ScenarioReport, Verdicts};
+pub use report::{FaultWindow, ProviderSample, Sample, ScenarioReport, Verdicts, comparison_table};
 
 /// The scenario `candor demo` runs, embedded so the demo needs no file.
 pub const DEMO: &str = include_str!("../../scenarios/demo.toml");
@@ -163,6 +163,17 @@ impl Scenario {
     /// Parses scenario text.
     pub fn parse(text: &str) -> Result<Scenario, toml::de::Error> {
         toml::from_str(text)
+    }
+
+    /// Makes the gateway route with `policy`.
+    pub fn set_policy(&mut self, policy: Policy) {
+        let routing = self
+            .gateway
+            .entry("routing")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let Some(t) = routing.as_table_mut() {
+            t.insert("policy".into(), policy.as_str().into());
+        }
     }
 
     /// Every fault on the timeline, with where it applies.
@@ -326,6 +337,7 @@ pub async fn run(
     let load_cfg = load_config(s, started)?;
     let load_stop = stop.child_token();
     let mut tally = load::Tally::default();
+    tally.set_origin(started.started);
     let replay = async {
         while !load_stop.is_cancelled() {
             load::run_into(&load_cfg, load_stop.clone(), &mut tally).await;
@@ -369,4 +381,35 @@ pub async fn run(
         },
         samples,
     })
+}
+
+/// Runs `s` once per policy, one after another with fresh simulators, and returns each
+/// run's report. `on_run` is told which policy starts.
+pub async fn compare(
+    s: &Scenario,
+    policies: &[Policy],
+    stop: CancellationToken,
+    mut on_run: impl FnMut(Policy),
+) -> Result<Vec<(Policy, ScenarioReport)>, ScenarioError> {
+    let mut out = Vec::new();
+    for &policy in policies {
+        if stop.is_cancelled() {
+            break;
+        }
+        on_run(policy);
+        let mut one = s.clone();
+        one.set_policy(policy);
+        let started = start(&one, 0).await?;
+        let report = run(
+            &one,
+            &started,
+            Duration::from_secs(1),
+            stop.child_token(),
+            |_| {},
+        )
+        .await;
+        started.stop().await?;
+        out.push((policy, report?));
+    }
+    Ok(out)
 }

@@ -44,6 +44,8 @@ pub struct ProviderSample {
     pub verdict: Verdict,
     /// Routing state (`healthy`, `degraded`, `ejected`, `recovering`).
     pub state: &'static str,
+    /// Why, in words.
+    pub evidence: Vec<String>,
     /// Attempts in the last minute.
     pub requests_1m: u64,
     /// P95 TTFT over the last minute, ms.
@@ -92,6 +94,7 @@ impl Sample {
                     id: p.id.clone(),
                     verdict: p.scope.verdict,
                     state: p.state,
+                    evidence: p.evidence.iter().map(|e| e.detail.clone()).collect(),
                     requests_1m: p.scope.one_minute.requests,
                     ttft_p95_ms: p.scope.one_minute.ttft_ms.p95,
                     decode_p50: p.scope.one_minute.decode_tokens_per_s_p50,
@@ -259,4 +262,116 @@ impl ScenarioReport {
         }
         out
     }
+}
+
+/// The fault windows as phases: faults of one kind on one target less than 10 s apart (a
+/// burst) are one phase.
+fn phases(faults: &[FaultWindow]) -> Vec<(String, f64, f64)> {
+    let mut merged: Vec<(String, String, f64, f64)> = Vec::new();
+    for f in faults {
+        let end = f.end_s.unwrap_or(f64::INFINITY);
+        match merged
+            .iter_mut()
+            .find(|(k, t, _, e)| *k == f.kind && *t == f.target && f.start_s - *e < 10.0)
+        {
+            Some(m) => m.3 = m.3.max(end),
+            None => merged.push((f.kind.clone(), f.target.clone(), f.start_s, end)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(kind, target, start, end)| {
+            let until = if end.is_finite() {
+                format!("{end:.0}")
+            } else {
+                "end".into()
+            };
+            (format!("{kind} {target} {start:.0}–{until} s"), start, end)
+        })
+        .collect()
+}
+
+/// Policies side by side: the load generator's figures for the whole run, then the share
+/// within targets in each fault window (whole 5-second slices inside it) and outside all.
+pub fn comparison_table(
+    faults: &[FaultWindow],
+    runs: &[(crate::config::Policy, ScenarioReport)],
+) -> String {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.0}"));
+    let share = |s: crate::load::Slice| {
+        if s.requests == 0 {
+            "-".to_owned()
+        } else {
+            format!(
+                "{:.1} %",
+                s.within_targets as f64 * 100.0 / s.requests as f64
+            )
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| policy | requests | within targets | errors | lost | TTFT P50 ms | TTFT P99 ms | e2e P50 ms | e2e P99 ms |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (policy, r) in runs {
+        let l = &r.load;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} % | {} | {} | {} | {} | {} | {} |",
+            policy.as_str(),
+            l.requests,
+            l.within_targets_share * 100.0,
+            l.errors.values().sum::<u64>(),
+            l.lost(),
+            ms(l.ttft_ms.p50),
+            ms(l.ttft_ms.p99),
+            ms(l.e2e_ms.p50),
+            ms(l.e2e_ms.p99),
+        );
+    }
+    let _ = writeln!(out);
+    for (policy, r) in runs {
+        let kinds: Vec<String> = r
+            .load
+            .errors
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        if !kinds.is_empty() {
+            let _ = writeln!(out, "errors with {}: {}", policy.as_str(), kinds.join(", "));
+        }
+    }
+    let windows = phases(faults);
+    if windows.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out);
+    let mut header = "| policy | outside faults |".to_owned();
+    let mut rule = "|---|---:|".to_owned();
+    for (name, ..) in &windows {
+        header.push_str(&format!(" {name} |"));
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(out, "{header}\n{rule}");
+    for (policy, r) in runs {
+        let l = &r.load;
+        // Outside every fault: the whole timeline minus the fault windows, slice by slice.
+        let w = crate::load::SLICE.as_secs_f64();
+        let outside = l
+            .timeline
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                let (a, b) = (*i as f64 * w, (*i as f64 + 1.0) * w);
+                windows.iter().all(|(_, s, e)| b <= *s || a >= *e)
+            })
+            .fold(crate::load::Slice::default(), |acc, (_, s)| acc + *s);
+        let mut row = format!("| {} | {} |", policy.as_str(), share(outside));
+        for (_, from, to) in &windows {
+            row.push_str(&format!(" {} |", share(l.between(*from, *to))));
+        }
+        let _ = writeln!(out, "{row}");
+    }
+    out
 }

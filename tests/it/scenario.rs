@@ -7,12 +7,13 @@ use tokio_util::sync::CancellationToken;
 
 #[test]
 fn every_shipped_scenario_parses_and_fits_in_two_minutes() {
+    // The demo loops for a day; the routing benchmark runs four minutes per policy.
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
     let mut names = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let s = Scenario::load(&path).unwrap();
-        if s.name != "demo" {
+        if s.name != "demo" && s.name != "routing" {
             assert!(
                 s.duration <= Duration::from_secs(120),
                 "{} runs too long",
@@ -36,7 +37,8 @@ fn every_shipped_scenario_parses_and_fits_in_two_minutes() {
             "demo",
             "hardware-slowdown",
             "kv-thrashing",
-            "quality"
+            "quality",
+            "routing"
         ]
     );
     let demo = Scenario::parse(scenario::DEMO).unwrap();

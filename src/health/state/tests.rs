@@ -28,6 +28,7 @@ fn clean() -> Signals {
         load: 4.0,
         stalled_for: None,
         backend_stuck: false,
+        throttle_reasons: Some(0),
     }
 }
 
@@ -70,6 +71,11 @@ fn slower_decoding_degrades_in_proportion_with_evidence() {
     assert!((weight - 0.6).abs() < 1e-9, "weight {weight}");
     let e = &h.evidence[0];
     assert_eq!((e.signal, e.against), ("decode_rate", "baseline"));
+    assert_eq!(
+        h.evidence.len(),
+        1,
+        "no GPU evidence while the clocks are free"
+    );
     assert_eq!((e.value, e.reference), (30.0, Some(50.0)));
     assert_eq!(e.since, Some(t1));
     // Still degraded a tick later: the evidence keeps its first-seen time, and the
@@ -85,7 +91,7 @@ fn slower_decoding_degrades_in_proportion_with_evidence() {
 }
 
 #[test]
-fn peers_are_the_reference_without_a_baseline() {
+fn peers_are_the_reference_when_there_are_any() {
     let now = Instant::now();
     let mut h = ProviderHealth::new(now);
     let peers = Reference {
@@ -221,5 +227,42 @@ fn too_few_requests_are_not_judged() {
         ..clean()
     };
     assert!(!h.on_tick(now, &thin, None, &cfg(), &targets(), true));
+    assert_eq!(h.state, State::Healthy);
+}
+
+#[test]
+fn gpu_throttle_bits_corroborate_a_slowdown() {
+    let now = Instant::now();
+    let mut h = learned(now);
+    let slow = Signals {
+        decode: Some(30.0),
+        throttle_reasons: Some(0x40 | 0x1),
+        ..clean()
+    };
+    for _ in 0..3 {
+        h.on_tick(now, &slow, None, &cfg(), &targets(), true);
+    }
+    let gpu = h
+        .evidence
+        .iter()
+        .find(|e| e.signal == "gpu_throttle")
+        .unwrap();
+    assert_eq!(gpu.detail, "GPU clocks held back: hw_thermal");
+}
+
+#[test]
+fn missing_the_targets_under_load_alone_is_not_a_fault() {
+    let now = Instant::now();
+    let mut h = learned(now);
+    // Four times the load it learned at: slower, but no baseline there and no peers.
+    let busy = Signals {
+        decode: Some(15.0),
+        e2e_p50: Some(20.0),
+        load: 16.0,
+        ..clean()
+    };
+    for _ in 0..10 {
+        assert!(!h.on_tick(now, &busy, None, &cfg(), &targets(), true));
+    }
     assert_eq!(h.state, State::Healthy);
 }
