@@ -103,14 +103,18 @@ fn status(s: &Sample, faults: &[String]) -> String {
     for p in &s.providers {
         let _ = writeln!(
             line,
-            "         {:<7} {:<13} reqs/1m {:>4}  p95 TTFT {:>6}  decode {:>4} tok/s  err {:>5.1}%  in flight {}",
+            "         {:<7} {:<13} {:<10} reqs/1m {:>4}  p95 TTFT {:>6}  decode {:>4} tok/s  err {:>5.1}%  in flight {}{}",
             p.id,
             p.verdict.as_str(),
+            p.state,
             p.requests_1m,
             p.ttft_p95_ms.map_or("-".into(), |v| format!("{v:.0}ms")),
             p.decode_p50.map_or("-".into(), |v| format!("{v:.0}")),
             p.error_rate.unwrap_or(0.0) * 100.0,
             p.in_flight,
+            p.evidence
+                .first()
+                .map_or_else(String::new, |e| format!("  ({e})")),
         );
     }
     line
