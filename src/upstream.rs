@@ -33,6 +33,7 @@ pub struct Provider {
     last_progress_ms: AtomicU64,
     busy_since_ms: AtomicU64,
     probing: AtomicBool,
+    abandon: tokio::sync::Notify,
 }
 
 /// A provider's live counters at one moment.
@@ -93,6 +94,17 @@ impl Provider {
     /// True when no probe is out.
     pub fn probe_free(&self) -> bool {
         !self.probing.load(Ordering::Acquire)
+    }
+
+    /// Resolves when the provider is taken out of rotation: attempts still waiting for a
+    /// first token from it give up and fail over (nothing has reached their clients).
+    pub fn abandoned(&self) -> tokio::sync::futures::Notified<'_> {
+        self.abandon.notified()
+    }
+
+    /// Tells every attempt waiting on this provider to give up.
+    pub fn abandon_waiting(&self) {
+        self.abandon.notify_waiters();
     }
 
     /// Frees the probe slot.
@@ -168,6 +180,7 @@ impl Upstreams {
                     last_progress_ms: AtomicU64::new(0),
                     busy_since_ms: AtomicU64::new(0),
                     probing: AtomicBool::new(false),
+                    abandon: tokio::sync::Notify::new(),
                 })
             })
             .collect();

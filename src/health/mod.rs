@@ -285,6 +285,7 @@ impl HealthTask {
             .on_attempt(now, failed, within, obs.probe, &self.routing, can_eject);
         if changed {
             t.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
+            self.on_state_change(obs.provider);
             self.publish(now);
         }
     }
@@ -307,6 +308,16 @@ impl HealthTask {
                 ..Sample::default()
             },
         );
+    }
+
+    /// After provider `i` changed state: when it was ejected, attempts still waiting on it
+    /// give up and fail over.
+    fn on_state_change(&self, i: usize) {
+        if let (Some(t), Some(p)) = (self.providers.get(i), self.upstreams.get(i))
+            && matches!(t.health.state, state::State::Ejected { .. })
+        {
+            p.abandon_waiting();
+        }
     }
 
     /// True when ejecting `provider` keeps every model it serves within the cap: at most

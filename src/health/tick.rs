@@ -40,6 +40,7 @@ impl HealthTask {
                 can_eject,
             ) {
                 t.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
+                self.on_state_change(i);
             }
         }
         self.publish(now);

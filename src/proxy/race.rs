@@ -15,8 +15,8 @@ use super::attempt::{self, Answer, AttemptRequest, CallError};
 use super::body::{self, RequestHead};
 use super::track::{RequestTrack, Slot};
 use super::{AttemptFailure, ClientRequest, Error, Gateway, MeteredStream, Reply};
-use crate::config::HedgeDelay;
-use crate::observation::{Observation, Outcome};
+use crate::config::{HedgeDelay, Policy};
+use crate::observation::{Blame, Observation, Outcome};
 use crate::route::Plan;
 use crate::upstream::Provider;
 
@@ -250,7 +250,25 @@ async fn attempt_on(
         forward,
         timeouts,
     };
-    attempt::run(request, &mut slot.obs).await
+    if gw.config.routing.policy != Policy::Candor {
+        return attempt::run(request, &mut slot.obs).await;
+    }
+    // Candor's policy: if the health model ejects this provider while the attempt still
+    // waits for its first token, give up now and fail over instead of waiting out the
+    // timeout.
+    let abandoned = provider.abandoned();
+    tokio::select! {
+        r = attempt::run(request, &mut slot.obs) => r,
+        () = abandoned => Err(CallError {
+            kind: "abandoned",
+            status: None,
+            blame: Blame::Upstream,
+            retryable: true,
+            message: "the provider was ejected while this attempt waited for its first token".into(),
+            body: None,
+            retry_after: None,
+        }),
+    }
 }
 
 /// Races the attempt in slot `a` against a hedge in slot `b` sent after `delay` (if the
@@ -458,7 +476,6 @@ mod tests {
     use tokio::time::sleep;
 
     use super::*;
-    use crate::observation::Blame;
 
     fn error(retryable: bool) -> CallError {
         CallError {

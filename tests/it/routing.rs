@@ -219,14 +219,25 @@ faults = [{ at = "4s", kind = "deadlock" }]
         !late.is_empty() && late.iter().all(|s| *s == "ejected" || *s == "recovering"),
         "{late:?}"
     );
+    // The steady provider takes the whole load (and the burst of requests failing over from
+    // the stuck one): it may look slower than its lighter-load self for a moment, but it is
+    // never taken out, and it ends healthy.
     let steady = state_of("steady", 0.0);
-    assert!(steady.iter().all(|s| *s == "healthy"), "{steady:?}");
+    assert!(
+        steady.iter().all(|s| *s == "healthy" || *s == "degraded")
+            && steady.last() == Some(&"healthy"),
+        "{steady:?}"
+    );
     assert_eq!(
         report.load.errors.values().sum::<u64>(),
         0,
         "{:?}",
         report.load.errors
     );
+    // Requests caught waiting on the stuck provider are abandoned when it is ejected and
+    // fail over, instead of waiting out the 5 s TTFT timeout.
+    let p99 = report.load.ttft_ms.p99.unwrap();
+    assert!(p99 < 4000.0, "TTFT P99 {p99:.0} ms");
     let steady = &health.providers[0];
     assert_eq!(steady.backend.status, "ok");
     let b = steady.backend.metrics.as_ref().unwrap();
