@@ -52,21 +52,25 @@ impl Baseline {
         b.decode += alpha * (decode - b.decode);
     }
 
-    /// The reference at `load`, when this load bucket has been learned. A provider at a
-    /// load it has never run at healthy has no baseline there (decode slows as batches
-    /// grow, so another bucket's figures would call ordinary load a degradation); peers at
-    /// comparable load are the reference then.
+    /// The reference at `load`: this load bucket when learned, else the nearest learned
+    /// bucket of heavier load. Never a lighter one: decode slows and TTFT grows as batches
+    /// grow, so a lighter load's figures would call ordinary load a degradation, while a
+    /// heavier load's figures can only under-call one.
     pub fn at(&self, load: f64) -> Option<Reference> {
-        let b = &self.buckets[bucket_of(load)];
-        (b.ticks >= MIN_TICKS).then_some(Reference {
-            ttft: Some(b.ttft),
-            decode: Some(b.decode),
-        })
+        self.buckets[bucket_of(load)..]
+            .iter()
+            .find(|b| b.ticks >= MIN_TICKS)
+            .map(|b| Reference {
+                ttft: Some(b.ttft),
+                decode: Some(b.decode),
+            })
     }
 
-    /// True when `a` and `b` fall in the same or neighbouring load buckets.
-    pub fn comparable(a: f64, b: f64) -> bool {
-        bucket_of(a).abs_diff(bucket_of(b)) <= 1
+    /// True when a peer at load `peer` is a fair reference for a provider at load `mine`:
+    /// the same or a neighbouring load bucket, or any heavier load (a provider slower than
+    /// a busier peer is slow).
+    pub fn comparable(mine: f64, peer: f64) -> bool {
+        bucket_of(peer) + 1 >= bucket_of(mine)
     }
 }
 
@@ -84,9 +88,15 @@ mod tests {
         }
         assert_eq!(b.at(1.0).and_then(|r| r.decode), Some(80.0));
         assert_eq!(b.at(20.0).and_then(|r| r.decode), Some(40.0));
-        // 4 in flight was never seen healthy: no baseline there.
-        assert_eq!(b.at(4.0), None);
+        // 4 in flight was never seen healthy: the heavier bucket stands in, never the
+        // lighter one.
+        assert_eq!(b.at(4.0).and_then(|r| r.decode), Some(40.0));
+        assert_eq!(b.at(30.0), None);
         assert!(Baseline::comparable(2.0, 4.0));
-        assert!(!Baseline::comparable(1.0, 20.0));
+        assert!(
+            Baseline::comparable(1.0, 20.0),
+            "a busier peer is a fair reference"
+        );
+        assert!(!Baseline::comparable(20.0, 1.0), "an idle peer is not");
     }
 }

@@ -72,6 +72,27 @@ pub struct Evidence {
     pub detail: String,
 }
 
+impl Evidence {
+    /// A fact first seen now (the state machine keeps the first-seen time of facts that
+    /// persist).
+    fn new(
+        signal: &'static str,
+        value: f64,
+        reference: Option<f64>,
+        against: &'static str,
+        detail: String,
+    ) -> Evidence {
+        Evidence {
+            signal,
+            value,
+            reference,
+            against,
+            since: None,
+            detail,
+        }
+    }
+}
+
 /// What the health task measured for a provider over the recent window, at one tick.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Signals {
@@ -188,16 +209,13 @@ impl ProviderHealth {
         can_eject: bool,
     ) -> bool {
         if !can_eject {
-            evidence.push(Evidence {
-                signal: "ejection_capped",
-                value: 1.0,
-                reference: Some(cfg.max_ejected_share),
-                against: "limit",
-                since: None,
-                detail:
-                    "would be ejected, but the share of providers ejected at once is at its cap"
-                        .into(),
-            });
+            evidence.push(Evidence::new(
+                "ejection_capped",
+                1.0,
+                Some(cfg.max_ejected_share),
+                "limit",
+                "would be ejected, but the share of providers ejected at once is at its cap".into(),
+            ));
             return self.set(State::Degraded { weight: MIN_WEIGHT }, evidence, now);
         }
         self.ejections = self.ejections.saturating_add(1);
@@ -235,32 +253,30 @@ impl ProviderHealth {
                     self.state = State::Recovering { successes };
                     false
                 } else {
-                    let ev = Evidence {
-                        signal: "probe",
-                        value: f64::from(successes),
-                        reference: Some(f64::from(cfg.probe_successes)),
-                        against: "limit",
-                        since: None,
-                        detail: if upstream_failure {
+                    let ev = Evidence::new(
+                        "probe",
+                        f64::from(successes),
+                        Some(f64::from(cfg.probe_successes)),
+                        "limit",
+                        if upstream_failure {
                             "a probe request failed".into()
                         } else {
                             "a probe request missed the targets".into()
                         },
-                    };
+                    );
                     self.eject(vec![ev], now, cfg, true)
                 }
             }
             State::Healthy | State::Degraded { .. }
                 if self.consecutive_failures >= cfg.consecutive_failures =>
             {
-                let ev = Evidence {
-                    signal: "consecutive_failures",
-                    value: f64::from(self.consecutive_failures),
-                    reference: Some(f64::from(cfg.consecutive_failures)),
-                    against: "limit",
-                    since: None,
-                    detail: format!("{} upstream failures in a row", self.consecutive_failures),
-                };
+                let ev = Evidence::new(
+                    "consecutive_failures",
+                    f64::from(self.consecutive_failures),
+                    Some(f64::from(cfg.consecutive_failures)),
+                    "limit",
+                    format!("{} upstream failures in a row", self.consecutive_failures),
+                );
                 self.eject(vec![ev], now, cfg, can_eject)
             }
             _ => false,
@@ -317,17 +333,16 @@ impl ProviderHealth {
             && d < base * cfg.degrade_ratio
         {
             weight = weight.min(d / base);
-            evidence.push(Evidence {
-                signal: "decode_rate",
-                value: d,
-                reference: Some(base),
+            evidence.push(Evidence::new(
+                "decode_rate",
+                d,
+                Some(base),
                 against,
-                since: None,
-                detail: format!(
+                format!(
                     "decoding at {d:.1} tokens/s, {:.0} % below its {against} of {base:.1}",
                     (1.0 - d / base) * 100.0
                 ),
-            });
+            ));
         }
         if let (Some(t), Some((r, against))) = (s.ttft_p50, reference)
             && let Some(base) = r.ttft
@@ -335,18 +350,17 @@ impl ProviderHealth {
             && base < t * cfg.degrade_ratio
         {
             weight = weight.min(base / t);
-            evidence.push(Evidence {
-                signal: "ttft",
-                value: t,
-                reference: Some(base),
+            evidence.push(Evidence::new(
+                "ttft",
+                t,
+                Some(base),
                 against,
-                since: None,
-                detail: format!(
+                format!(
                     "median time to first token {:.0} ms against its {against} of {:.0} ms",
                     t * 1000.0,
                     base * 1000.0
                 ),
-            });
+            ));
         }
         // An outlier against its own baseline or its peers at comparable load that also
         // misses the targets, two ticks running, is ejected like an erroring host. Missing
@@ -363,6 +377,11 @@ impl ProviderHealth {
             _ => self.missed_ticks = 0,
         }
         if evidence.is_empty() {
+            // A degraded provider is healthy again only on a fair comparison, never for
+            // want of one (it may have lost the traffic that made it comparable).
+            if reference.is_none() && self.state != State::Healthy {
+                return false;
+            }
             self.suspect_ticks = 0;
             if let (Some(t), Some(d)) = (s.ttft_p50, s.decode)
                 && self.state == State::Healthy
@@ -376,17 +395,16 @@ impl ProviderHealth {
         }
         // The GPU's own account corroborates a slowdown (reference §6.2).
         if let Some(bits) = s.throttle_reasons.filter(|b| b & SLOWDOWN_BITS != 0) {
-            evidence.push(Evidence {
-                signal: "gpu_throttle",
-                value: bits as f64,
-                reference: None,
-                against: "limit",
-                since: None,
-                detail: format!(
+            evidence.push(Evidence::new(
+                "gpu_throttle",
+                bits as f64,
+                None,
+                "limit",
+                format!(
                     "GPU clocks held back: {}",
                     crate::scrape::engines::throttle_names(bits & SLOWDOWN_BITS).join(", ")
                 ),
-            });
+            ));
         }
         self.suspect_ticks += 1;
         if self.state == State::Healthy && self.suspect_ticks < DEGRADE_AFTER_TICKS {
@@ -402,37 +420,35 @@ fn hard_failure(s: &Signals, cfg: &RoutingConfig) -> Option<Evidence> {
     if let Some(stall) = s.stalled_for
         && stall >= cfg.stall_after
     {
-        return Some(Evidence {
-            signal: "stall",
-            value: stall.as_secs_f64(),
-            reference: Some(cfg.stall_after.as_secs_f64()),
-            against: "limit",
-            since: None,
-            detail: format!(
+        return Some(Evidence::new(
+            "stall",
+            stall.as_secs_f64(),
+            Some(cfg.stall_after.as_secs_f64()),
+            "limit",
+            format!(
                 "requests in flight but no token for {:.1} s",
                 stall.as_secs_f64()
             ),
-        });
+        ));
     }
     if s.backend_stuck {
-        return Some(Evidence {
-            signal: "backend_stuck",
-            value: 0.0,
-            reference: None,
-            against: "limit",
-            since: None,
-            detail: "the server reports waiting and running requests but generates no tokens"
-                .into(),
-        });
+        return Some(Evidence::new(
+            "backend_stuck",
+            0.0,
+            None,
+            "limit",
+            "the server reports waiting and running requests but generates no tokens".into(),
+        ));
     }
     let rate = s.failures as f64 / s.requests.max(1) as f64;
-    (s.requests >= MIN_SAMPLES && rate >= EJECT_ERROR_RATE).then(|| Evidence {
-        signal: "error_rate",
-        value: rate,
-        reference: Some(EJECT_ERROR_RATE),
-        against: "limit",
-        since: None,
-        detail: format!("{} of the last {} attempts failed", s.failures, s.requests),
+    (s.requests >= MIN_SAMPLES && rate >= EJECT_ERROR_RATE).then(|| {
+        Evidence::new(
+            "error_rate",
+            rate,
+            Some(EJECT_ERROR_RATE),
+            "limit",
+            format!("{} of the last {} attempts failed", s.failures, s.requests),
+        )
     })
 }
 
@@ -443,32 +459,30 @@ fn misses_targets(s: &Signals, t: &Targets) -> Option<Evidence> {
         && p95 > ttft_limit
         && s.ttft_p50.is_some_and(|p50| p50 > ttft_limit * 0.5)
     {
-        return Some(Evidence {
-            signal: "misses_targets",
-            value: p95,
-            reference: Some(ttft_limit),
-            against: "target",
-            since: None,
-            detail: format!(
+        return Some(Evidence::new(
+            "misses_targets",
+            p95,
+            Some(ttft_limit),
+            "target",
+            format!(
                 "P95 time to first token {:.0} ms exceeds the {:.0} ms target",
                 p95 * 1000.0,
                 ttft_limit * 1000.0
             ),
-        });
+        ));
     }
     let e2e_ok = s.e2e_p50.is_some_and(|e| e <= t.e2e.as_secs_f64());
     match s.decode {
-        Some(d) if d < t.decode_tokens_per_s && !e2e_ok => Some(Evidence {
-            signal: "misses_targets",
-            value: d,
-            reference: Some(t.decode_tokens_per_s),
-            against: "target",
-            since: None,
-            detail: format!(
+        Some(d) if d < t.decode_tokens_per_s && !e2e_ok => Some(Evidence::new(
+            "misses_targets",
+            d,
+            Some(t.decode_tokens_per_s),
+            "target",
+            format!(
                 "decoding at {d:.1} tokens/s, below the {:.1} tokens/s target",
                 t.decode_tokens_per_s
             ),
-        }),
+        )),
         _ => None,
     }
 }

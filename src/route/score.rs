@@ -7,6 +7,8 @@ use super::{Choice, Input, mix};
 /// Saturation thresholds of the llm-d endpoint picker (reference §2): queue 5, KV 0.8.
 const QUEUE_SATURATED: f64 = 5.0;
 const KV_SATURATED: f64 = 0.8;
+/// Margin a prediction must clear the targets by to count as meeting them.
+const HEADROOM: f64 = 1.1;
 
 /// What the router expects of one candidate for this request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,8 +72,10 @@ pub fn predict(c: &Choice<'_>, input: &Input<'_>, prior: (Option<f64>, Option<f6
     };
     let out = input.expected_output_tokens.max(1.0);
     let e2e = ttft + out / decode;
-    let feasible = ttft <= t.ttft.as_secs_f64()
-        && (decode >= t.decode_tokens_per_s || e2e <= t.e2e.as_secs_f64());
+    // Predictions are estimates: a candidate counts as meeting the targets only with some
+    // headroom, so one hovering at the limit is not preferred over one clear of it.
+    let feasible = ttft * HEADROOM <= t.ttft.as_secs_f64()
+        && (decode >= t.decode_tokens_per_s * HEADROOM || e2e * HEADROOM <= t.e2e.as_secs_f64());
     Prediction {
         ttft_s: ttft,
         decode,

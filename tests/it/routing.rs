@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use candor::scenario::{self, Scenario};
+use candor::scenario::Scenario;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use crate::support::{Script, TestGateway, chat, spawn_mock};
+use crate::support::{Script, TestGateway, chat, run_scenario, spawn_mock};
 
 #[tokio::test]
 async fn the_deadline_is_forwarded_recorded_and_enforced() {
@@ -193,18 +192,7 @@ faults = [{ at = "4s", kind = "deadlock" }]
 "#,
     )
     .unwrap();
-    let started = scenario::start(&s, 0).await.unwrap();
-    let report = scenario::run(
-        &s,
-        &started,
-        Duration::from_millis(500),
-        CancellationToken::new(),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    let health = started.gateway.gateway.health.report().await.unwrap();
-    started.stop().await.unwrap();
+    let (report, health) = run_scenario(&s, Duration::from_millis(500)).await;
     let state_of = |id: &str, t: f64| {
         report
             .samples

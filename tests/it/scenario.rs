@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use candor::scenario::{self, Scenario};
-use tokio_util::sync::CancellationToken;
+
+use crate::support::run_scenario;
 
 #[test]
 fn every_shipped_scenario_parses_and_fits_in_two_minutes() {
@@ -82,17 +83,7 @@ faults = [{ at = "8s", kind = "slowdown", factor = 0.5 }]
 "#,
     )
     .unwrap();
-    let started = scenario::start(&s, 0).await.unwrap();
-    let report = scenario::run(
-        &s,
-        &started,
-        Duration::from_secs(1),
-        CancellationToken::new(),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    started.stop().await.unwrap();
+    let (report, _) = run_scenario(&s, Duration::from_secs(1)).await;
     assert!(report.load.requests > 30, "{:?}", report.load);
     assert_eq!(
         report.load.errors.values().sum::<u64>(),

@@ -344,3 +344,27 @@ impl TestGateway {
 pub(crate) fn chat(stream: bool) -> Value {
     json!({"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
 }
+
+/// Starts scenario `s`, runs it to its end sampling every `every`, and stops it; returns the
+/// run's report and the gateway's own health report at the end.
+pub(crate) async fn run_scenario(
+    s: &candor::scenario::Scenario,
+    every: Duration,
+) -> (
+    candor::scenario::ScenarioReport,
+    candor::health::report::HealthReport,
+) {
+    let started = candor::scenario::start(s, 0).await.unwrap();
+    let report = candor::scenario::run(
+        s,
+        &started,
+        every,
+        tokio_util::sync::CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let health = started.gateway.gateway.health.report().await.unwrap();
+    started.stop().await.unwrap();
+    (report, health)
+}

@@ -266,3 +266,29 @@ fn missing_the_targets_under_load_alone_is_not_a_fault() {
     }
     assert_eq!(h.state, State::Healthy);
 }
+
+#[test]
+fn a_degraded_provider_is_not_healthy_again_for_want_of_a_comparison() {
+    let now = Instant::now();
+    let mut h = ProviderHealth::new(now);
+    let peers = Reference {
+        ttft: Some(0.1),
+        decode: Some(100.0),
+    };
+    for _ in 0..3 {
+        h.on_tick(now, &clean(), Some(peers), &cfg(), &targets(), true);
+    }
+    assert!(matches!(h.state, State::Degraded { .. }));
+    // Its traffic moved away: no peers at comparable load, no baseline.
+    for _ in 0..5 {
+        assert!(!h.on_tick(now, &clean(), None, &cfg(), &targets(), true));
+    }
+    assert!(matches!(h.state, State::Degraded { .. }));
+    // A fair comparison that shows it well again restores it.
+    let fine = Reference {
+        ttft: Some(0.1),
+        decode: Some(50.0),
+    };
+    assert!(h.on_tick(now, &clean(), Some(fine), &cfg(), &targets(), true));
+    assert_eq!(h.state, State::Healthy);
+}
