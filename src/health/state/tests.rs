@@ -41,6 +41,19 @@ fn learned(now: Instant) -> ProviderHealth {
     h
 }
 
+/// A new provider whose peers decode twice as fast, after the three ticks it takes.
+fn degraded_by_peers(now: Instant) -> ProviderHealth {
+    let mut h = ProviderHealth::new(now);
+    let peers = Reference {
+        ttft: Some(0.1),
+        decode: Some(100.0),
+    };
+    for _ in 0..3 {
+        h.on_tick(now, &clean(), Some(peers), &cfg(), &targets(), true);
+    }
+    h
+}
+
 #[test]
 fn clean_traffic_stays_healthy_and_teaches_the_baseline() {
     let now = Instant::now();
@@ -92,15 +105,7 @@ fn slower_decoding_degrades_in_proportion_with_evidence() {
 
 #[test]
 fn peers_are_the_reference_when_there_are_any() {
-    let now = Instant::now();
-    let mut h = ProviderHealth::new(now);
-    let peers = Reference {
-        ttft: Some(0.1),
-        decode: Some(100.0),
-    };
-    for _ in 0..3 {
-        h.on_tick(now, &clean(), Some(peers), &cfg(), &targets(), true);
-    }
+    let h = degraded_by_peers(Instant::now());
     assert_eq!(h.state, State::Degraded { weight: 0.5 });
     assert_eq!(h.evidence[0].against, "peers");
 }
@@ -270,14 +275,7 @@ fn missing_the_targets_under_load_alone_is_not_a_fault() {
 #[test]
 fn a_degraded_provider_is_not_healthy_again_for_want_of_a_comparison() {
     let now = Instant::now();
-    let mut h = ProviderHealth::new(now);
-    let peers = Reference {
-        ttft: Some(0.1),
-        decode: Some(100.0),
-    };
-    for _ in 0..3 {
-        h.on_tick(now, &clean(), Some(peers), &cfg(), &targets(), true);
-    }
+    let mut h = degraded_by_peers(now);
     assert!(matches!(h.state, State::Degraded { .. }));
     // Its traffic moved away: no peers at comparable load, no baseline.
     for _ in 0..5 {
