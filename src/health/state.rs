@@ -112,6 +112,9 @@ pub struct Signals {
     pub load: f64,
     /// How long requests have been in flight with no token from anyone.
     pub stalled_for: Option<Duration>,
+    /// Three times the recent P95 TTFT: a provider whose first tokens normally take long
+    /// (long prompts) is not called stalled before that.
+    pub slow_first_token: Option<Duration>,
     /// The server's own metrics say it has work but makes no progress.
     pub backend_stuck: bool,
     /// The GPU exporter's clock-event (throttle) reason bits, when known.
@@ -417,13 +420,16 @@ impl ProviderHealth {
 
 /// Stalls and error storms: reasons to eject at once.
 fn hard_failure(s: &Signals, cfg: &RoutingConfig) -> Option<Evidence> {
+    let limit = s
+        .slow_first_token
+        .map_or(cfg.stall_after, |t| t.max(cfg.stall_after));
     if let Some(stall) = s.stalled_for
-        && stall >= cfg.stall_after
+        && stall >= limit
     {
         return Some(Evidence::new(
             "stall",
             stall.as_secs_f64(),
-            Some(cfg.stall_after.as_secs_f64()),
+            Some(limit.as_secs_f64()),
             "limit",
             format!(
                 "requests in flight but no token for {:.1} s",

@@ -95,6 +95,10 @@ impl HealthTask {
             // The load now (a short average), matching the live decode rate it qualifies.
             load: t.load.unwrap_or(live.in_flight as f64),
             stalled_for,
+            slow_first_token: recent
+                .ttft
+                .quantile(0.95)
+                .map(|p95| Duration::from_secs_f64(p95 * 3.0)),
             backend_stuck: fresh.is_some_and(crate::scrape::Backend::stuck),
             throttle_reasons: fresh.and_then(|b| b.reading.throttle_reasons),
         }

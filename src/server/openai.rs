@@ -2,6 +2,7 @@
 //! limit, hand over to `proxy::handle`, and shape the reply.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -187,12 +188,16 @@ fn decision_headers(h: &mut axum::http::HeaderMap, provider: &str, route: &str) 
     }
 }
 
-/// The client's deadline: `x-candor-timeout-ms`, else Envoy's
-/// `x-envoy-expected-rq-timeout-ms`, counted from arrival.
+/// The client's deadline, counted from arrival: `x-candor-timeout-ms`, else Envoy's
+/// `x-envoy-expected-rq-timeout-ms`, else gRPC's `grpc-timeout` (at most 8 digits and a unit
+/// `H`, `M`, `S`, `m`, `u` or `n`; reference §7.1).
 fn deadline(
     headers: &axum::http::HeaderMap,
     arrived: Instant,
 ) -> Result<Option<Instant>, ApiError> {
+    let bad = |name: &str, what: &str| {
+        ApiError::bad_request(format!("The {name} header must be {what}."))
+    };
     for name in ["x-candor-timeout-ms", "x-envoy-expected-rq-timeout-ms"] {
         let Some(v) = headers.get(name) else {
             continue;
@@ -202,14 +207,41 @@ fn deadline(
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             .filter(|&ms| ms > 0)
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "The {name} header must be a positive whole number of milliseconds."
-                ))
-            })?;
-        return Ok(Some(arrived + std::time::Duration::from_millis(ms)));
+            .ok_or_else(|| bad(name, "a positive whole number of milliseconds"))?;
+        return Ok(Some(arrived + Duration::from_millis(ms)));
     }
-    Ok(None)
+    let Some(v) = headers.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    grpc_timeout(v.to_str().unwrap_or(""))
+        .map(|d| Some(arrived + d))
+        .ok_or_else(|| {
+            bad(
+                "grpc-timeout",
+                "up to 8 digits and a unit (H, M, S, m, u, n)",
+            )
+        })
+}
+
+/// Parses a `grpc-timeout` value, e.g. `250m` (250 ms) or `3S`.
+fn grpc_timeout(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let unit = v.chars().last()?;
+    let digits = &v[..v.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let d = match unit {
+        'H' => Duration::from_secs(n * 3600),
+        'M' => Duration::from_secs(n * 60),
+        'S' => Duration::from_secs(n),
+        'm' => Duration::from_millis(n),
+        'u' => Duration::from_micros(n),
+        'n' => Duration::from_nanos(n),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
 }
 
 fn is_length_limit(e: &axum::Error) -> bool {
@@ -221,4 +253,20 @@ fn is_length_limit(e: &axum::Error) -> bool {
         cur = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_with_their_units() {
+        assert_eq!(grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("100u"), Some(Duration::from_micros(100)));
+        for bad in ["", "m", "123456789m", "5x", "-5m", "0S", "1.5S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -67,6 +67,23 @@ async fn the_deadline_is_forwarded_recorded_and_enforced() {
     );
     assert_eq!(mock.seen().len(), sent);
 
+    // gRPC's form is understood too, and forwarded in Envoy's.
+    let resp = gw
+        .post("/v1/chat/completions", chat(true))
+        .header("grpc-timeout", "3S")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.bytes().await.unwrap();
+    let seen = mock.seen();
+    let forwarded: u64 = seen.last().unwrap().headers["x-envoy-expected-rq-timeout-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(forwarded <= 3000 && forwarded > 2000, "{forwarded}");
+
     let resp = gw
         .post("/v1/chat/completions", chat(true))
         .header("x-candor-timeout-ms", "soon")

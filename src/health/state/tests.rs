@@ -27,6 +27,7 @@ fn clean() -> Signals {
         e2e_p50: Some(3.0),
         load: 4.0,
         stalled_for: None,
+        slow_first_token: None,
         backend_stuck: false,
         throttle_reasons: Some(0),
     }
@@ -198,6 +199,13 @@ fn a_stall_or_a_stuck_backend_ejects_at_once() {
         ..clean()
     };
     assert!(!h.on_tick(now, &short, None, &c, &targets(), true));
+    // A provider whose first tokens normally take 4 s is not stalled after 3 s.
+    let long_prompts = Signals {
+        stalled_for: Some(Duration::from_secs(3)),
+        slow_first_token: Some(Duration::from_secs(12)),
+        ..clean()
+    };
+    assert!(!h.on_tick(now, &long_prompts, None, &c, &targets(), true));
     let stuck = Signals {
         backend_stuck: true,
         ..clean()
