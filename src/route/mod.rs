@@ -167,13 +167,12 @@ pub fn plan(input: &Input<'_>) -> Plan {
                     ));
                     w.soft_skip = true;
                 }
-                (Policy::Candor, State::Recovering { successes }) => {
-                    if probe.is_none() && o.probe_free && w.skip.is_none() {
+                (Policy::Candor, State::Recovering { successes }) if w.skip.is_none() => {
+                    if probe.is_none() && o.probe_free && !deadline_blocks(&w, input) {
                         probe = Some(o.index);
-                        w.skip = None;
                     } else {
                         w.skip = Some(format!(
-                            "recovering ({successes} of {} probes passed); a probe is already out",
+                            "recovering ({successes} of {} probes passed); not probed by this request",
                             input.cfg.probe_successes
                         ));
                         w.soft_skip = true;

@@ -183,7 +183,19 @@ fn a_recovering_provider_gets_one_probe_at_a_time() {
     let p = plan(&i);
     assert_eq!(p.probe, None);
     assert_eq!(p.order, vec![0]);
-    assert!(p.candidates[1].reason.contains("probe is already out"));
+    assert!(
+        p.candidates[1]
+            .reason
+            .contains("not probed by this request")
+    );
+    // Nor is a probe sent where the deadline cannot be met.
+    let mut slow = view(now, 60.0, State::Recovering { successes: 0 });
+    slow.ttft_p50 = Some(0.5);
+    let views = vec![view(now, 60.0, State::Healthy), slow];
+    let mut i = input(Policy::Candor, &cfg, &t, &views, &[0, 0], now, 3);
+    i.deadline_left = Some(Duration::from_millis(300));
+    let p = plan(&i);
+    assert_eq!((p.probe, p.order), (None, vec![0]));
 }
 
 #[test]
