@@ -287,8 +287,8 @@ impl ProviderHealth {
     }
 
     /// Re-judges the provider at a tick from its recent `signals` against `peers` (the
-    /// median of healthy peers at comparable load) or, without peers, its own baseline.
-    /// Returns true when the state changed.
+    /// median of healthy peers at comparable load) and its own baseline. Returns true when
+    /// the state changed.
     pub fn on_tick(
         &mut self,
         now: Instant,
@@ -324,18 +324,28 @@ impl ProviderHealth {
         if s.requests < MIN_SAMPLES {
             return false;
         }
-        // Healthy peers at comparable load see the same traffic, so they are the fairer
-        // reference; a provider's own baseline stands in when it has no such peers.
-        let reference = peers
+        // Two references: healthy peers at comparable load (they see the same traffic) and
+        // the provider's own baseline at this load (a fleet may mix fast and slow hardware).
+        // A signal counts only when it is off against every reference there is, and is
+        // reported against the closest one.
+        let refs: Vec<(Reference, &'static str)> = peers
             .map(|r| (r, "peers"))
-            .or_else(|| self.baseline.at(s.load).map(|r| (r, "baseline")));
+            .into_iter()
+            .chain(self.baseline.at(s.load).map(|r| (r, "baseline")))
+            .collect();
+        let closest = |ratio: &dyn Fn(&Reference) -> Option<f64>| {
+            refs.iter()
+                .filter_map(|(r, against)| ratio(r).map(|x| (x, *r, *against)))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+        };
         let mut evidence = Vec::new();
         let mut weight: f64 = 1.0;
-        if let (Some(d), Some((r, against))) = (s.decode, reference)
+        if let Some(d) = s.decode
+            && let Some((ratio, r, against)) = closest(&|r| r.decode.map(|b| d / b))
+            && ratio < cfg.degrade_ratio
             && let Some(base) = r.decode
-            && d < base * cfg.degrade_ratio
         {
-            weight = weight.min(d / base);
+            weight = weight.min(ratio);
             evidence.push(Evidence::new(
                 "decode_rate",
                 d,
@@ -343,16 +353,19 @@ impl ProviderHealth {
                 against,
                 format!(
                     "decoding at {d:.1} tokens/s, {:.0} % below its {against} of {base:.1}",
-                    (1.0 - d / base) * 100.0
+                    (1.0 - ratio) * 100.0
                 ),
             ));
         }
-        if let (Some(t), Some((r, against))) = (s.ttft_p50, reference)
+        if let Some(t) = s.ttft_p50
+            && let Some((ratio, r, against)) = closest(&|r| {
+                r.ttft
+                    .map(|b| if t - b > TTFT_FLOOR_S { b / t } else { 1.0 })
+            })
+            && ratio < cfg.degrade_ratio
             && let Some(base) = r.ttft
-            && t - base > TTFT_FLOOR_S
-            && base < t * cfg.degrade_ratio
         {
-            weight = weight.min(base / t);
+            weight = weight.min(ratio);
             evidence.push(Evidence::new(
                 "ttft",
                 t,
@@ -365,12 +378,14 @@ impl ProviderHealth {
                 ),
             ));
         }
-        // An outlier against its own baseline or its peers at comparable load that also
-        // misses the targets, two ticks running, is ejected like an erroring host. Missing
-        // the targets without being an outlier is load, not a fault: ejecting for it would
-        // pile the load onto the others.
+        // A decode-rate outlier against its own baseline and its peers that also misses the
+        // targets, two ticks running, is ejected like an erroring host. Missing the targets
+        // without being an outlier is load, not a fault, and so is a slow first token alone
+        // (a queue, often of the router's own making): ejecting for either would pile the
+        // load onto the others. Those only lower the provider's weight.
+        let decode_outlier = evidence.iter().any(|e| e.signal == "decode_rate");
         match misses_targets(s, targets) {
-            Some(miss) if !evidence.is_empty() => {
+            Some(miss) if decode_outlier => {
                 self.missed_ticks += 1;
                 evidence.push(miss);
                 if self.missed_ticks >= 2 {
@@ -382,7 +397,7 @@ impl ProviderHealth {
         if evidence.is_empty() {
             // A degraded provider is healthy again only on a fair comparison, never for
             // want of one (it may have lost the traffic that made it comparable).
-            if reference.is_none() && self.state != State::Healthy {
+            if refs.is_empty() && self.state != State::Healthy {
                 return false;
             }
             self.suspect_ticks = 0;

@@ -298,3 +298,45 @@ fn a_degraded_provider_is_not_healthy_again_for_want_of_a_comparison() {
     assert!(h.on_tick(now, &clean(), Some(fine), &cfg(), &targets(), true));
     assert_eq!(h.state, State::Healthy);
 }
+
+#[test]
+fn a_provider_slower_than_its_peers_but_like_its_own_baseline_is_not_degraded() {
+    // Mixed hardware: this one always decodes at half its peers' rate.
+    let now = Instant::now();
+    let mut h = learned(now);
+    let faster_peers = Reference {
+        ttft: Some(0.1),
+        decode: Some(100.0),
+    };
+    for _ in 0..5 {
+        assert!(!h.on_tick(now, &clean(), Some(faster_peers), &cfg(), &targets(), true));
+    }
+    assert_eq!(h.state, State::Healthy);
+    // Slower than both its baseline and its peers: degraded, against the closer one.
+    let slow = Signals {
+        decode: Some(30.0),
+        ..clean()
+    };
+    for _ in 0..3 {
+        h.on_tick(now, &slow, Some(faster_peers), &cfg(), &targets(), true);
+    }
+    assert_eq!(h.state, State::Degraded { weight: 0.6 });
+    assert_eq!(h.evidence[0].against, "baseline");
+}
+
+#[test]
+fn a_slow_first_token_alone_degrades_but_never_ejects() {
+    let now = Instant::now();
+    let mut h = learned(now);
+    // A queue: first tokens take 2 s (over the 1 s target), decoding is unchanged.
+    let queued = Signals {
+        ttft_p50: Some(2.0),
+        ttft_p95: Some(3.0),
+        ..clean()
+    };
+    for _ in 0..10 {
+        h.on_tick(now, &queued, None, &cfg(), &targets(), true);
+    }
+    assert_eq!(h.state, State::Degraded { weight: 0.05 });
+    assert_eq!(h.evidence[0].signal, "ttft");
+}
