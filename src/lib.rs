@@ -32,4 +32,5 @@ pub mod scenario;
 pub mod scrape;
 pub mod server;
 pub mod sim;
+pub mod splitmix;
 pub mod upstream;

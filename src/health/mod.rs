@@ -109,6 +109,8 @@ struct Tracked {
     live: Option<(Live, Instant)>,
     live_decode: Option<f64>,
     load: Option<f64>,
+    /// Mean completion tokens of the latest answers (kept while no answer arrives).
+    mean_output_tokens: Option<f64>,
     signals: state::Signals,
     backend: Option<(Backend, Instant)>,
     backend_failed: bool,
@@ -127,6 +129,7 @@ impl Tracked {
             live: None,
             live_decode: None,
             load: None,
+            mean_output_tokens: None,
             signals: state::Signals::default(),
             backend: None,
             backend_failed: false,

@@ -75,6 +75,9 @@ impl HealthTask {
             None => live.in_flight as f64,
         });
         let recent = t.recent.sum(now, RECENT);
+        if recent.completed > 0 {
+            t.mean_output_tokens = Some(recent.tokens_out as f64 / recent.completed as f64);
+        }
         let now_ms = p.ms(now);
         let stalled_for = (live.streams > 0).then(|| {
             let since = live.last_progress_ms.max(live.busy_since_ms);
@@ -144,7 +147,6 @@ impl HealthTask {
     fn view(&self, scraped: bool, t: &Tracked, now: Instant) -> ProviderView {
         let s = &t.signals;
         let baseline = t.health.baseline.at(s.load);
-        let recent = t.windows.fine.sum(now, Duration::from_secs(300));
         let fresh = self.fresh_backend(t, now);
         ProviderView {
             state: t.health.state,
@@ -154,8 +156,7 @@ impl HealthTask {
             ttft_p50: s.ttft_p50.or(baseline.and_then(|b| b.ttft)),
             ttft_p95: s.ttft_p95,
             decode: s.decode.or(baseline.and_then(|b| b.decode)),
-            mean_output_tokens: (recent.completed > 0)
-                .then(|| recent.tokens_out as f64 / recent.completed as f64),
+            mean_output_tokens: t.mean_output_tokens,
             baseline,
             backend: fresh.map(|(b, _)| b.clone()),
             backend_unknown: scraped && fresh.is_none(),

@@ -8,19 +8,20 @@ use tokio::time::Instant;
 
 use super::Gateway;
 use super::body::RequestHead;
+use crate::health::snapshot::Snapshot;
 use crate::route::{self, Choice, Input, Plan};
 
 /// Output length assumed when neither the request nor recent answers say.
 const DEFAULT_OUTPUT_TOKENS: f64 = 256.0;
 
-/// The plan for `head` at `now`.
+/// The plan for `head` at `now`, from `snapshot` (loaded once for the request).
 pub(super) fn plan(
     gw: &Arc<Gateway>,
+    snapshot: &Snapshot,
     head: &RequestHead,
     deadline: Option<Instant>,
     now: Instant,
 ) -> Plan {
-    let snapshot = gw.snapshot.load();
     let serving = gw.upstreams.serving(&head.model);
     let mut options = Vec::with_capacity(serving.len());
     for &i in serving {

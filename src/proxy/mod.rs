@@ -224,16 +224,15 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
     if let Some(b) = gw.hedge_budgets.get(&head.model) {
         b.deposit();
     }
-    let plan = choose::plan(gw, &head, req.deadline, Instant::now());
+    let snapshot = gw.snapshot.load_full();
+    let plan = choose::plan(gw, &snapshot, &head, req.deadline, Instant::now());
     record.route_reason = Some(plan.reason.clone());
     record.route_candidates.clone_from(&plan.candidates);
-    if let Some(&first) = plan.order.first()
-        && let Some(b) = gw
-            .snapshot
-            .load()
-            .providers
-            .get(first)
-            .and_then(|v| v.backend.as_ref())
+    if let Some(b) = plan
+        .order
+        .first()
+        .and_then(|&i| snapshot.providers.get(i))
+        .and_then(|v| v.backend.as_ref())
     {
         record.queue_depth = b.reading.queue;
         record.kv_usage = b.reading.kv_usage;
@@ -255,6 +254,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
         gw,
         req: &req,
         head: &head,
+        snapshot: &snapshot,
         route: Arc::from(plan.reason.as_str()),
     };
     race::run(&ctx, &plan, track).await

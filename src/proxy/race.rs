@@ -16,6 +16,7 @@ use super::body::{self, RequestHead};
 use super::track::{RequestTrack, Slot};
 use super::{AttemptFailure, ClientRequest, Error, Gateway, MeteredStream, Reply};
 use crate::config::{HedgeDelay, Policy};
+use crate::health::snapshot::Snapshot;
 use crate::observation::{Blame, Observation, Outcome};
 use crate::route::Plan;
 use crate::upstream::Provider;
@@ -31,6 +32,8 @@ pub(super) struct Ctx<'a> {
     pub(super) gw: &'a Arc<Gateway>,
     pub(super) req: &'a ClientRequest,
     pub(super) head: &'a RequestHead,
+    /// The health snapshot the plan was made from.
+    pub(super) snapshot: &'a Snapshot,
     pub(super) route: Arc<str>,
 }
 
@@ -201,9 +204,7 @@ fn hedge_target(
     let delay = match hedge.delay {
         HedgeDelay::Fixed(d) => d,
         HedgeDelay::P95 => ctx
-            .gw
             .snapshot
-            .load()
             .providers
             .get(primary)
             .and_then(|v| v.ttft_p95)

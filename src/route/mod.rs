@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::config::{Policy, RoutingConfig, Targets};
 use crate::health::snapshot::ProviderView;
 use crate::health::state::State;
+use crate::splitmix::mix;
 pub use score::{Prediction, optimistic_prior, predict};
 
 /// One provider serving the model, as the router sees it.
@@ -101,14 +102,6 @@ struct Weighed<'a> {
     skip: Option<String>,
     /// Excluded by health (ejection, cooldown, recovering) but usable as a last resort.
     soft_skip: bool,
-}
-
-/// SplitMix64 step: cheap, well-mixed bits from a seed.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Decides the order of attempts for one request.

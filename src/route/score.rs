@@ -2,7 +2,8 @@
 //! its current load, judge it against the targets, weigh health, KV pressure and price, and
 //! choose by power of two choices. Pure.
 
-use super::{Choice, Input, mix};
+use super::{Choice, Input};
+use crate::splitmix::mix;
 
 /// Saturation thresholds of the llm-d endpoint picker (reference §2): queue 5, KV 0.8.
 const QUEUE_SATURATED: f64 = 5.0;

@@ -47,7 +47,17 @@ async fn the_deadline_is_forwarded_recorded_and_enforced() {
     for _ in 0..5 {
         let _ = gw.chat(true).await.bytes().await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Wait for the health model to publish what it measured (it does so every tick).
+    let gateway = &gw.running.as_ref().unwrap().gateway;
+    for _ in 0..100 {
+        if gateway.snapshot.load().providers[0]
+            .ttft_p50
+            .is_some_and(|t| t > 0.25)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let sent = mock.seen().len();
     let resp = gw
         .post("/v1/chat/completions", chat(true))

@@ -78,14 +78,7 @@ async fn answers_like_an_openai_server_with_usage() {
         "5 tokens, finish, usage, [DONE]"
     );
 
-    let metrics = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&http, &url).await;
     for name in [
         "vllm:num_requests_running",
         "vllm:num_requests_waiting",
@@ -136,14 +129,7 @@ async fn deadlock_stops_tokens_while_health_stays_200() {
             .status(),
         200
     );
-    let m = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_of(&http, &url).await;
     assert!(
         m.contains("vllm:num_requests_waiting{engine=\"0\",model_name=\"sim\"} 1"),
         "{m}"
@@ -205,4 +191,15 @@ async fn quality_and_error_faults_show_over_http() {
         .unwrap();
     assert_eq!(post(ask("hi")).await.unwrap().status(), 200);
     bg.stop().await;
+}
+
+/// The simulator's `/metrics` text.
+async fn metrics_of(http: &reqwest::Client, url: &str) -> String {
+    http.get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
