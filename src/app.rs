@@ -78,11 +78,41 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
 
     let tracker = TaskTracker::new();
     let stop_workers = CancellationToken::new();
+    let alerts = if config.alerts.sinks.is_empty() {
+        None
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let dashboard = config
+            .alerts
+            .dashboard_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/", config.server.listen));
+        tracker.spawn(crate::alert::run(
+            config.alerts.clone(),
+            dashboard,
+            client.clone(),
+            rx,
+            stop_workers.clone(),
+        ));
+        Some(tx)
+    };
     let (health_task, health, snapshot) =
-        HealthTask::new(Arc::clone(&upstreams), &config, log.drop_counter());
+        HealthTask::new(Arc::clone(&upstreams), &config, log.clone(), alerts);
     tracker.spawn(health_task.run(stop_workers.clone()));
+    for (i, d) in config.dependencies.iter().enumerate() {
+        tracker.spawn(scrape::dependency::run(
+            i,
+            d.clone(),
+            client.clone(),
+            health.clone(),
+            stop_workers.clone(),
+        ));
+    }
     for p in upstreams.all() {
-        if p.config.metrics_url.is_some() || p.config.gpu_metrics_url.is_some() {
+        if p.config.metrics_url.is_some()
+            || p.config.gpu_metrics_url.is_some()
+            || p.config.health_url.is_some()
+        {
             tracker.spawn(scrape::run(
                 Arc::clone(p),
                 client.clone(),

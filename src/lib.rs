@@ -18,10 +18,13 @@
 //! - [`app`]: starts and stops every long-lived worker.
 //! - [`cli`]: the `candor` command.
 
+pub mod alert;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod detect;
 pub mod health;
+pub mod incident;
 pub mod load;
 pub mod metrics;
 pub mod observation;
@@ -32,5 +35,7 @@ pub mod scenario;
 pub mod scrape;
 pub mod server;
 pub mod sim;
+pub mod slo;
 pub mod splitmix;
+pub mod triage;
 pub mod upstream;

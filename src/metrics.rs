@@ -149,6 +149,12 @@ pub struct Gauges {
     pub request_log_dropped: u64,
     /// Observations dropped because the health task's queue was full.
     pub observations_dropped: u64,
+    /// ((failure mode, provider or subject), open incidents).
+    pub open_incidents: Vec<((String, String), u64)>,
+    /// (dependency, latest latency in seconds).
+    pub dependencies: Vec<(String, Option<f64>)>,
+    /// (window, burn rate of the SLI over it).
+    pub burn_rates: Vec<(String, f64)>,
 }
 
 /// The metric registry. One writer (the health task).
@@ -156,9 +162,17 @@ pub struct Gauges {
 pub struct Metrics {
     attempts: BTreeMap<AttemptKey, AttemptSeries>,
     requests: BTreeMap<RequestKey, u64>,
+    sli_total: u64,
+    sli_good: u64,
 }
 
 impl Metrics {
+    /// Counts one client request for the SLI (not synthetic, not the client's fault).
+    pub fn record_sli(&mut self, within_targets: bool) {
+        self.sli_total += 1;
+        self.sli_good += u64::from(within_targets);
+    }
+
     /// Records one attempt (user traffic and synthetic alike; synthetic is labelled).
     pub fn record_attempt(&mut self, obs: &Observation, cost: f64) {
         let key = (
@@ -374,6 +388,59 @@ impl Metrics {
             "candor_request_log_dropped_total {}",
             gauges.request_log_dropped
         );
+        for (name, help, v) in [
+            (
+                crate::slo::rules::SLI_TOTAL,
+                "Client requests judged for the SLI (not synthetic, not the client's fault).",
+                self.sli_total,
+            ),
+            (
+                crate::slo::rules::SLI_GOOD,
+                "Of which served within the targets (2xx, TTFT and decode rate or end to end).",
+                self.sli_good,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        family(
+            &mut out,
+            "candor_open_incidents",
+            "gauge",
+            "Open incidents by failure mode and provider (or subject).",
+        );
+        for ((mode, provider), n) in &gauges.open_incidents {
+            let _ = writeln!(
+                out,
+                "candor_open_incidents{{mode=\"{}\",provider=\"{}\"}} {n}",
+                escape(mode),
+                escape(provider)
+            );
+        }
+        family(
+            &mut out,
+            "candor_slo_burn_rate",
+            "gauge",
+            "Error-budget burn rate of the SLI over each alert window (SLO time base).",
+        );
+        for (w, v) in &gauges.burn_rates {
+            let _ = writeln!(out, "candor_slo_burn_rate{{window=\"{w}\"}} {v}");
+        }
+        family(
+            &mut out,
+            "candor_dependency_latency_seconds",
+            "gauge",
+            "Latest latency of each watched dependency.",
+        );
+        for (d, v) in &gauges.dependencies {
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "candor_dependency_latency_seconds{{dependency=\"{}\"}} {v}",
+                    escape(d)
+                );
+            }
+        }
         family(
             &mut out,
             "candor_observations_dropped_total",

@@ -237,6 +237,8 @@ pub struct RequestSummary {
     pub ended: Instant,
     /// Client or synthetic.
     pub source: Source,
+    /// The client's remaining deadline when the request arrived.
+    pub deadline: Option<Duration>,
 }
 
 /// Wall-clock now as Unix milliseconds.

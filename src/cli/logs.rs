@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Args;
 
 use super::out;
@@ -109,21 +109,7 @@ async fn fetch(
     if let Some(d) = f.since {
         query.push(("since", humantime::format_duration(d).to_string()));
     }
-    let mut req = reqwest::Client::new()
-        .get(format!("{}/api/requests", url.trim_end_matches('/')))
-        .query(&query);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.context("cannot reach the gateway")?;
-    let status = resp.status();
-    if !status.is_success() {
-        bail!(
-            "the gateway answered {status}: {}",
-            resp.text().await.unwrap_or_default()
-        );
-    }
-    Ok(resp.json().await?)
+    super::admin_get(url, "/api/requests", token, &query).await
 }
 
 fn status_text(s: StatusFilter) -> String {

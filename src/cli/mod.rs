@@ -3,8 +3,10 @@
 mod demo;
 mod load;
 mod logs;
+mod rules;
 mod scenario;
 mod sim;
+mod triage;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,6 +51,11 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Run scenario files (providers, faults, load) and compare faults with what Candor saw.
     Scenario(scenario::ScenarioArgs),
+    /// Walk the on-call runbook against a running gateway: evidence, diagnosis, exit code
+    /// (0 healthy, 1 degraded, 2 failing).
+    Triage(triage::TriageArgs),
+    /// Print Prometheus alerting rules equivalent to Candor's SLO alerts.
+    Rules(rules::RulesArgs),
 }
 
 /// `candor config …`
@@ -103,7 +110,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Load(args) => load::run(args).await,
         Command::Demo(args) => demo::run(args).await.map(|()| ExitCode::SUCCESS),
         Command::Scenario(args) => scenario::run(args).await,
+        Command::Triage(args) => triage::run(args).await,
+        Command::Rules(args) => rules::run(&args),
     }
+}
+
+/// GETs `path` from a running gateway's admin API and decodes the JSON answer.
+pub(crate) async fn admin_get<T: serde::de::DeserializeOwned>(
+    url: &str,
+    path: &str,
+    token: Option<&str>,
+    query: &[(&str, String)],
+) -> anyhow::Result<T> {
+    let mut req = reqwest::Client::new()
+        .get(format!("{}{path}", url.trim_end_matches('/')))
+        .query(query);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.context("cannot reach the gateway")?;
+    let status = resp.status();
+    if !status.is_success() {
+        anyhow::bail!(
+            "the gateway answered {status}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    Ok(resp.json().await?)
 }
 
 /// Runs `fut`; on Ctrl-C or SIGTERM cancels `stop` and lets `fut` wind down and return.

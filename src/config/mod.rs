@@ -3,6 +3,7 @@
 //! This is the only module that reads the config file or the environment. Secrets are
 //! named by environment variable in the file and held as [`Secret`], which never prints.
 
+mod alerting;
 mod raw;
 mod routing;
 
@@ -12,6 +13,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use alerting::{
+    AlertsConfig, DependencyConfig, DependencySource, PAGERDUTY_URL, SinkConfig, SinkKind,
+    SloConfig,
+};
 use raw::{RawConfig, RawProvider};
 pub use routing::{Hedge, HedgeDelay, Policy, RoutingConfig, ScrapeConfig};
 
@@ -24,6 +29,12 @@ impl Secret {
     /// The secret itself, for the one place that must send it (an `Authorization` header).
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// A secret built in code (tests); real secrets come from the environment.
+    #[cfg(test)]
+    pub fn for_tests(v: &str) -> Secret {
+        Secret(v.into())
     }
 
     /// Compares with `candidate` in time independent of where they first differ.
@@ -83,6 +94,12 @@ pub struct Config {
     pub scrape: ScrapeConfig,
     /// The upstream providers, in file order.
     pub providers: Vec<ProviderConfig>,
+    /// Components upstream of the gateway watched for cascading timeouts.
+    pub dependencies: Vec<DependencyConfig>,
+    /// The business-metric objective.
+    pub slo: SloConfig,
+    /// Incident lifecycle and alert sinks.
+    pub alerts: AlertsConfig,
 }
 
 /// Listener, authentication and limits.
@@ -219,6 +236,9 @@ pub struct ProviderConfig {
     pub metrics_url: Option<String>,
     /// Prometheus endpoint of the DCGM exporter on the provider's GPU node.
     pub gpu_metrics_url: Option<String>,
+    /// The provider's own health endpoint (checked with the scrapes, so a finding can say
+    /// whether it still answers 200).
+    pub health_url: Option<String>,
 }
 
 impl ProviderConfig {
@@ -398,6 +418,9 @@ impl Config {
 
         let routing = raw.routing.validate(&mut problems);
         let scrape = raw.scrape.validate(&mut problems);
+        let dependencies = alerting::validate_dependencies(raw.dependency, &mut problems);
+        let slo = raw.slo.validate(&mut problems);
+        let alerts = raw.alerts.validate(&mut secret, &mut problems);
 
         if raw.providers.is_empty() {
             problems.push("providers: at least one [[providers]] entry is required".into());
@@ -437,6 +460,9 @@ impl Config {
             routing,
             scrape,
             providers,
+            dependencies,
+            slo,
+            alerts,
         })
     }
 }
@@ -474,6 +500,7 @@ fn validate_provider(
     for (name, url) in [
         ("metrics_url", &p.metrics_url),
         ("gpu_metrics_url", &p.gpu_metrics_url),
+        ("health_url", &p.health_url),
     ] {
         if let Some(u) = url {
             check_url(problems, &format!("{path}.{name}"), u);
@@ -518,6 +545,7 @@ fn validate_provider(
         node_header: p.node_header.map(|h| h.to_ascii_lowercase()),
         metrics_url: p.metrics_url,
         gpu_metrics_url: p.gpu_metrics_url,
+        health_url: p.health_url,
     })
 }
 

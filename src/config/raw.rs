@@ -25,6 +25,12 @@ pub(crate) struct RawConfig {
     pub(crate) scrape: super::routing::RawScrape,
     #[serde(default)]
     pub(crate) providers: Vec<RawProvider>,
+    #[serde(default)]
+    pub(crate) dependency: Vec<super::alerting::RawDependency>,
+    #[serde(default)]
+    pub(crate) slo: super::alerting::RawSlo,
+    #[serde(default)]
+    pub(crate) alerts: super::alerting::RawAlerts,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -107,6 +113,7 @@ pub(crate) struct RawProvider {
     pub(crate) node_header: Option<String>,
     pub(crate) metrics_url: Option<String>,
     pub(crate) gpu_metrics_url: Option<String>,
+    pub(crate) health_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

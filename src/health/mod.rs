@@ -19,16 +19,21 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HealthConfig, RoutingConfig, ScrapeConfig, Targets};
+use crate::detect::{DependencyWatch, Finding, GatewayDetectors, ProviderDetectors};
+use crate::incident::{self, Incidents};
 use crate::metrics::{Gauges, Metrics};
 use crate::observation::{Observation, Outcome, RequestSummary, Source, unix_ms_now};
+use crate::request_log::LogSender;
 use crate::scrape::Backend;
+use crate::slo::Slo;
 use crate::upstream::{Live, Upstreams};
 use report::{
-    BackendReport, HealthReport, ProviderReport, ScopeReport, TargetsView, Verdict, Windows,
+    BackendReport, DependencyReport, HealthReport, ProviderReport, ScopeReport, TargetsView,
+    Verdict, Windows,
 };
 use snapshot::{ProviderView, SharedSnapshot, Snapshot};
 use state::ProviderHealth;
-use window::{Sample, Window};
+use window::{ErrorClass, Sample, Window};
 
 /// How often states are re-judged and the snapshot republished.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -43,6 +48,8 @@ enum Msg {
     Attempt(Box<Observation>, f64, i64),
     Request(RequestSummary),
     Backend(usize, Option<Backend>),
+    HealthEndpoint(usize, bool),
+    Dependency(usize, Option<f64>, f64),
     RetryAfter(usize, Duration),
     Report(oneshot::Sender<HealthReport>),
     Metrics(oneshot::Sender<String>),
@@ -71,6 +78,16 @@ impl HealthHandle {
     /// Hands over a scrape of provider `index` (`None`: the scrape failed).
     pub fn backend(&self, index: usize, backend: Option<Backend>) {
         self.try_send(Msg::Backend(index, backend));
+    }
+
+    /// Provider `index`'s own health endpoint answered 2xx (`true`) or not.
+    pub fn health_endpoint(&self, index: usize, ok: bool) {
+        self.try_send(Msg::HealthEndpoint(index, ok));
+    }
+
+    /// Dependency `index` answered in `latency_s` (`None`: failed; counted as `timeout_s`).
+    pub fn dependency(&self, index: usize, latency_s: Option<f64>, timeout_s: f64) {
+        self.try_send(Msg::Dependency(index, latency_s, timeout_s));
     }
 
     /// Provider `index` asked for no traffic for `wait` (`retry-after`).
@@ -118,6 +135,11 @@ struct Tracked {
     minute: (u64, u64, u64),
     cooldown_until: Option<Instant>,
     retry_after_until: Option<Instant>,
+    /// The provider's own health endpoint answered 2xx at its last check.
+    health_endpoint_ok: Option<bool>,
+    detectors: ProviderDetectors,
+    /// What the detectors found at the last tick.
+    findings: Vec<Finding>,
 }
 
 impl Tracked {
@@ -136,6 +158,9 @@ impl Tracked {
             minute: (0, 0, 0),
             cooldown_until: None,
             retry_after_until: None,
+            health_endpoint_ok: None,
+            detectors: ProviderDetectors::default(),
+            findings: Vec::new(),
         }
     }
 }
@@ -156,16 +181,27 @@ pub struct HealthTask {
     metrics: Metrics,
     observations_dropped: Arc<AtomicU64>,
     log_dropped: Arc<AtomicU64>,
+    gateway: GatewayDetectors,
+    gateway_finding: Option<Finding>,
+    dependencies: Vec<DependencyWatch>,
+    slo: Slo,
+    slo_findings: Vec<Finding>,
+    incidents: Incidents,
+    resolve_after: Duration,
+    log: LogSender,
+    alerts: Option<mpsc::Sender<incident::Event>>,
 }
 
 impl HealthTask {
-    /// Creates the task, its handle and the snapshot it publishes. `log_dropped` counts
-    /// request-log drops for `/metrics`.
+    /// Creates the task, its handle and the snapshot it publishes. Incident events go to
+    /// the request log (`log`, whose drop counter `/metrics` shows) and to `alerts`.
     pub fn new(
         upstreams: Arc<Upstreams>,
         config: &Config,
-        log_dropped: Arc<AtomicU64>,
+        log: LogSender,
+        alerts: Option<mpsc::Sender<incident::Event>>,
     ) -> (HealthTask, HealthHandle, SharedSnapshot) {
+        let log_dropped = log.drop_counter();
         let (tx, rx) = mpsc::channel(config.server.observation_queue);
         let dropped = Arc::new(AtomicU64::new(0));
         let now = Instant::now();
@@ -192,6 +228,19 @@ impl HealthTask {
                 metrics: Metrics::default(),
                 observations_dropped: Arc::clone(&dropped),
                 log_dropped,
+                gateway: GatewayDetectors::default(),
+                gateway_finding: None,
+                dependencies: config
+                    .dependencies
+                    .iter()
+                    .map(|d| DependencyWatch::new(&d.name))
+                    .collect(),
+                slo: Slo::new(config.slo, now),
+                slo_findings: Vec::new(),
+                incidents: Incidents::default(),
+                resolve_after: config.alerts.resolve_after,
+                log,
+                alerts,
             },
             HealthHandle { tx, dropped },
             snapshot,
@@ -227,6 +276,16 @@ impl HealthTask {
                     if let Some(b) = b {
                         t.backend = Some((b, now));
                     }
+                }
+            }
+            Msg::HealthEndpoint(i, ok) => {
+                if let Some(t) = self.providers.get_mut(i) {
+                    t.health_endpoint_ok = Some(ok);
+                }
+            }
+            Msg::Dependency(i, latency, timeout) => {
+                if let Some(d) = self.dependencies.get_mut(i) {
+                    d.observe(now, latency, timeout);
                 }
             }
             Msg::RetryAfter(i, wait) => {
@@ -266,6 +325,13 @@ impl HealthTask {
             in_flight,
             tokens_in: obs.prompt_tokens.unwrap_or(0),
             tokens_out: obs.completion_tokens.unwrap_or(0),
+            error: match &obs.outcome {
+                Outcome::Error { kind, .. } if failed => {
+                    Some(ErrorClass::of(kind, obs.ttft.is_some()))
+                }
+                _ => None,
+            },
+            ..Sample::default()
         };
         let can_eject = self.can_eject(obs.provider);
         let Some(t) = self.providers.get_mut(obs.provider) else {
@@ -299,6 +365,8 @@ impl HealthTask {
             return;
         }
         let ok = (200..300).contains(&r.status);
+        self.metrics.record_sli(r.within_targets);
+        self.slo.record(r.ended, r.within_targets, ok);
         self.overall.record(
             r.ended,
             &Sample {
@@ -308,6 +376,8 @@ impl HealthTask {
                 ttft: r.ttft.map(|d| d.as_secs_f64()),
                 e2e: r.e2e.as_secs_f64(),
                 decode: r.decode_rate,
+                deadline: r.deadline.map(|d| d.as_secs_f64()),
+                timed_out: r.status == 504,
                 ..Sample::default()
             },
         );
@@ -365,6 +435,13 @@ impl HealthTask {
                 .collect(),
             request_log_dropped: self.log_dropped.load(Ordering::Relaxed),
             observations_dropped: self.observations_dropped.load(Ordering::Relaxed),
+            open_incidents: self.incidents.counts().into_iter().collect(),
+            dependencies: self
+                .dependencies
+                .iter()
+                .map(|d| (d.name.clone(), d.last.map(|l| l.0)))
+                .collect(),
+            burn_rates: self.slo.burn_rates(Instant::now()),
         }
     }
 
@@ -386,6 +463,20 @@ impl HealthTask {
                     t,
                     now,
                 ),
+                health_endpoint_ok: t.health_endpoint_ok,
+                findings: t.findings.clone(),
+                decode_now: t.signals.decode,
+                baseline_decode_tokens_per_s: t
+                    .health
+                    .baseline
+                    .at(t.signals.load)
+                    .and_then(|b| b.decode),
+                baseline_ttft_ms: t
+                    .health
+                    .baseline
+                    .at(t.signals.load)
+                    .and_then(|b| b.ttft)
+                    .map(|s| s * 1000.0),
                 scope: ScopeReport::judge(
                     &t.windows,
                     now,
@@ -406,12 +497,34 @@ impl HealthTask {
         {
             verdict = Verdict::Failing;
         }
+        let clock = crate::detect::Clock {
+            at: now,
+            unix_ms: unix_ms_now(),
+        };
         HealthReport {
             verdict,
-            generated_at_unix_ms: unix_ms_now(),
+            generated_at_unix_ms: clock.unix_ms,
             targets: TargetsView::from(&self.targets),
             overall,
             providers,
+            incidents: self.incidents.open().cloned().collect(),
+            findings: self
+                .gateway_finding
+                .iter()
+                .chain(&self.slo_findings)
+                .cloned()
+                .collect(),
+            dependencies: self
+                .dependencies
+                .iter()
+                .map(|d| DependencyReport {
+                    name: d.name.clone(),
+                    latency_ms: d.last.map(|l| l.0 * 1000.0),
+                    baseline_ms: d.baseline().map(|b| b * 1000.0),
+                    failing: d.failing,
+                    anomalous_since_unix_ms: d.anomalous_since().map(|t| clock.ms(t)),
+                })
+                .collect(),
         }
     }
 

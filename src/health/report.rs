@@ -300,6 +300,17 @@ pub struct ProviderReport {
     pub evidence: Vec<super::state::Evidence>,
     /// What the provider's own metrics say.
     pub backend: BackendReport,
+    /// Whether its own health endpoint answered 2xx at the last check (absent: not
+    /// configured).
+    pub health_endpoint_ok: Option<bool>,
+    /// What the detectors found at the last tick.
+    pub findings: Vec<crate::detect::Finding>,
+    /// Per-stream decode rate now (live), tokens/s.
+    pub decode_now: Option<f64>,
+    /// Its learned healthy decode rate at the current load, tokens/s.
+    pub baseline_decode_tokens_per_s: Option<f64>,
+    /// Its learned healthy median TTFT at the current load, ms.
+    pub baseline_ttft_ms: Option<f64>,
     /// Statistics over its attempts, and its verdict.
     #[serde(flatten)]
     pub scope: ScopeReport,
@@ -331,6 +342,27 @@ pub struct HealthReport {
     pub overall: ScopeReport,
     /// Each provider, in configuration order.
     pub providers: Vec<ProviderReport>,
+    /// Open incidents (their history is at `/api/incidents`).
+    pub incidents: Vec<crate::incident::Incident>,
+    /// Gateway-level findings of the last tick (cascades, SLO burn).
+    pub findings: Vec<crate::detect::Finding>,
+    /// Watched dependencies.
+    pub dependencies: Vec<DependencyReport>,
+}
+
+/// A watched dependency as `/health` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DependencyReport {
+    /// Name.
+    pub name: String,
+    /// Latest latency, ms.
+    pub latency_ms: Option<f64>,
+    /// Its learned normal, ms.
+    pub baseline_ms: Option<f64>,
+    /// The latest probe or scrape failed.
+    pub failing: bool,
+    /// Since when its latency has been anomalous (Unix ms).
+    pub anomalous_since_unix_ms: Option<i64>,
 }
 
 impl HealthReport {

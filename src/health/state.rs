@@ -75,7 +75,7 @@ pub struct Evidence {
 impl Evidence {
     /// A fact first seen now (the state machine keeps the first-seen time of facts that
     /// persist).
-    fn new(
+    pub fn new(
         signal: &'static str,
         value: f64,
         reference: Option<f64>,
@@ -287,13 +287,18 @@ impl ProviderHealth {
     }
 
     /// Re-judges the provider at a tick from its recent `signals` against `peers` (the
-    /// median of healthy peers at comparable load) and its own baseline. Returns true when
-    /// the state changed.
+    /// median of healthy peers at comparable load) and its own baseline. `flagged` is a
+    /// detector's finding that should lower the provider's weight to at most its second
+    /// element (KV-cache thrashing, hardware degradation: the signals here judge a 30-second
+    /// window and flap with the load; the detectors keep their memory). Returns true when the
+    /// state changed.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_tick(
         &mut self,
         now: Instant,
         s: &Signals,
         peers: Option<Reference>,
+        flagged: Option<(Evidence, f64)>,
         cfg: &RoutingConfig,
         targets: &Targets,
         can_eject: bool,
@@ -378,6 +383,10 @@ impl ProviderHealth {
                 ),
             ));
         }
+        if let Some((ev, w)) = flagged {
+            weight = weight.min(w);
+            evidence.push(ev);
+        }
         // A decode-rate outlier against its own baseline and its peers that also misses the
         // targets, two ticks running, is ejected like an erroring host. Missing the targets
         // without being an outlier is load, not a fault, and so is a slow first token alone
@@ -433,11 +442,16 @@ impl ProviderHealth {
     }
 }
 
+/// The stall watchdog: requests in flight with no token for this long is a hang —
+/// `stall_after`, or three times the recent P95 TTFT if that is longer.
+pub fn stall_limit(s: &Signals, cfg: &RoutingConfig) -> Duration {
+    s.slow_first_token
+        .map_or(cfg.stall_after, |t| t.max(cfg.stall_after))
+}
+
 /// Stalls and error storms: reasons to eject at once.
 fn hard_failure(s: &Signals, cfg: &RoutingConfig) -> Option<Evidence> {
-    let limit = s
-        .slow_first_token
-        .map_or(cfg.stall_after, |t| t.max(cfg.stall_after));
+    let limit = stall_limit(s, cfg);
     if let Some(stall) = s.stalled_for
         && stall >= limit
     {

@@ -9,32 +9,95 @@ use tokio::time::Instant;
 
 use super::baseline::{Baseline, Reference};
 use super::snapshot::{ProviderView, Snapshot};
-use super::state::{MIN_SAMPLES, Signals, State};
+use super::state::{Evidence, MIN_SAMPLES, Signals, State, stall_limit};
 use super::{HealthTask, RECENT_SLOT, RECENT_SLOTS, Tracked};
+use crate::detect::{Clock, Finding, GatewayInput, Mode, ProviderInput};
 use crate::health::window::Window;
+use crate::observation::unix_ms_now;
 
 /// Span of the recent window.
 const RECENT: Duration = Duration::from_secs(30);
+/// Highest weight of a provider with KV-cache thrashing: it should get less of the new
+/// (long-context) work until its cache recovers.
+const KV_THRASH_WEIGHT: f64 = 0.5;
+
+/// The state-machine evidence and weight cap for a finding that should shift traffic.
+fn flag(f: &Finding) -> Option<(Evidence, f64)> {
+    let first = f.facts.first()?;
+    let weight = match f.mode {
+        Mode::KvCacheThrashing => KV_THRASH_WEIGHT,
+        // Traffic in proportion to measured speed.
+        Mode::HardwareDegradation => first
+            .baseline
+            .filter(|b| *b > 0.0)
+            .map_or(KV_THRASH_WEIGHT, |b| first.value / b),
+        _ => return None,
+    };
+    Some((
+        Evidence::new(
+            f.mode.as_str(),
+            first.value,
+            first.baseline.or(first.threshold),
+            "baseline",
+            f.summary.clone(),
+        ),
+        weight,
+    ))
+}
+
+/// Span of the gateway-level window the cascade detector judges (short: its onsets matter).
+const GATEWAY_RECENT: Duration = Duration::from_secs(10);
 /// Weight of the newest live decode-rate measurement.
 const LIVE_ALPHA: f64 = 0.5;
 
 impl HealthTask {
-    /// Re-judges every provider at `now` and republishes the snapshot.
+    /// Re-judges every provider at `now`: runs the detectors, steps the state machines (a
+    /// detector's finding can lower a provider's weight), updates the incidents, and
+    /// republishes the snapshot.
     pub(super) fn tick(&mut self, now: Instant) {
+        let clock = Clock {
+            at: now,
+            unix_ms: unix_ms_now(),
+        };
         let signals: Vec<Signals> = (0..self.providers.len())
             .map(|i| self.measure(i, now))
             .collect();
         for i in 0..self.providers.len() {
             let peers = self.peer_reference(i, &signals);
             let can_eject = self.can_eject(i);
-            let Some(t) = self.providers.get_mut(i) else {
+            let stale = self.scrape.stale_after;
+            let (Some(p), Some(t)) = (self.upstreams.get(i), self.providers.get_mut(i)) else {
                 continue;
             };
-            t.signals = signals[i];
+            let s = &signals[i];
+            t.signals = *s;
+            let recent = t.recent.sum(now, RECENT);
+            let input = ProviderInput {
+                id: &p.config.id,
+                recent: &recent,
+                signals: s,
+                state: t.health.state,
+                evidence: &t.health.evidence,
+                baseline: t.health.baseline.at(s.load),
+                peers,
+                backend: t
+                    .backend
+                    .as_ref()
+                    .filter(|(_, at)| {
+                        !t.backend_failed && now.saturating_duration_since(*at) <= stale
+                    })
+                    .map(|(b, _)| b),
+                health_endpoint_ok: t.health_endpoint_ok,
+                in_flight: p.in_flight(),
+                stall_limit: stall_limit(s, &self.routing),
+            };
+            t.findings = t.detectors.step(&input, &clock, now);
+            let flagged = t.findings.iter().find_map(flag);
             if t.health.on_tick(
                 now,
-                &signals[i],
+                s,
                 peers,
+                flagged,
                 &self.routing,
                 &self.targets,
                 can_eject,
@@ -43,7 +106,49 @@ impl HealthTask {
                 self.on_state_change(i);
             }
         }
+        let recent = self.overall.fine.sum(now, GATEWAY_RECENT);
+        self.gateway_finding = self.gateway.step(
+            &GatewayInput { recent: &recent },
+            &self.dependencies,
+            &clock,
+            now,
+        );
+        self.slo_findings = self.slo.evaluate(now, &clock);
+        self.update_incidents(clock.unix_ms);
         self.publish(now);
+    }
+
+    /// Every finding of this tick.
+    pub(super) fn findings(&self) -> impl Iterator<Item = &Finding> {
+        self.providers
+            .iter()
+            .flat_map(|t| &t.findings)
+            .chain(&self.gateway_finding)
+            .chain(&self.slo_findings)
+    }
+
+    /// Opens, updates and resolves incidents; sends the events to the request log and the
+    /// alert sinks.
+    fn update_incidents(&mut self, now_ms: i64) {
+        let findings: Vec<Finding> = self.findings().cloned().collect();
+        for e in self.incidents.step(now_ms, &findings, self.resolve_after) {
+            if e.kind != crate::incident::EventKind::Updated {
+                tracing::info!(
+                    incident = %e.incident.id,
+                    event = e.kind.as_str(),
+                    mode = %e.incident.mode,
+                    subject = %e.incident.subject,
+                    "{}",
+                    e.incident.summary
+                );
+            }
+            if let Some(tx) = &self.alerts
+                && tx.try_send(e.clone()).is_err()
+            {
+                tracing::warn!(incident = %e.incident.id, "alert queue full; alert dropped");
+            }
+            self.log.send_incident(e);
+        }
     }
 
     /// Provider `i`'s signals now; also advances its live decode-rate average.

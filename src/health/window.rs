@@ -60,6 +60,20 @@ impl LogHistogram {
         self.total += other.total;
     }
 
+    /// Observations recorded.
+    pub fn count(&self) -> u64 {
+        self.total
+    }
+
+    /// How many observations lie above `v` (to bucket resolution).
+    pub fn count_above(&self, v: f64) -> u64 {
+        let Some(counts) = &self.counts else {
+            return 0;
+        };
+        let from = Self::index(v) + 1;
+        counts.iter().skip(from).map(|&c| u64::from(c)).sum()
+    }
+
     /// The `q` quantile (0..=1), or `None` when empty.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let counts = self.counts.as_ref()?;
@@ -75,6 +89,41 @@ impl LogHistogram {
             }
         }
         None
+    }
+}
+
+/// What kind of failure an attempt was, for the ordinary-failure detectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// 429 from the provider.
+    RateLimited,
+    /// Could not connect.
+    Connection,
+    /// The stream broke after its first token.
+    MidStreamReset,
+    /// Any other upstream failure: 5xx, timeouts, resets before the first token.
+    Server,
+}
+
+impl ErrorClass {
+    /// Every class, in the order of [`Slot::errors`].
+    pub const ALL: [ErrorClass; 4] = [
+        ErrorClass::RateLimited,
+        ErrorClass::Connection,
+        ErrorClass::MidStreamReset,
+        ErrorClass::Server,
+    ];
+
+    /// The class of an upstream failure of `kind`, after a first token or not.
+    pub fn of(kind: &str, after_first_token: bool) -> ErrorClass {
+        match kind {
+            "rate_limited" => ErrorClass::RateLimited,
+            "connect" | "timeout_connect" => ErrorClass::Connection,
+            "reset" | "stream_error" | "timeout_idle" if after_first_token => {
+                ErrorClass::MidStreamReset
+            }
+            _ => ErrorClass::Server,
+        }
     }
 }
 
@@ -103,6 +152,12 @@ pub struct Sample<'a> {
     pub tokens_in: u64,
     /// Completion tokens.
     pub tokens_out: u64,
+    /// The kind of failure, for upstream failures.
+    pub error: Option<ErrorClass>,
+    /// The client's remaining deadline on arrival, seconds.
+    pub deadline: Option<f64>,
+    /// Ended in a gateway timeout (504).
+    pub timed_out: bool,
 }
 
 /// Aggregates over a span of time.
@@ -132,6 +187,12 @@ pub struct Slot {
     pub max_gap: LogHistogram,
     /// Sum of in-flight counts at start (divide by `requests` for the mean load).
     pub in_flight_sum: u64,
+    /// Failures by [`ErrorClass`] (in the order of [`ErrorClass::ALL`]).
+    pub errors: [u64; 4],
+    /// Remaining client deadline on arrival, seconds.
+    pub deadline: LogHistogram,
+    /// Ended in a gateway timeout.
+    pub timed_out: u64,
 }
 
 impl Slot {
@@ -158,6 +219,18 @@ impl Slot {
             self.max_gap.record_n(g, 1);
         }
         self.in_flight_sum += u64::try_from(s.in_flight).unwrap_or(0);
+        if let Some(c) = s.error {
+            self.errors[c as usize] += 1;
+        }
+        if let Some(d) = s.deadline {
+            self.deadline.record_n(d, 1);
+        }
+        self.timed_out += u64::from(s.timed_out);
+    }
+
+    /// Failures of class `c`.
+    pub fn errors_of(&self, c: ErrorClass) -> u64 {
+        self.errors[c as usize]
     }
 
     fn merge(&mut self, o: &Slot) {
@@ -173,6 +246,11 @@ impl Slot {
         self.itl.merge(&o.itl);
         self.max_gap.merge(&o.max_gap);
         self.in_flight_sum += o.in_flight_sum;
+        for (a, b) in self.errors.iter_mut().zip(o.errors) {
+            *a += b;
+        }
+        self.deadline.merge(&o.deadline);
+        self.timed_out += o.timed_out;
     }
 
     /// Mean requests in flight when these started.

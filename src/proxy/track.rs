@@ -248,6 +248,10 @@ impl RequestTrack {
             within_targets: r.within_targets,
             ended: now,
             source: self.source,
+            deadline: r
+                .deadline_ms
+                .and_then(|d| u64::try_from(d).ok())
+                .map(std::time::Duration::from_millis),
         });
         self.gw.request_log.send(std::mem::take(&mut self.record));
     }

@@ -1,6 +1,7 @@
 //! The request log: one row per client request with its full inference context, sent from
 //! the request path without waiting and written in batches by one writer thread.
 
+mod incidents;
 mod query;
 mod store;
 mod writer;
@@ -11,6 +12,7 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 
 use serde::Serialize;
 
+pub use incidents::IncidentFilter;
 pub use query::{LogFilter, StatusFilter};
 pub use store::{Store, StoreError};
 pub use writer::{Closer, Writer};
@@ -183,6 +185,17 @@ impl LogSender {
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Queues an incident event; never waits (a full queue drops it and counts it).
+    pub fn send_incident(&self, event: crate::incident::Event) {
+        if self
+            .tx
+            .try_send(writer::Msg::Incident(Box::new(event)))
+            .is_err()
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -20,7 +20,7 @@ pub enum StoreError {
 /// An open request-log database.
 #[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 const SCHEMA: &str = "
@@ -79,6 +79,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(super::incidents::SCHEMA)?;
         // Files written before routing provenance existed lack its column.
         let has_candidates: bool = conn.query_row(
             "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = 'route_candidates'",

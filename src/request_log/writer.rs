@@ -14,6 +14,8 @@ use crate::observation::unix_ms_now;
 #[derive(Debug)]
 pub(super) enum Msg {
     Record(Box<RequestRecord>),
+    /// An incident event (written at once: they are rare).
+    Incident(Box<crate::incident::Event>),
     /// Flush what is queued, then stop.
     Close,
 }
@@ -68,6 +70,7 @@ impl Writer {
             let mut closing = false;
             match first {
                 Some(Msg::Record(r)) => batch.push(*r),
+                Some(Msg::Incident(e)) => self.incident(&e),
                 Some(Msg::Close) => closing = true,
                 None => {}
             }
@@ -79,14 +82,19 @@ impl Writer {
                     .unwrap_or(Duration::ZERO);
                 match self.rx.recv_timeout(left) {
                     Ok(Msg::Record(r)) => batch.push(*r),
+                    Ok(Msg::Incident(e)) => self.incident(&e),
                     Ok(Msg::Close) => closing = true,
                     Err(_) => break,
                 }
             }
             if closing {
                 // Take whatever is still queued behind the close request.
-                while let Ok(Msg::Record(r)) = self.rx.try_recv() {
-                    batch.push(*r);
+                while let Ok(m) = self.rx.try_recv() {
+                    match m {
+                        Msg::Record(r) => batch.push(*r),
+                        Msg::Incident(e) => self.incident(&e),
+                        Msg::Close => {}
+                    }
                 }
             }
             if !batch.is_empty() {
@@ -112,6 +120,14 @@ impl Writer {
             if closing {
                 return Ok(());
             }
+        }
+    }
+}
+
+impl Writer {
+    fn incident(&mut self, e: &crate::incident::Event) {
+        if let Err(error) = self.store.write_incident(e) {
+            tracing::error!(%error, incident = %e.incident.id, "incident write failed");
         }
     }
 }

@@ -245,6 +245,10 @@ pub async fn start(s: &Scenario, port: u16) -> Result<Started, ScenarioError> {
             format!("http://{}/metrics", bg.addr).into(),
         );
         t.insert(
+            "health_url".into(),
+            format!("http://{}/health", bg.addr).into(),
+        );
+        t.insert(
             "models".into(),
             toml::Value::Array(vec![s.model.clone().into()]),
         );
@@ -281,6 +285,26 @@ pub async fn start(s: &Scenario, port: u16) -> Result<Started, ScenarioError> {
         );
         root.insert("request_log".into(), log.into());
         root.insert("providers".into(), toml::Value::Array(providers.clone()));
+        // The gateway watches the vector DB through the latency histogram it exports.
+        if let Some((_, bg)) = &dependency
+            && !root.contains_key("dependency")
+        {
+            let mut d = toml::Table::new();
+            d.insert("name".into(), "vector-db".into());
+            d.insert(
+                "metrics_url".into(),
+                format!("http://{}/metrics", bg.addr).into(),
+            );
+            d.insert(
+                "latency_metric".into(),
+                "vectordb_query_duration_seconds".into(),
+            );
+            d.insert("interval".into(), "1s".into());
+            root.insert(
+                "dependency".into(),
+                toml::Value::Array(vec![toml::Value::Table(d)]),
+            );
+        }
         let text = toml::to_string(&root)
             .map_err(|e| ScenarioError::File("gateway".into(), e.to_string()))?;
         Ok(Config::parse(&text, |_| None)?)

@@ -48,8 +48,12 @@ pub struct ProviderSample {
     pub evidence: Vec<String>,
     /// Attempts in the last minute.
     pub requests_1m: u64,
+    /// Median TTFT over the last minute, ms.
+    pub ttft_p50_ms: Option<f64>,
     /// P95 TTFT over the last minute, ms.
     pub ttft_p95_ms: Option<f64>,
+    /// P99 of each request's longest gap over the last minute, ms (mid-stream stalls).
+    pub max_gap_p99_ms: Option<f64>,
     /// Median decode rate over the last minute.
     pub decode_p50: Option<f64>,
     /// P99 inter-token latency over the last minute, ms (stalls show here).
@@ -62,6 +66,8 @@ pub struct ProviderSample {
     pub prompt_tokens_mean: Option<f64>,
     /// Mean completion tokens per attempt over the last minute.
     pub completion_tokens_mean: Option<f64>,
+    /// What the detectors found about it (failure-mode names).
+    pub findings: Vec<&'static str>,
 }
 
 /// The gateway's health report, condensed, at one moment.
@@ -77,6 +83,8 @@ pub struct Sample {
     pub completions_per_min: f64,
     /// Each provider.
     pub providers: Vec<ProviderSample>,
+    /// Open incidents (`mode/subject`).
+    pub incidents: Vec<String>,
 }
 
 impl Sample {
@@ -96,7 +104,9 @@ impl Sample {
                     state: p.state,
                     evidence: p.evidence.iter().map(|e| e.detail.clone()).collect(),
                     requests_1m: p.scope.one_minute.requests,
+                    ttft_p50_ms: p.scope.one_minute.ttft_ms.p50,
                     ttft_p95_ms: p.scope.one_minute.ttft_ms.p95,
+                    max_gap_p99_ms: p.scope.one_minute.max_gap_ms.p99,
                     decode_p50: p.scope.one_minute.decode_tokens_per_s_p50,
                     itl_p99_ms: p.scope.one_minute.itl_ms.p99,
                     error_rate: p.scope.one_minute.error_rate,
@@ -109,7 +119,13 @@ impl Sample {
                         p.scope.one_minute.tokens_out,
                         p.scope.one_minute.requests,
                     ),
+                    findings: p.findings.iter().map(|f| f.mode.as_str()).collect(),
                 })
+                .collect(),
+            incidents: r
+                .incidents
+                .iter()
+                .map(|i| format!("{}/{}", i.mode, i.subject))
                 .collect(),
         }
     }

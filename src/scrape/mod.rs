@@ -67,6 +67,8 @@ impl Backend {
     }
 }
 
+pub mod dependency;
+
 /// Fetches one endpoint's text within `timeout`.
 async fn fetch(client: &reqwest::Client, url: &str, timeout: Duration) -> Option<String> {
     let resp = client.get(url).timeout(timeout).send().await.ok()?;
@@ -91,7 +93,8 @@ pub async fn run(
     .into_iter()
     .flatten()
     .collect();
-    if urls.is_empty() {
+    let health_url = provider.config.health_url.clone();
+    if urls.is_empty() && health_url.is_none() {
         return;
     }
     let mut tick = tokio::time::interval(cfg.interval);
@@ -101,6 +104,18 @@ pub async fn run(
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
+        }
+        if let Some(url) = &health_url {
+            let ok = client
+                .get(url)
+                .timeout(cfg.timeout)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            health.health_endpoint(provider.index, ok);
+        }
+        if urls.is_empty() {
+            continue;
         }
         let mut texts = Vec::with_capacity(urls.len());
         for url in &urls {

@@ -15,9 +15,11 @@ use super::error::ApiError;
 use super::routing_view::RoutingView;
 use crate::health::report::{HealthReport, Verdict};
 use crate::health::snapshot;
+use crate::incident::Incident;
 use crate::observation::unix_ms_now;
 use crate::proxy::Gateway;
-use crate::request_log::{LogFilter, RequestRecord, Store};
+use crate::request_log::{IncidentFilter, LogFilter, RequestRecord, Store};
+use crate::triage::Triage;
 
 async fn report(gw: &Gateway) -> Result<HealthReport, ApiError> {
     gw.health
@@ -135,19 +137,7 @@ pub(super) async fn providers(
 }
 
 async fn query(gw: &Gateway, filter: LogFilter) -> Result<Vec<RequestRecord>, ApiError> {
-    let path = gw.config.request_log.path.clone();
-    let rows = tokio::task::spawn_blocking(move || {
-        Store::open_read_only(&path).and_then(|s| s.query(&filter, unix_ms_now()))
-    })
-    .await;
-    match rows {
-        Ok(Ok(rows)) => Ok(rows),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "request log query failed");
-            Err(ApiError::internal("the request log could not be read"))
-        }
-        Err(_) => Err(ApiError::internal("the request log query was interrupted")),
-    }
+    read_db(gw, move |s| s.query(&filter, unix_ms_now())).await
 }
 
 /// `GET /api/requests?provider=&model=&status=&slower_than=&since=&limit=`.
@@ -174,4 +164,85 @@ pub(super) async fn request(
         .next()
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("No request {id} in the request log.")))
+}
+
+async fn read_db<T: Send + 'static>(
+    gw: &Gateway,
+    read: impl FnOnce(&Store) -> Result<T, crate::request_log::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let path = gw.config.request_log.path.clone();
+    let rows =
+        tokio::task::spawn_blocking(move || Store::open_read_only(&path).and_then(|s| read(&s)))
+            .await;
+    match rows {
+        Ok(Ok(rows)) => Ok(rows),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "request log query failed");
+            Err(ApiError::internal("the request log could not be read"))
+        }
+        Err(_) => Err(ApiError::internal("the request log query was interrupted")),
+    }
+}
+
+/// `GET /api/incidents?state=&provider=&mode=&since=&history=&limit=`: newest first.
+pub(super) async fn incidents(
+    State(gw): State<Arc<Gateway>>,
+    filter: Result<Query<IncidentFilter>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Vec<Incident>>, ApiError> {
+    let Query(filter) = filter.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    read_db(&gw, move |s| s.incidents(&filter, unix_ms_now()))
+        .await
+        .map(Json)
+}
+
+/// `GET /api/incidents/{id}`: one incident with its evidence history.
+pub(super) async fn incident(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+) -> Result<Json<Incident>, ApiError> {
+    let key = id.clone();
+    read_db(&gw, move |s| s.incident(&key))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("No incident {id}.")))
+}
+
+/// Query of `/api/triage`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TriageQuery {
+    provider: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    since: Option<std::time::Duration>,
+}
+
+/// `GET /api/triage?provider=&since=30m`: the runbook walked; the exit code is in the body.
+pub(super) async fn triage(
+    State(gw): State<Arc<Gateway>>,
+    q: Result<Query<TriageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Triage>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(p) = &q.provider
+        && !gw.upstreams.all().iter().any(|u| &u.config.id == p)
+    {
+        return Err(ApiError::not_found(format!("No provider {p}.")));
+    }
+    let r = report(&gw).await?;
+    let filter = IncidentFilter {
+        since: Some(q.since.unwrap_or(std::time::Duration::from_secs(1800))),
+        ..IncidentFilter::default()
+    };
+    let mut incidents = read_db(&gw, move |s| s.incidents(&filter, unix_ms_now())).await?;
+    // What is open now comes from the live report (the database may lag by a batch).
+    for open in &r.incidents {
+        match incidents.iter_mut().find(|i| i.id == open.id) {
+            Some(i) => *i = open.clone(),
+            None => incidents.push(open.clone()),
+        }
+    }
+    Ok(Json(crate::triage::walk(
+        &r,
+        &incidents,
+        q.provider.as_deref(),
+    )))
 }

@@ -33,6 +33,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/providers", get(admin::providers))
         .route("/api/requests", get(admin::requests))
         .route("/api/requests/{id}", get(admin::request))
+        .route("/api/incidents", get(admin::incidents))
+        .route("/api/incidents/{id}", get(admin::incident))
+        .route("/api/triage", get(admin::triage))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&gw),
             require_admin,

@@ -37,7 +37,7 @@ fn clean() -> Signals {
 fn learned(now: Instant) -> ProviderHealth {
     let mut h = ProviderHealth::new(now);
     for _ in 0..20 {
-        assert!(!h.on_tick(now, &clean(), None, &cfg(), &targets(), true));
+        assert!(!h.on_tick(now, &clean(), None, None, &cfg(), &targets(), true));
     }
     h
 }
@@ -50,7 +50,7 @@ fn degraded_by_peers(now: Instant) -> ProviderHealth {
         decode: Some(100.0),
     };
     for _ in 0..3 {
-        h.on_tick(now, &clean(), Some(peers), &cfg(), &targets(), true);
+        h.on_tick(now, &clean(), Some(peers), None, &cfg(), &targets(), true);
     }
     h
 }
@@ -75,10 +75,10 @@ fn slower_decoding_degrades_in_proportion_with_evidence() {
     };
     let t1 = t0 + Duration::from_secs(1);
     // A blip is not a degradation: it must persist for a few ticks.
-    assert!(!h.on_tick(t1, &slow, None, &cfg(), &targets(), true));
-    assert!(!h.on_tick(t1, &slow, None, &cfg(), &targets(), true));
+    assert!(!h.on_tick(t1, &slow, None, None, &cfg(), &targets(), true));
+    assert!(!h.on_tick(t1, &slow, None, None, &cfg(), &targets(), true));
     assert_eq!(h.state, State::Healthy);
-    assert!(h.on_tick(t1, &slow, None, &cfg(), &targets(), true));
+    assert!(h.on_tick(t1, &slow, None, None, &cfg(), &targets(), true));
     let State::Degraded { weight } = h.state else {
         panic!("expected degraded, got {:?}", h.state);
     };
@@ -95,11 +95,11 @@ fn slower_decoding_degrades_in_proportion_with_evidence() {
     // Still degraded a tick later: the evidence keeps its first-seen time, and the
     // baseline did not learn from the incident.
     let t2 = t1 + Duration::from_secs(1);
-    h.on_tick(t2, &slow, None, &cfg(), &targets(), true);
+    h.on_tick(t2, &slow, None, None, &cfg(), &targets(), true);
     assert_eq!(h.evidence[0].since, Some(t1));
     assert_eq!(h.baseline.at(4.0).unwrap().decode, Some(50.0));
     // Back to normal: healthy again, evidence cleared.
-    assert!(h.on_tick(t2, &clean(), None, &cfg(), &targets(), true));
+    assert!(h.on_tick(t2, &clean(), None, None, &cfg(), &targets(), true));
     assert_eq!(h.state, State::Healthy);
     assert!(h.evidence.is_empty());
 }
@@ -133,11 +133,11 @@ fn consecutive_failures_eject_for_the_base_time_then_probes_decide() {
     assert_eq!(h.evidence[0].value, 5.0);
     // Time passes: recovering, and only probes count.
     let t1 = t0 + c.base_ejection;
-    assert!(h.on_tick(t1, &clean(), None, &c, &targets(), true));
+    assert!(h.on_tick(t1, &clean(), None, None, &c, &targets(), true));
     assert_eq!(h.state, State::Recovering { successes: 0 });
     for _ in 0..10 {
         h.on_attempt(t1, false, true, false, &c, true);
-        h.on_tick(t1, &clean(), None, &c, &targets(), true);
+        h.on_tick(t1, &clean(), None, None, &c, &targets(), true);
     }
     assert_eq!(
         h.state,
@@ -153,12 +153,12 @@ fn consecutive_failures_eject_for_the_base_time_then_probes_decide() {
         }
     );
     let t2 = t1 + c.base_ejection * 2;
-    h.on_tick(t2, &clean(), None, &c, &targets(), true);
+    h.on_tick(t2, &clean(), None, None, &c, &targets(), true);
     // A probe that succeeds but misses the targets does not count either.
     assert!(h.on_attempt(t2, false, false, true, &c, true));
     assert!(matches!(h.state, State::Ejected { .. }));
     let t3 = t2 + c.base_ejection * 3;
-    h.on_tick(t3, &clean(), None, &c, &targets(), true);
+    h.on_tick(t3, &clean(), None, None, &c, &targets(), true);
     for i in 0..c.probe_successes {
         let changed = h.on_attempt(t3, false, true, true, &c, true);
         assert_eq!(changed, i + 1 == c.probe_successes);
@@ -189,7 +189,7 @@ fn a_stall_or_a_stuck_backend_ejects_at_once() {
         stalled_for: Some(c.stall_after),
         ..clean()
     };
-    assert!(h.on_tick(now, &stalled, None, &c, &targets(), true));
+    assert!(h.on_tick(now, &stalled, None, None, &c, &targets(), true));
     assert!(matches!(h.state, State::Ejected { .. }));
     assert_eq!(h.evidence[0].signal, "stall");
 
@@ -198,19 +198,19 @@ fn a_stall_or_a_stuck_backend_ejects_at_once() {
         stalled_for: Some(c.stall_after / 2),
         ..clean()
     };
-    assert!(!h.on_tick(now, &short, None, &c, &targets(), true));
+    assert!(!h.on_tick(now, &short, None, None, &c, &targets(), true));
     // A provider whose first tokens normally take 4 s is not stalled after 3 s.
     let long_prompts = Signals {
         stalled_for: Some(Duration::from_secs(3)),
         slow_first_token: Some(Duration::from_secs(12)),
         ..clean()
     };
-    assert!(!h.on_tick(now, &long_prompts, None, &c, &targets(), true));
+    assert!(!h.on_tick(now, &long_prompts, None, None, &c, &targets(), true));
     let stuck = Signals {
         backend_stuck: true,
         ..clean()
     };
-    assert!(h.on_tick(now, &stuck, None, &c, &targets(), true));
+    assert!(h.on_tick(now, &stuck, None, None, &c, &targets(), true));
     assert_eq!(h.evidence[0].signal, "backend_stuck");
 }
 
@@ -224,8 +224,8 @@ fn missing_the_targets_two_ticks_running_ejects_on_performance() {
         e2e_p50: Some(20.0),
         ..clean()
     };
-    assert!(!h.on_tick(now, &slow, None, &c, &targets(), true));
-    assert!(h.on_tick(now, &slow, None, &c, &targets(), true));
+    assert!(!h.on_tick(now, &slow, None, None, &c, &targets(), true));
+    assert!(h.on_tick(now, &slow, None, None, &c, &targets(), true));
     assert!(matches!(h.state, State::Ejected { .. }));
     assert!(h.evidence.iter().any(|e| e.signal == "misses_targets"));
 }
@@ -239,7 +239,7 @@ fn too_few_requests_are_not_judged() {
         decode: Some(1.0),
         ..clean()
     };
-    assert!(!h.on_tick(now, &thin, None, &cfg(), &targets(), true));
+    assert!(!h.on_tick(now, &thin, None, None, &cfg(), &targets(), true));
     assert_eq!(h.state, State::Healthy);
 }
 
@@ -253,7 +253,7 @@ fn gpu_throttle_bits_corroborate_a_slowdown() {
         ..clean()
     };
     for _ in 0..3 {
-        h.on_tick(now, &slow, None, &cfg(), &targets(), true);
+        h.on_tick(now, &slow, None, None, &cfg(), &targets(), true);
     }
     let gpu = h
         .evidence
@@ -275,7 +275,7 @@ fn missing_the_targets_under_load_alone_is_not_a_fault() {
         ..clean()
     };
     for _ in 0..10 {
-        assert!(!h.on_tick(now, &busy, None, &cfg(), &targets(), true));
+        assert!(!h.on_tick(now, &busy, None, None, &cfg(), &targets(), true));
     }
     assert_eq!(h.state, State::Healthy);
 }
@@ -287,7 +287,7 @@ fn a_degraded_provider_is_not_healthy_again_for_want_of_a_comparison() {
     assert!(matches!(h.state, State::Degraded { .. }));
     // Its traffic moved away: no peers at comparable load, no baseline.
     for _ in 0..5 {
-        assert!(!h.on_tick(now, &clean(), None, &cfg(), &targets(), true));
+        assert!(!h.on_tick(now, &clean(), None, None, &cfg(), &targets(), true));
     }
     assert!(matches!(h.state, State::Degraded { .. }));
     // A fair comparison that shows it well again restores it.
@@ -295,7 +295,7 @@ fn a_degraded_provider_is_not_healthy_again_for_want_of_a_comparison() {
         ttft: Some(0.1),
         decode: Some(50.0),
     };
-    assert!(h.on_tick(now, &clean(), Some(fine), &cfg(), &targets(), true));
+    assert!(h.on_tick(now, &clean(), Some(fine), None, &cfg(), &targets(), true));
     assert_eq!(h.state, State::Healthy);
 }
 
@@ -309,7 +309,15 @@ fn a_provider_slower_than_its_peers_but_like_its_own_baseline_is_not_degraded() 
         decode: Some(100.0),
     };
     for _ in 0..5 {
-        assert!(!h.on_tick(now, &clean(), Some(faster_peers), &cfg(), &targets(), true));
+        assert!(!h.on_tick(
+            now,
+            &clean(),
+            Some(faster_peers),
+            None,
+            &cfg(),
+            &targets(),
+            true
+        ));
     }
     assert_eq!(h.state, State::Healthy);
     // Slower than both its baseline and its peers: degraded, against the closer one.
@@ -318,7 +326,15 @@ fn a_provider_slower_than_its_peers_but_like_its_own_baseline_is_not_degraded() 
         ..clean()
     };
     for _ in 0..3 {
-        h.on_tick(now, &slow, Some(faster_peers), &cfg(), &targets(), true);
+        h.on_tick(
+            now,
+            &slow,
+            Some(faster_peers),
+            None,
+            &cfg(),
+            &targets(),
+            true,
+        );
     }
     assert_eq!(h.state, State::Degraded { weight: 0.6 });
     assert_eq!(h.evidence[0].against, "baseline");
@@ -335,7 +351,7 @@ fn a_slow_first_token_alone_degrades_but_never_ejects() {
         ..clean()
     };
     for _ in 0..10 {
-        h.on_tick(now, &queued, None, &cfg(), &targets(), true);
+        h.on_tick(now, &queued, None, None, &cfg(), &targets(), true);
     }
     assert_eq!(h.state, State::Degraded { weight: 0.05 });
     assert_eq!(h.evidence[0].signal, "ttft");

@@ -1,0 +1,418 @@
+//! Every detector fires on its failure mode and stays quiet on clean traffic.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::health::baseline::Reference;
+use crate::health::state::{Signals, State};
+use crate::health::window::{ErrorClass, Sample, Slot, Window};
+
+fn slot(samples: &[Sample<'_>]) -> Slot {
+    let t0 = Instant::now();
+    let mut w = Window::new(t0, Duration::from_secs(1), 60);
+    for s in samples {
+        w.record(t0, s);
+    }
+    w.sum(t0, Duration::from_secs(60))
+}
+
+fn ok(ttft: f64, gaps: &'static [f32], max_gap: f64) -> Sample<'static> {
+    Sample {
+        completed: true,
+        within_targets: true,
+        ttft: Some(ttft),
+        e2e: 1.0,
+        decode: Some(80.0),
+        gaps,
+        max_gap: Some(max_gap),
+        in_flight: 4,
+        ..Sample::default()
+    }
+}
+
+fn failed(class: ErrorClass) -> Sample<'static> {
+    Sample {
+        failed: true,
+        error: Some(class),
+        e2e: 0.1,
+        ..Sample::default()
+    }
+}
+
+const GAPS: &[f32] = &[0.012; 40];
+
+fn clock(t: Instant) -> Clock {
+    Clock {
+        at: t,
+        unix_ms: 1_000_000,
+    }
+}
+
+struct Fixture {
+    recent: Slot,
+    signals: Signals,
+    state: State,
+    baseline: Option<Reference>,
+    peers: Option<Reference>,
+    health_ok: Option<bool>,
+}
+
+impl Fixture {
+    fn new(recent: Slot) -> Fixture {
+        Fixture {
+            signals: Signals {
+                requests: recent.requests,
+                failures: recent.failed,
+                decode: Some(80.0),
+                load: 4.0,
+                ..Signals::default()
+            },
+            recent,
+            state: State::Healthy,
+            baseline: Some(Reference {
+                ttft: Some(0.1),
+                decode: Some(80.0),
+            }),
+            peers: Some(Reference {
+                ttft: Some(0.1),
+                decode: Some(80.0),
+            }),
+            health_ok: None,
+        }
+    }
+
+    fn step(&self, d: &mut ProviderDetectors, now: Instant) -> Vec<Finding> {
+        let input = ProviderInput {
+            id: "p",
+            recent: &self.recent,
+            signals: &self.signals,
+            state: self.state,
+            evidence: &[],
+            baseline: self.baseline,
+            peers: self.peers,
+            backend: None,
+            health_endpoint_ok: self.health_ok,
+            in_flight: 6,
+            stall_limit: Duration::from_secs(2),
+        };
+        d.step(&input, &clock(now), now)
+    }
+}
+
+fn clean_slot() -> Slot {
+    slot(&vec![ok(0.1, GAPS, 0.02); 40])
+}
+
+fn modes(f: &[Finding]) -> Vec<Mode> {
+    f.iter().map(|f| f.mode).collect()
+}
+
+#[test]
+fn clean_traffic_finds_nothing_for_minutes() {
+    let t0 = Instant::now();
+    let fx = Fixture::new(clean_slot());
+    let mut d = ProviderDetectors::default();
+    for i in 0..600 {
+        let mut f = Fixture::new(clean_slot());
+        // Ordinary jitter of the decode rate, ±12 %.
+        f.signals.decode = Some(80.0 * (1.0 + 0.12 * ((i as f64) * 0.7).sin()));
+        assert!(
+            f.step(&mut d, t0 + Duration::from_millis(500 * i))
+                .is_empty(),
+            "tick {i}"
+        );
+    }
+    drop(fx);
+}
+
+#[test]
+fn a_hang_is_named_with_its_onset_and_the_200_health_endpoint() {
+    let t0 = Instant::now();
+    let mut fx = Fixture::new(clean_slot());
+    fx.health_ok = Some(true);
+    let mut d = ProviderDetectors::default();
+    fx.signals.stalled_for = Some(Duration::from_millis(900));
+    assert!(fx.step(&mut d, t0).is_empty(), "under the watchdog");
+    let now = t0 + Duration::from_secs(2);
+    fx.signals.stalled_for = Some(Duration::from_millis(2900));
+    let f = fx.step(&mut d, now);
+    assert_eq!(modes(&f), [Mode::BatchQueueDeadlock]);
+    let f = &f[0];
+    assert_eq!(f.severity, Severity::Critical);
+    // Onset: the last token, not the alarm.
+    assert_eq!(f.onset_unix_ms, clock(now).ms(now) - 2900);
+    assert!(f.summary.contains("still answers 200"), "{}", f.summary);
+    // Ejected: no traffic to judge, the finding is held until the provider recovers.
+    fx.state = State::Ejected {
+        until: now + Duration::from_secs(30),
+    };
+    fx.signals.stalled_for = None;
+    let held = fx.step(&mut d, now + Duration::from_secs(5));
+    assert_eq!(modes(&held), [Mode::BatchQueueDeadlock]);
+    fx.state = State::Healthy;
+    assert!(fx.step(&mut d, now + Duration::from_secs(40)).is_empty());
+}
+
+#[test]
+fn a_40_percent_slowdown_is_hardware_degradation_within_seconds() {
+    let t0 = Instant::now();
+    let mut fx = Fixture::new(clean_slot());
+    let mut d = ProviderDetectors::default();
+    for i in 0..10 {
+        assert!(
+            fx.step(&mut d, t0 + Duration::from_millis(500 * i))
+                .is_empty()
+        );
+    }
+    fx.signals.decode = Some(48.0);
+    let start = t0 + Duration::from_secs(5);
+    let mut fired = None;
+    for i in 0..20 {
+        let now = start + Duration::from_millis(500 * i);
+        if let Some(f) = fx
+            .step(&mut d, now)
+            .into_iter()
+            .find(|f| f.mode == Mode::HardwareDegradation)
+        {
+            fired = Some((i, f));
+            break;
+        }
+    }
+    let (ticks, f) = fired.expect("fires");
+    assert!(ticks <= 6, "needs {ticks} ticks");
+    assert!(ticks >= 1, "one tick alone is not enough");
+    // Onset at the tick before the drop (where the CUSUM last stood at 0).
+    assert!(f.onset_unix_ms <= clock(t0).ms(start));
+    assert!(f.summary.contains("40 %"), "{}", f.summary);
+    let decode = f
+        .facts
+        .iter()
+        .find(|x| x.signal == "decode_tokens_per_s")
+        .unwrap();
+    assert_eq!(decode.baseline, Some(80.0));
+    // A provider slower than its peers but like its own baseline is just slower hardware.
+    let mut slow_hw = Fixture::new(clean_slot());
+    slow_hw.signals.decode = Some(50.0);
+    slow_hw.baseline = Some(Reference {
+        ttft: Some(0.1),
+        decode: Some(52.0),
+    });
+    let mut d = ProviderDetectors::default();
+    for i in 0..100 {
+        assert!(
+            slow_hw
+                .step(&mut d, t0 + Duration::from_millis(500 * i))
+                .is_empty()
+        );
+    }
+}
+
+#[test]
+fn a_hang_is_not_called_a_slowdown() {
+    let t0 = Instant::now();
+    let mut fx = Fixture::new(clean_slot());
+    let mut d = ProviderDetectors::default();
+    fx.signals.decode = Some(2.0);
+    fx.signals.stalled_for = Some(Duration::from_millis(1500));
+    for i in 0..4 {
+        let f = fx.step(&mut d, t0 + Duration::from_millis(500 * i));
+        assert!(!modes(&f).contains(&Mode::HardwareDegradation));
+    }
+}
+
+#[test]
+fn mid_stream_stalls_with_flat_medians_are_kv_thrashing() {
+    let t0 = Instant::now();
+    let mut d = ProviderDetectors::default();
+    for i in 0..20 {
+        let fx = Fixture::new(clean_slot());
+        assert!(
+            fx.step(&mut d, t0 + Duration::from_millis(500 * i))
+                .is_empty()
+        );
+    }
+    // 8 of 40 streams freeze for ~3 s mid-answer; medians and errors unchanged.
+    let mut samples = vec![ok(0.1, GAPS, 0.02); 32];
+    samples.extend(vec![ok(0.1, GAPS, 3.0); 8]);
+    let fx = Fixture::new(slot(&samples));
+    let now = t0 + Duration::from_secs(10);
+    let f = fx.step(&mut d, now);
+    assert_eq!(modes(&f), [Mode::KvCacheThrashing]);
+    let share = &f[0].facts[0];
+    assert_eq!(share.signal, "stall_share");
+    assert!((share.value - 0.2).abs() < 1e-9);
+    // The same stalls with many errors are not the thrash signature.
+    let mut errs = samples.clone();
+    errs.extend(vec![failed(ErrorClass::Server); 10]);
+    let fx = Fixture::new(slot(&errs));
+    let mut d2 = d.clone();
+    let f = fx.step(&mut d2, now + Duration::from_secs(1));
+    assert!(
+        !modes(&f).contains(&Mode::KvCacheThrashing),
+        "{:?}",
+        modes(&f)
+    );
+    // One stall in 40 is noise.
+    let mut one = vec![ok(0.1, GAPS, 0.02); 39];
+    one.push(ok(0.1, GAPS, 3.0));
+    let fx = Fixture::new(slot(&one));
+    let mut d3 = ProviderDetectors::default();
+    assert!(fx.step(&mut d3, now).is_empty());
+}
+
+#[test]
+fn ordinary_failures_are_named_by_kind() {
+    let t0 = Instant::now();
+    let cases = [
+        (ErrorClass::RateLimited, 4, Mode::RateLimited),
+        (ErrorClass::Connection, 4, Mode::ConnectionFailures),
+        (ErrorClass::MidStreamReset, 3, Mode::MidStreamResets),
+        (ErrorClass::Server, 6, Mode::ErrorBurst),
+    ];
+    for (class, n, mode) in cases {
+        let mut samples = vec![ok(0.1, GAPS, 0.02); 16];
+        samples.extend(vec![failed(class); n]);
+        let fx = Fixture::new(slot(&samples));
+        let mut d = ProviderDetectors::default();
+        let f = fx.step(&mut d, t0);
+        assert_eq!(modes(&f), [mode], "{class:?}");
+    }
+    // One error of each kind in 40 requests is not a burst.
+    let mut samples = vec![ok(0.1, GAPS, 0.02); 36];
+    samples.extend(ErrorClass::ALL.map(failed));
+    let fx = Fixture::new(slot(&samples));
+    assert!(fx.step(&mut ProviderDetectors::default(), t0).is_empty());
+}
+
+fn gateway_slot(deadline: f64, timeouts: usize) -> Slot {
+    let mut v: Vec<Sample<'_>> = (0..30)
+        .map(|_| Sample {
+            completed: true,
+            e2e: 1.0,
+            deadline: Some(deadline),
+            ..Sample::default()
+        })
+        .collect();
+    v.extend((0..timeouts).map(|_| Sample {
+        failed: true,
+        timed_out: true,
+        e2e: 0.01,
+        deadline: Some(deadline),
+        ..Sample::default()
+    }));
+    slot(&v)
+}
+
+#[test]
+fn a_slow_dependency_is_named_as_the_root_cause_of_shrinking_deadlines() {
+    let t0 = Instant::now();
+    let c = clock(t0);
+    let mut dep = DependencyWatch::new("vector-db");
+    let mut g = GatewayDetectors::default();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    // 30 s of normal: 15 ms queries, 3.98 s of deadline left on arrival.
+    for i in 0..60 {
+        dep.observe(
+            at(i * 500),
+            Some(0.015 * (1.0 + 0.2 * ((i as f64).sin()))),
+            2.0,
+        );
+        let slot = gateway_slot(3.98, 0);
+        assert!(
+            g.step(
+                &GatewayInput { recent: &slot },
+                std::slice::from_ref(&dep),
+                &c,
+                at(i * 500)
+            )
+            .is_none()
+        );
+    }
+    assert!(dep.baseline().is_some_and(|b| (b - 0.015).abs() < 0.003));
+    // The vector DB turns 100x slower at 30 s; the gateway sees shorter deadlines after.
+    let mut found = None;
+    for i in 60..120 {
+        dep.observe(at(i * 500), Some(1.5), 2.0);
+        let deadline = if i < 63 { 3.98 } else { 2.4 };
+        let slot = gateway_slot(deadline, if i > 70 { 5 } else { 0 });
+        if let Some(f) = g.step(
+            &GatewayInput { recent: &slot },
+            std::slice::from_ref(&dep),
+            &c,
+            at(i * 500),
+        ) {
+            found = Some(f);
+            break;
+        }
+    }
+    let f = found.expect("a cascade is found");
+    assert_eq!(f.mode, Mode::CascadingTimeouts);
+    let root = f.root_cause.expect("root cause named");
+    assert_eq!(root.component, "vector-db");
+    assert!(
+        root.onset_unix_ms <= c.ms(at(30_000)),
+        "onset {}",
+        root.onset_unix_ms - c.ms(t0)
+    );
+    assert!(root.lead_s >= 0.0);
+    assert!(f.summary.contains("vector-db"), "{}", f.summary);
+}
+
+#[test]
+fn steady_deadlines_and_a_quiet_dependency_find_nothing() {
+    let t0 = Instant::now();
+    let c = clock(t0);
+    let mut dep = DependencyWatch::new("vector-db");
+    let mut g = GatewayDetectors::default();
+    for i in 0..400u64 {
+        let t = t0 + Duration::from_millis(500 * i);
+        let jitter = 1.0 + 0.3 * ((i as f64) * 1.3).sin();
+        dep.observe(t, Some(0.015 * jitter), 2.0);
+        let slot = gateway_slot(3.9 + 0.05 * ((i as f64) * 0.9).cos(), 0);
+        assert!(
+            g.step(
+                &GatewayInput { recent: &slot },
+                std::slice::from_ref(&dep),
+                &c,
+                t
+            )
+            .is_none(),
+            "tick {i}"
+        );
+        assert!(dep.anomalous_since().is_none(), "tick {i}");
+    }
+}
+
+#[test]
+fn shrinking_deadlines_without_a_watched_dependency_still_name_the_cascade() {
+    let t0 = Instant::now();
+    let c = clock(t0);
+    let mut g = GatewayDetectors::default();
+    for i in 0..20u64 {
+        let slot = gateway_slot(4.0, 0);
+        assert!(
+            g.step(
+                &GatewayInput { recent: &slot },
+                &[],
+                &c,
+                t0 + Duration::from_millis(500 * i)
+            )
+            .is_none()
+        );
+    }
+    let mut found = None;
+    for i in 20..40u64 {
+        let slot = gateway_slot(1.5, 0);
+        found = found.or(g.step(
+            &GatewayInput { recent: &slot },
+            &[],
+            &c,
+            t0 + Duration::from_millis(500 * i),
+        ));
+    }
+    let f = found.expect("found");
+    assert!(f.root_cause.is_none());
+    assert!(f.summary.contains("[[dependency]]"), "{}", f.summary);
+}
