@@ -5,8 +5,8 @@ use tokio::time::Instant;
 
 /// A one-sided CUSUM on standardised deviations in the bad direction:
 /// `S = max(0, S + z − k)`, alarm when `S > h`. The onset is the first observation of the
-/// current excursion (the sum stood at 0 just before it) — when the signal began to move,
-/// not when the alarm fired.
+/// current excursion (the sum stood at rest — 0, or the little above it that in-control
+/// noise reaches — just before it): when the signal began to move, not when the alarm fired.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cusum {
     k: f64,
@@ -32,11 +32,14 @@ impl Cusum {
         if !z.is_finite() {
             return self.alarm();
         }
-        if self.s == 0.0 {
+        // At rest (near 0; in-control noise wanders a little above it): the next step that
+        // rises is where an excursion would begin.
+        let rest = self.k.max(self.h / 4.0);
+        if self.s <= rest {
             self.zero_at = Some(now);
         }
         self.s = (self.s + z - self.k).clamp(0.0, 2.0 * self.h);
-        if self.s == 0.0 {
+        if self.s <= rest {
             self.zero_at = Some(now);
         }
         self.alarm()
@@ -52,7 +55,7 @@ impl Cusum {
         self.s
     }
 
-    /// When the current excursion began (the last time the sum was 0).
+    /// When the current excursion began.
     pub fn onset(&self) -> Option<Instant> {
         self.zero_at
     }

@@ -44,6 +44,8 @@ const TAIL_FLOOR: f64 = 10.0;
 const FLAT_TTFT_P50: f64 = 2.0;
 /// KV usage that counts as saturated (GIE's threshold; reference §2, §4.2).
 const KV_FULL: f64 = 0.8;
+/// How long a KV-thrashing finding stands after its signature last held.
+const KV_HOLD: Duration = Duration::from_secs(20);
 /// How long a saturated or preempting scrape counts.
 const KV_MEMORY: Duration = Duration::from_secs(30);
 /// Error shares that count as flat / a burst.
@@ -58,6 +60,9 @@ pub struct ProviderInput<'a> {
     pub id: &'a str,
     /// Attempts in the recent window (cleared when the state changes).
     pub recent: &'a Slot,
+    /// The recent window's attempts since the provider was last healthy (kept while it is
+    /// ejected), for the failure detectors.
+    pub failures: &'a Slot,
     /// The tick's signals.
     pub signals: &'a Signals,
     /// The state before this tick's step.
@@ -101,6 +106,7 @@ pub struct ProviderDetectors {
     last_hw: Option<Finding>,
     kv_peak: Option<(f64, Instant)>,
     preempt_peak: Option<(f64, Instant)>,
+    kv_last: Option<(Finding, Instant)>,
 }
 
 impl Default for ProviderDetectors {
@@ -115,6 +121,7 @@ impl Default for ProviderDetectors {
             last_hw: None,
             kv_peak: None,
             preempt_peak: None,
+            kv_last: None,
         }
     }
 }
@@ -383,10 +390,14 @@ impl ProviderDetectors {
         now: Instant,
     ) -> Option<Finding> {
         let w = p.recent;
-        let itl_p50 = w.itl.quantile(0.5)?;
-        let itl_p99 = w.itl.quantile(0.99)?;
-        let ttft_p50 = w.ttft.quantile(0.5)?;
-        let ttft_p99 = w.ttft.quantile(0.99)?;
+        let (Some(itl_p50), Some(itl_p99), Some(ttft_p50), Some(ttft_p99)) = (
+            w.itl.quantile(0.5),
+            w.itl.quantile(0.99),
+            w.ttft.quantile(0.5),
+            w.ttft.quantile(0.99),
+        ) else {
+            return self.kv_held(now);
+        };
         let t = self.tails;
         let learned = t.ticks >= 10;
         let ref_itl = if learned { t.itl_p50 } else { itl_p50 };
@@ -424,7 +435,7 @@ impl ProviderDetectors {
             if p.state == State::Healthy && w.requests >= 2 * MIN_ATTEMPTS && !moving {
                 self.tails = learn(t, itl_p50, ttft_p50, share, r_ttft, r_itl);
             }
-            return None;
+            return self.kv_held(now);
         }
         let onset = onset.unwrap_or(now);
         let stall_fact = Fact::new(
@@ -511,7 +522,7 @@ impl ProviderDetectors {
                 .threshold(0.0),
             );
         }
-        Some(Finding {
+        let f = Finding {
             mode: Mode::KvCacheThrashing,
             subject: p.id.to_owned(),
             provider: Some(p.id.to_owned()),
@@ -539,13 +550,25 @@ impl ProviderDetectors {
                      gpu_memory_utilization; do not eject on a single stall"
                 .into(),
             root_cause: None,
-        })
+        };
+        self.kv_last = Some((f.clone(), now));
+        Some(f)
+    }
+
+    /// The last KV-thrashing finding, for `KV_HOLD` after its signature last held: once
+    /// Candor moves traffic away the symptoms fade while the cache shortage remains, so the
+    /// finding stands until the provider has carried its (reduced) share cleanly for a while.
+    fn kv_held(&self, now: Instant) -> Option<Finding> {
+        self.kv_last
+            .as_ref()
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= KV_HOLD)
+            .map(|(f, _)| f.clone())
     }
 
     /// Error bursts, rate limiting, connection failures and mid-stream resets in the recent
     /// window.
     fn ordinary(&mut self, p: &ProviderInput<'_>, clock: &Clock, now: Instant) -> Vec<Finding> {
-        let w = p.recent;
+        let w = p.failures;
         let mut out = Vec::new();
         for (i, class) in ErrorClass::ALL.into_iter().enumerate() {
             let n = w.errors_of(class);

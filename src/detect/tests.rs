@@ -87,6 +87,7 @@ impl Fixture {
         let input = ProviderInput {
             id: "p",
             recent: &self.recent,
+            failures: &self.recent,
             signals: &self.signals,
             state: self.state,
             evidence: &[],
@@ -233,6 +234,7 @@ fn mid_stream_stalls_with_flat_medians_are_kv_thrashing() {
                 .is_empty()
         );
     }
+    let learned = d.clone();
     // 8 of 40 streams freeze for ~3 s mid-answer; medians and errors unchanged.
     let mut samples = vec![ok(0.1, GAPS, 0.02); 32];
     samples.extend(vec![ok(0.1, GAPS, 3.0); 8]);
@@ -243,12 +245,19 @@ fn mid_stream_stalls_with_flat_medians_are_kv_thrashing() {
     let share = &f[0].facts[0];
     assert_eq!(share.signal, "stall_share");
     assert!((share.value - 0.2).abs() < 1e-9);
+    // Traffic moved away and the stalls stop: the finding stands a while, then clears.
+    let clean = Fixture::new(clean_slot());
+    assert_eq!(
+        modes(&clean.step(&mut d, now + Duration::from_secs(5))),
+        [Mode::KvCacheThrashing]
+    );
+    assert!(clean.step(&mut d, now + Duration::from_secs(25)).is_empty());
     // The same stalls with many errors are not the thrash signature.
     let mut errs = samples.clone();
     errs.extend(vec![failed(ErrorClass::Server); 10]);
     let fx = Fixture::new(slot(&errs));
-    let mut d2 = d.clone();
-    let f = fx.step(&mut d2, now + Duration::from_secs(1));
+    let mut learned = learned;
+    let f = fx.step(&mut learned, now);
     assert!(
         !modes(&f).contains(&Mode::KvCacheThrashing),
         "{:?}",

@@ -49,7 +49,7 @@ enum Msg {
     Request(RequestSummary),
     Backend(usize, Option<Backend>),
     HealthEndpoint(usize, bool),
-    Dependency(usize, Option<f64>, f64),
+    Dependency(usize, Instant, Option<f64>, f64),
     RetryAfter(usize, Duration),
     Report(oneshot::Sender<HealthReport>),
     Metrics(oneshot::Sender<String>),
@@ -85,9 +85,10 @@ impl HealthHandle {
         self.try_send(Msg::HealthEndpoint(index, ok));
     }
 
-    /// Dependency `index` answered in `latency_s` (`None`: failed; counted as `timeout_s`).
-    pub fn dependency(&self, index: usize, latency_s: Option<f64>, timeout_s: f64) {
-        self.try_send(Msg::Dependency(index, latency_s, timeout_s));
+    /// Dependency `index` answered in `latency_s` (`None`: failed; counted as `timeout_s`),
+    /// measured from `at`.
+    pub fn dependency(&self, index: usize, at: Instant, latency_s: Option<f64>, timeout_s: f64) {
+        self.try_send(Msg::Dependency(index, at, latency_s, timeout_s));
     }
 
     /// Provider `index` asked for no traffic for `wait` (`retry-after`).
@@ -122,6 +123,9 @@ struct Tracked {
     /// The window the state machine judges; cleared when the state changes so a recovered
     /// provider is not judged on what it did while broken.
     recent: Window,
+    /// The same attempts, cleared only when the provider becomes healthy: the failures that
+    /// ejected it stay in view of the detectors while it is out of rotation.
+    since_healthy: Window,
     health: ProviderHealth,
     live: Option<(Live, Instant)>,
     live_decode: Option<f64>,
@@ -143,10 +147,19 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// Clears what a state change makes stale.
+    fn state_changed(&mut self, now: Instant) {
+        self.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
+        if self.health.state == state::State::Healthy {
+            self.since_healthy = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
+        }
+    }
+
     fn new(now: Instant) -> Tracked {
         Tracked {
             windows: Windows::new(now),
             recent: Window::new(now, RECENT_SLOT, RECENT_SLOTS),
+            since_healthy: Window::new(now, RECENT_SLOT, RECENT_SLOTS),
             health: ProviderHealth::new(now),
             live: None,
             live_decode: None,
@@ -283,9 +296,9 @@ impl HealthTask {
                     t.health_endpoint_ok = Some(ok);
                 }
             }
-            Msg::Dependency(i, latency, timeout) => {
+            Msg::Dependency(i, at, latency, timeout) => {
                 if let Some(d) = self.dependencies.get_mut(i) {
-                    d.observe(now, latency, timeout);
+                    d.observe(at.min(now), latency, timeout);
                 }
             }
             Msg::RetryAfter(i, wait) => {
@@ -339,6 +352,7 @@ impl HealthTask {
         };
         t.windows.record(now, &sample);
         t.recent.record(now, &sample);
+        t.since_healthy.record(now, &sample);
         // LiteLLM: more than half of this minute's requests failed (not the only one).
         let minute = now.saturating_duration_since(self.started).as_secs() / 60;
         if t.minute.0 != minute {
@@ -353,7 +367,7 @@ impl HealthTask {
             .health
             .on_attempt(now, failed, within, obs.probe, &self.routing, can_eject);
         if changed {
-            t.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
+            t.state_changed(now);
             self.on_state_change(obs.provider);
             self.publish(now);
         }

@@ -10,9 +10,8 @@ use tokio::time::Instant;
 use super::baseline::{Baseline, Reference};
 use super::snapshot::{ProviderView, Snapshot};
 use super::state::{Evidence, MIN_SAMPLES, Signals, State, stall_limit};
-use super::{HealthTask, RECENT_SLOT, RECENT_SLOTS, Tracked};
+use super::{HealthTask, Tracked};
 use crate::detect::{Clock, Finding, GatewayInput, Mode, ProviderInput};
-use crate::health::window::Window;
 use crate::observation::unix_ms_now;
 
 /// Span of the recent window.
@@ -72,9 +71,11 @@ impl HealthTask {
             let s = &signals[i];
             t.signals = *s;
             let recent = t.recent.sum(now, RECENT);
+            let since_healthy = t.since_healthy.sum(now, RECENT);
             let input = ProviderInput {
                 id: &p.config.id,
                 recent: &recent,
+                failures: &since_healthy,
                 signals: s,
                 state: t.health.state,
                 evidence: &t.health.evidence,
@@ -102,7 +103,7 @@ impl HealthTask {
                 &self.targets,
                 can_eject,
             ) {
-                t.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
+                t.state_changed(now);
                 self.on_state_change(i);
             }
         }

@@ -68,7 +68,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let timeout_s = cfg.timeout.as_secs_f64();
-    let mut prev: Option<Latency> = None;
+    let mut prev: Option<(Latency, Instant)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -90,22 +90,28 @@ pub async fn run(
                     () = stop.cancelled() => return,
                 };
                 let took = started.elapsed().as_secs_f64();
-                health.dependency(index, ok.then_some(took), timeout_s);
+                // Dated when the probe went out: that is when the latency began.
+                health.dependency(index, started, ok.then_some(took), timeout_s);
             }
             DependencySource::Metric { url, name } => {
                 let body = match client.get(url).timeout(cfg.timeout).send().await {
                     Ok(r) if r.status().is_success() => r.text().await.ok(),
                     _ => None,
                 };
+                let now = Instant::now();
                 let Some(cur) = body.as_deref().and_then(|b| read(b, name)) else {
                     prev = None;
-                    health.dependency(index, None, timeout_s);
+                    health.dependency(index, now, None, timeout_s);
                     continue;
                 };
-                if let Some(mean) = prev.and_then(|p| mean_between(p, cur)) {
-                    health.dependency(index, Some(mean), timeout_s);
+                // The mean of what was observed since the previous scrape, dated at its
+                // start: the change happened somewhere in that interval.
+                if let Some((p, at)) = prev
+                    && let Some(mean) = mean_between(p, cur)
+                {
+                    health.dependency(index, at, Some(mean), timeout_s);
                 }
-                prev = Some(cur);
+                prev = Some((cur, now));
             }
         }
     }

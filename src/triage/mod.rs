@@ -372,6 +372,3 @@ pub fn render(t: &Triage) -> String {
     let _ = writeln!(out, "Verdict: {} (exit {})", t.verdict, t.exit_code);
     out
 }
-
-#[cfg(test)]
-mod tests;

@@ -9,10 +9,12 @@
     reason = "test helpers fail the test loudly"
 )]
 
+mod alerts;
 mod cli;
 mod errors;
 mod failover;
 mod health;
+mod incidents;
 mod routing;
 mod scenario;
 mod sdk;

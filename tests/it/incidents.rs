@@ -1,0 +1,325 @@
+//! Each failure mode's scenario, in compressed time, opens an incident with the right name
+//! and provider within its bound and resolves it after the fault is removed; clean traffic
+//! and a 20-minute (compressed) replay of a real trace open none.
+
+use std::time::Duration;
+
+use candor::incident::Incident;
+use candor::observation::unix_ms_now;
+use candor::request_log::{IncidentFilter, Store};
+use candor::scenario::{self, Scenario};
+
+/// What the gateway's incident log says about a run, with the fault timeline's origin.
+struct Run {
+    incidents: Vec<Incident>,
+    origin_ms: i64,
+}
+
+impl Run {
+    fn of(&self, mode: &str, subject: &str) -> Vec<&Incident> {
+        self.incidents
+            .iter()
+            .filter(|i| i.mode == mode && i.subject == subject)
+            .collect()
+    }
+
+    /// The one incident of `mode` on `subject`, checked to have opened within `bound` of
+    /// `fault_at` and resolved after `fault_end`.
+    fn named(
+        &self,
+        mode: &str,
+        subject: &str,
+        fault_at: u64,
+        fault_end: u64,
+        bound: u64,
+    ) -> &Incident {
+        let found = self.of(mode, subject);
+        assert!(
+            !found.is_empty(),
+            "no {mode} incident on {subject}; incidents: {:#?}",
+            self.incidents
+        );
+        let i = found[found.len() - 1];
+        let fault_ms = self.origin_ms + i64::try_from(fault_at * 1000).unwrap();
+        let took = i.opened_ms - fault_ms;
+        assert!(
+            took <= i64::try_from(bound * 1000).unwrap(),
+            "{mode} named {took} ms after the fault; bound {bound} s"
+        );
+        assert!(i.onset_ms <= i.opened_ms, "onset precedes the alarm");
+        assert!(
+            i.onset_ms >= fault_ms - 2_000,
+            "onset {} ms before the fault",
+            fault_ms - i.onset_ms
+        );
+        let resolved = i
+            .resolved_ms
+            .unwrap_or_else(|| panic!("{mode} on {subject} never resolved: {i:#?}"));
+        assert!(resolved > self.origin_ms + i64::try_from(fault_end * 1000).unwrap());
+        assert!(i.history.iter().any(|h| h.kind == "opened"));
+        assert!(i.history.iter().any(|h| h.kind == "resolved"));
+        assert!(
+            i.evidence["facts"]
+                .as_array()
+                .is_some_and(|f| !f.is_empty()),
+            "evidence: {}",
+            i.evidence
+        );
+        i
+    }
+}
+
+/// Runs `s` to its end and reads every incident (with history) from the request log.
+async fn run(s: &Scenario) -> Run {
+    let started = scenario::start(s, 0).await.unwrap();
+    let origin_ms = unix_ms_now() - i64::try_from(started.started.elapsed().as_millis()).unwrap();
+    scenario::run(
+        s,
+        &started,
+        Duration::from_secs(1),
+        tokio_util::sync::CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    // The writer stores incident events as they arrive; the health report is the live
+    // truth for anything still in flight, so wait until both agree.
+    let db = started.dir.path().join("candor.db");
+    let filter = IncidentFilter {
+        history: true,
+        ..IncidentFilter::default()
+    };
+    let live = started
+        .gateway
+        .gateway
+        .health
+        .report()
+        .await
+        .unwrap()
+        .incidents;
+    let mut incidents = Vec::new();
+    for _ in 0..100 {
+        incidents = Store::open_read_only(&db)
+            .unwrap()
+            .incidents(&filter, unix_ms_now())
+            .unwrap();
+        if live.iter().all(|l| incidents.iter().any(|i| i.id == l.id)) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    started.stop().await.unwrap();
+    Run {
+        incidents,
+        origin_ms,
+    }
+}
+
+/// Gateway settings every incident scenario shares: targets, short ejections (so recovery
+/// fits the run) and a short quiet spell before an incident resolves.
+const GATEWAY: &str = r#"
+[gateway.timeouts]
+ttft = "5s"
+idle = "5s"
+total = "60s"
+[gateway.targets]
+ttft = "2s"
+decode_tokens_per_s = 20.0
+e2e = "20s"
+[gateway.health]
+min_requests = 10
+[gateway.routing]
+base_ejection = "5s"
+max_ejection = "10s"
+[gateway.alerts]
+resolve_after = "10s"
+[load]
+trace = "azure-conv"
+speedup = 2.0
+prompt_scale = 0.5
+max_prompt_tokens = 2048
+max_output_tokens = 128
+"#;
+
+fn provider(id: &str, step: &str, faults: &str) -> String {
+    format!(
+        "[[providers]]\nid = \"{id}\"\n[providers.profile]\nengine = {{ slots = 32, kv_capacity_tokens = 100000, prefill_tokens_per_s = 12000.0, decode_step = \"{step}\", decode_step_per_seq = \"300us\" }}\nfaults = [{faults}]\n"
+    )
+}
+
+fn scenario(name: &str, duration: &str, extra: &str, providers: &[String]) -> Scenario {
+    let text = format!(
+        "name = \"{name}\"\nduration = \"{duration}\"\n{GATEWAY}\n{extra}\n{}",
+        providers.concat()
+    );
+    Scenario::parse(&text).unwrap()
+}
+
+fn quiet(id: &str) -> String {
+    provider(id, "10ms", "")
+}
+
+#[tokio::test]
+async fn a_deadlock_is_named_within_15_s_and_resolves_after_recovery() {
+    let s = scenario(
+        "deadlock",
+        "75s",
+        "",
+        &[
+            quiet("sim-a"),
+            quiet("sim-b"),
+            provider(
+                "sim-c",
+                "10ms",
+                r#"{ at = "15s", duration = "30s", kind = "deadlock" }"#,
+            ),
+        ],
+    );
+    let r = run(&s).await;
+    let i = r.named("batch_queue_deadlock", "sim-c", 15, 45, 15);
+    assert_eq!(i.severity, "critical");
+    assert!(i.summary.contains("still answers 200"), "{}", i.summary);
+    for other in ["sim-a", "sim-b"] {
+        assert!(
+            r.incidents
+                .iter()
+                .all(|i| i.provider.as_deref() != Some(other)),
+            "{other} is healthy: {:#?}",
+            r.incidents
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_0_6x_slowdown_is_hardware_degradation_within_60_s() {
+    let s = scenario(
+        "slowdown",
+        "90s",
+        "",
+        &[
+            quiet("sim-a"),
+            provider(
+                "sim-b",
+                "10ms",
+                r#"{ at = "15s", duration = "40s", kind = "slowdown", factor = 0.6 }"#,
+            ),
+            quiet("sim-c"),
+        ],
+    );
+    let r = run(&s).await;
+    let i = r.named("hardware_degradation", "sim-b", 15, 55, 60);
+    let facts = i.evidence["facts"].as_array().unwrap();
+    let decode = facts
+        .iter()
+        .find(|f| f["signal"] == "decode_tokens_per_s")
+        .expect("the decode rate is in the evidence");
+    assert!(decode["baseline"].as_f64().unwrap() > decode["value"].as_f64().unwrap());
+    assert!(
+        r.incidents
+            .iter()
+            .all(|i| i.mode != "hardware_degradation" || i.subject == "sim-b"),
+        "{:#?}",
+        r.incidents
+    );
+}
+
+#[tokio::test]
+async fn kv_pressure_is_kv_thrashing_within_60_s() {
+    let s = scenario(
+        "kv",
+        "120s",
+        "",
+        &[
+            provider(
+                "sim-a",
+                "10ms",
+                r#"{ at = "15s", duration = "35s", kind = "kv_pressure", factor = 0.04 }"#,
+            ),
+            quiet("sim-b"),
+            quiet("sim-c"),
+        ],
+    );
+    let r = run(&s).await;
+    r.named("kv_cache_thrashing", "sim-a", 15, 50, 60);
+    assert!(
+        r.incidents
+            .iter()
+            .all(|i| i.mode != "kv_cache_thrashing" || i.subject == "sim-a"),
+        "{:#?}",
+        r.incidents
+    );
+}
+
+#[tokio::test]
+async fn a_slow_vector_db_is_named_as_the_root_cause_of_cascading_timeouts() {
+    let s = scenario(
+        "cascade",
+        "80s",
+        r#"
+[dependency]
+median_latency = "15ms"
+deadline = "4s"
+faults = [{ at = "15s", duration = "30s", kind = "dependency_slow", factor = 100.0 }]
+"#,
+        &[quiet("sim-a"), quiet("sim-b")],
+    );
+    let r = run(&s).await;
+    let i = r.named("cascading_timeouts", "gateway", 15, 45, 30);
+    let root = &i.evidence["root_cause"];
+    assert_eq!(root["component"], "vector-db", "{i:#?}");
+    assert!(root["lead_s"].as_f64().unwrap() >= 0.0);
+    assert!(i.summary.contains("vector-db"), "{}", i.summary);
+    // The providers are healthy: no provider incident.
+    assert!(
+        r.incidents.iter().all(|i| i.provider.is_none()),
+        "{:#?}",
+        r.incidents
+    );
+}
+
+#[tokio::test]
+async fn clean_traffic_opens_no_incident() {
+    let s = scenario(
+        "clean",
+        "60s",
+        "",
+        &[
+            quiet("sim-a"),
+            provider("sim-b", "12ms", ""),
+            provider("sim-c", "14ms", ""),
+        ],
+    );
+    let r = run(&s).await;
+    assert!(r.incidents.is_empty(), "{:#?}", r.incidents);
+}
+
+#[tokio::test]
+async fn a_20_minute_replay_of_a_real_trace_opens_no_incident() {
+    // Twenty minutes of the Azure conversation trace at 8x: 150 s.
+    let text = r#"
+name = "replay"
+duration = "150s"
+[gateway.targets]
+ttft = "2s"
+decode_tokens_per_s = 20.0
+e2e = "20s"
+[gateway.health]
+min_requests = 10
+[load]
+trace = "azure-conv"
+speedup = 8.0
+prompt_scale = 0.25
+max_prompt_tokens = 1024
+max_output_tokens = 32
+"#
+    .to_owned()
+        + &[
+            provider("sim-a", "8ms", ""),
+            provider("sim-b", "9ms", ""),
+            provider("sim-c", "10ms", ""),
+        ]
+        .concat();
+    let s = Scenario::parse(&text).unwrap();
+    let r = run(&s).await;
+    assert!(r.incidents.is_empty(), "{:#?}", r.incidents);
+}
