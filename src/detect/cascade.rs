@@ -102,24 +102,41 @@ pub struct GatewayInput<'a> {
 #[derive(Debug, Clone)]
 pub struct GatewayDetectors {
     deadline: Cusum,
-    deadline_base: Option<f64>,
+    deadline_base: Base,
     e2e: Cusum,
-    e2e_base: Option<f64>,
+    e2e_base: Base,
     timeouts: Since,
-    ticks: u32,
+    episode: Option<Episode>,
 }
 
 impl Default for GatewayDetectors {
     fn default() -> Self {
         GatewayDetectors {
             deadline: Cusum::new(0.5, 5.0),
-            deadline_base: None,
+            deadline_base: Base::default(),
             e2e: Cusum::new(0.5, 5.0),
-            e2e_base: None,
+            e2e_base: Base::default(),
             timeouts: Since::default(),
-            ticks: 0,
+            episode: None,
         }
     }
+}
+
+/// A dependency named as the probable root cause, as it was when named.
+#[derive(Debug, Clone)]
+struct Suspect {
+    name: String,
+    onset: Instant,
+    latency: f64,
+    baseline: f64,
+    failing: bool,
+}
+
+/// A run of ticks with gateway symptoms.
+#[derive(Debug, Clone)]
+struct Episode {
+    onset: Instant,
+    root: Option<Suspect>,
 }
 
 /// A gateway symptom: what moved, since when, and the fact.
@@ -143,7 +160,6 @@ impl GatewayDetectors {
         if w.requests < MIN_REQUESTS {
             return None;
         }
-        self.ticks = self.ticks.saturating_add(1);
         let mut symptoms = Vec::new();
         // Remaining client deadline on arrival: shrinking means time is lost before the
         // gateway (the client's own dependencies).
@@ -211,52 +227,71 @@ impl GatewayDetectors {
             });
         }
         if symptoms.is_empty() {
+            self.episode = None;
             return None;
         }
-        let onset = symptoms.iter().map(|s| s.onset).min().unwrap_or(now);
+        let now_onset = symptoms.iter().map(|s| s.onset).min().unwrap_or(now);
+        // One episode keeps its first onset and the root cause named in it, even when the
+        // dependency recovers before the symptoms fade.
+        let episode = self.episode.get_or_insert(Episode {
+            onset: now_onset,
+            root: None,
+        });
+        episode.onset = episode.onset.min(now_onset);
+        let onset = episode.onset;
         // Root cause: the anomalous dependency whose onset came first, if it came no later
         // than the symptoms.
-        let root = deps
+        if let Some(d) = deps
             .iter()
             .filter_map(|d| d.anomalous_since().map(|t| (t, d)))
             .filter(|(t, _)| *t <= onset)
-            .min_by_key(|(t, _)| *t);
+            .min_by_key(|(t, _)| *t)
+            .map(|(t, d)| Suspect {
+                name: d.name.clone(),
+                onset: t,
+                latency: d.last.map_or(0.0, |l| l.0),
+                baseline: d.baseline().unwrap_or(0.0),
+                failing: d.failing,
+            })
+        {
+            episode.root = Some(d);
+        }
+        let root = episode.root.clone();
         if root.is_none() && !symptoms.iter().any(|s| s.upstream_of_gateway) {
             // Slow answers with no sign of time lost before the gateway and no dependency
             // that moved first are the providers' business (their own detectors).
             return None;
         }
         let mut facts: Vec<Fact> = symptoms.into_iter().map(|s| s.fact).collect();
-        let root_cause = root.map(|(t, d)| {
-            let lead = onset.saturating_duration_since(t).as_secs_f64();
-            let (now_s, base) = (d.last.map_or(0.0, |l| l.0), d.baseline().unwrap_or(0.0));
+        let root_cause = root.map(|d| {
+            let lead = onset.saturating_duration_since(d.onset).as_secs_f64();
             facts.push(
                 Fact::new(
                     "dependency_latency_ms",
-                    now_s * 1000.0,
+                    d.latency * 1000.0,
                     "ms",
                     format!(
-                        "{} answers in {:.0} ms against {:.0} ms normally{}",
+                        "{} answered in {:.0} ms against {:.0} ms normally{}",
                         d.name,
-                        now_s * 1000.0,
-                        base * 1000.0,
+                        d.latency * 1000.0,
+                        d.baseline * 1000.0,
                         if d.failing {
-                            " (its probe is failing)"
+                            " (its probe was failing)"
                         } else {
                             ""
                         }
                     ),
                 )
-                .baseline(Some(base * 1000.0)),
+                .baseline(Some(d.baseline * 1000.0)),
             );
             RootCause {
                 component: d.name.clone(),
-                onset_unix_ms: clock.ms(t),
+                onset_unix_ms: clock.ms(d.onset),
                 lead_s: lead,
                 detail: format!(
                     "{} latency rose at {}, {} before the gateway's symptoms ({})",
                     d.name,
-                    clock.hms(t),
+                    clock.hms(d.onset),
                     lead_words(lead),
                     clock.hms(onset)
                 ),
@@ -304,28 +339,33 @@ impl GatewayDetectors {
     }
 }
 
+/// A learned normal: a plain mean over the first `WARMUP` ticks, then an exponential one.
+#[derive(Debug, Clone, Copy, Default)]
+struct Base {
+    mean: f64,
+    ticks: u32,
+}
+
+/// Ticks of data before a gateway symptom's normal is trusted.
+const WARMUP: u32 = 20;
+
 /// Steps a CUSUM on the log ratio of `x` to its learned base in direction `sign` (+1: a
 /// rise is bad, −1: a drop is bad); learns the base while in control. Returns the base and
 /// the onset while in alarm.
-fn track(
-    c: &mut Cusum,
-    base: &mut Option<f64>,
-    x: f64,
-    sign: f64,
-    now: Instant,
-) -> Option<(f64, Instant)> {
+fn track(c: &mut Cusum, base: &mut Base, x: f64, sign: f64, now: Instant) -> Option<(f64, Instant)> {
     if !(x.is_finite() && x > 0.0) {
         return None;
     }
-    let Some(b) = *base else {
-        *base = Some(x);
+    if base.ticks < WARMUP {
+        base.ticks += 1;
+        base.mean += (x - base.mean) / f64::from(base.ticks);
         return None;
-    };
-    let z = sign * (x / b).ln() / GW_SIGMA;
-    if c.step(now, z) {
-        return Some((b, c.onset().unwrap_or(now)));
     }
-    *base = Some(b + GW_ALPHA * (x - b));
+    let z = sign * (x / base.mean).ln() / GW_SIGMA;
+    if c.step(now, z) {
+        return Some((base.mean, c.onset().unwrap_or(now)));
+    }
+    base.mean += GW_ALPHA * (x - base.mean);
     None
 }
 

@@ -10,6 +10,9 @@ fn candor(args: &[&str]) -> std::process::Output {
         .env("CANDOR_ADMIN_TOKEN", "x")
         .env("CANDOR_KEY_TEAM_SEARCH", "y")
         .env("OPENAI_API_KEY", "z")
+        .env("CANDOR_WEBHOOK_URL", "http://127.0.0.1:9/hook")
+        .env("SLACK_WEBHOOK_URL", "http://127.0.0.1:9/slack")
+        .env("PAGERDUTY_ROUTING_KEY", "rk")
         .output()
         .unwrap()
 }

@@ -49,7 +49,7 @@ impl Run {
         assert!(i.onset_ms <= i.opened_ms, "onset precedes the alarm");
         assert!(
             i.onset_ms >= fault_ms - 2_000,
-            "onset {} ms before the fault",
+            "onset {} ms before the fault: {i:#?}",
             fault_ms - i.onset_ms
         );
         let resolved = i

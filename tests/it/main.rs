@@ -16,6 +16,7 @@ mod failover;
 mod health;
 mod incidents;
 mod routing;
+mod rules;
 mod scenario;
 mod sdk;
 mod secrets;
