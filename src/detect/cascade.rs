@@ -241,7 +241,7 @@ impl GatewayDetectors {
         let onset = episode.onset;
         // Root cause: the anomalous dependency whose onset came first, if it came no later
         // than the symptoms.
-        if let Some(d) = deps
+        let current = deps
             .iter()
             .filter_map(|d| d.anomalous_since().map(|t| (t, d)))
             .filter(|(t, _)| *t <= onset)
@@ -252,16 +252,18 @@ impl GatewayDetectors {
                 latency: d.last.map_or(0.0, |l| l.0),
                 baseline: d.baseline().unwrap_or(0.0),
                 failing: d.failing,
-            })
-        {
-            episode.root = Some(d);
+            });
+        if let Some(d) = &current {
+            episode.root = Some(d.clone());
         }
-        let root = episode.root.clone();
-        if root.is_none() && !symptoms.iter().any(|s| s.upstream_of_gateway) {
-            // Slow answers with no sign of time lost before the gateway and no dependency
-            // that moved first are the providers' business (their own detectors).
+        let upstream = symptoms.iter().any(|s| s.upstream_of_gateway);
+        if current.is_none() && !upstream && w.timed_out < MIN_TIMEOUTS {
+            // Slower answers alone, with no dependency slow now, are the providers' business
+            // (their own detectors) or the traffic's (longer answers), not a cascade.
+            self.episode = None;
             return None;
         }
+        let root = episode.root.clone();
         let mut facts: Vec<Fact> = symptoms.into_iter().map(|s| s.fact).collect();
         let root_cause = root.map(|d| {
             let lead = onset.saturating_duration_since(d.onset).as_secs_f64();
@@ -352,7 +354,13 @@ const WARMUP: u32 = 20;
 /// Steps a CUSUM on the log ratio of `x` to its learned base in direction `sign` (+1: a
 /// rise is bad, −1: a drop is bad); learns the base while in control. Returns the base and
 /// the onset while in alarm.
-fn track(c: &mut Cusum, base: &mut Base, x: f64, sign: f64, now: Instant) -> Option<(f64, Instant)> {
+fn track(
+    c: &mut Cusum,
+    base: &mut Base,
+    x: f64,
+    sign: f64,
+    now: Instant,
+) -> Option<(f64, Instant)> {
     if !(x.is_finite() && x > 0.0) {
         return None;
     }

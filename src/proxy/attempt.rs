@@ -66,6 +66,17 @@ impl CallError {
     pub fn is_timeout(&self) -> bool {
         self.kind.starts_with("timeout")
     }
+
+    /// A timeout that fired because the client's deadline (which capped it) ran out is the
+    /// deadline's doing, not the provider's: it must not count against the provider's health.
+    pub fn blame_deadline(mut self, deadline: Option<Instant>, now: Instant) -> CallError {
+        if self.is_timeout() && deadline.is_some_and(|d| d <= now) {
+            self.kind = "timeout_deadline";
+            self.blame = Blame::Client;
+            self.message = format!("the client's deadline ran out ({})", self.message);
+        }
+        self
+    }
 }
 
 /// What went upstream.

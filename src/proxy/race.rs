@@ -251,25 +251,27 @@ async fn attempt_on(
         forward,
         timeouts,
     };
-    if gw.config.routing.policy != Policy::Candor {
-        return attempt::run(request, &mut slot.obs).await;
-    }
-    // Candor's policy: if the health model ejects this provider while the attempt still
-    // waits for its first token, give up now and fail over instead of waiting out the
-    // timeout.
-    let abandoned = provider.abandoned();
-    tokio::select! {
-        r = attempt::run(request, &mut slot.obs) => r,
-        () = abandoned => Err(CallError {
-            kind: "abandoned",
-            status: None,
-            blame: Blame::Upstream,
-            retryable: true,
-            message: "the provider was ejected while this attempt waited for its first token".into(),
-            body: None,
-            retry_after: None,
-        }),
-    }
+    let result = if gw.config.routing.policy == Policy::Candor {
+        // Candor's policy: if the health model ejects this provider while the attempt still
+        // waits for its first token, give up now and fail over instead of waiting out the
+        // timeout.
+        let abandoned = provider.abandoned();
+        tokio::select! {
+            r = attempt::run(request, &mut slot.obs) => r,
+            () = abandoned => Err(CallError {
+                kind: "abandoned",
+                status: None,
+                blame: Blame::Upstream,
+                retryable: true,
+                message: "the provider was ejected while this attempt waited for its first token".into(),
+                body: None,
+                retry_after: None,
+            }),
+        }
+    } else {
+        attempt::run(request, &mut slot.obs).await
+    };
+    result.map_err(|e| e.blame_deadline(ctx.req.deadline, Instant::now()))
 }
 
 /// Races the attempt in slot `a` against a hedge in slot `b` sent after `delay` (if the

@@ -142,6 +142,7 @@ impl MeteredStream {
         let now = Instant::now();
         let mut failure = failure;
         let mut upstream_reported = false;
+        let deadline_passed = self.track.client_deadline().is_some_and(|d| d <= now);
         if let (Some(meter), Some(obs)) = (self.meter.take(), self.track.current_mut()) {
             // An error event from the upstream is the failure's best description.
             if let Some(message) = meter.stream_error() {
@@ -153,7 +154,13 @@ impl MeteredStream {
                 Some((kind, message)) => Outcome::Error {
                     kind,
                     status: None,
-                    blame: Blame::Upstream,
+                    // A stream cut because the client's deadline ran out is not the
+                    // provider's failure.
+                    blame: if deadline_passed && *kind == "timeout_total" {
+                        Blame::Client
+                    } else {
+                        Blame::Upstream
+                    },
                     message: message.clone(),
                 },
                 None => Outcome::Ok,

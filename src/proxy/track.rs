@@ -66,6 +66,12 @@ pub struct RequestTrack {
 }
 
 impl RequestTrack {
+    /// The client's deadline, when it sent one.
+    pub fn client_deadline(&self) -> Option<Instant> {
+        let ms = u64::try_from(self.record.deadline_ms?).ok()?;
+        Some(self.started + std::time::Duration::from_millis(ms))
+    }
+
     /// Starts tracking a request that arrived at `started`.
     pub fn new(gw: Arc<Gateway>, started: Instant, source: Source, record: RequestRecord) -> Self {
         RequestTrack {

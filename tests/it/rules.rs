@@ -9,7 +9,11 @@ fn candor(args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -28,11 +32,9 @@ fn promtool(dir: &std::path::Path, args: &[&str]) {
 }
 
 const BURN_SUMMARY: &str = "Candor is burning its error budget 14.4x too fast (1h and 5m windows)";
-const BURN_DESCRIPTION: &str =
-    "Requests served within the targets fell below the objective; see /api/incidents and candor triage.";
+const BURN_DESCRIPTION: &str = "Requests served within the targets fell below the objective; see /api/incidents and candor triage.";
 const DROP_SUMMARY: &str = "Successful completions per minute fell below 50 % of the hour before";
-const DROP_DESCRIPTION: &str =
-    "Clients stopped sending or requests fail before completing; see /api/incidents and candor triage.";
+const DROP_DESCRIPTION: &str = "Clients stopped sending or requests fail before completing; see /api/incidents and candor triage.";
 
 #[test]
 fn exported_rules_pass_promtool_check_and_unit_tests() {

@@ -94,3 +94,37 @@ async fn a_client_error_ends_the_race_at_once() {
         PairEnd::First(Err(e)) if !e.retryable
     ));
 }
+
+#[test]
+fn a_timeout_the_clients_deadline_forced_is_not_the_providers_fault() {
+    let now = Instant::now();
+    let timeout = CallError {
+        kind: "timeout_ttft",
+        blame: Blame::Upstream,
+        ..error(true)
+    };
+    let before = timeout
+        .clone()
+        .blame_deadline(Some(now + Duration::from_secs(1)), now);
+    assert_eq!(
+        before.blame,
+        Blame::Upstream,
+        "the deadline had not run out"
+    );
+    let after = timeout.clone().blame_deadline(Some(now), now);
+    assert_eq!(
+        (after.kind, after.blame),
+        ("timeout_deadline", Blame::Client)
+    );
+    assert!(after.is_timeout(), "still a timeout for the 504");
+    assert!(!after.outcome().is_upstream_failure());
+    assert_eq!(
+        timeout.clone().blame_deadline(None, now).blame,
+        Blame::Upstream
+    );
+    // Other failures keep their blame whatever the deadline.
+    assert_eq!(
+        error(true).blame_deadline(Some(now), now).blame,
+        Blame::Upstream
+    );
+}
