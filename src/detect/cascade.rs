@@ -139,6 +139,32 @@ struct Episode {
     root: Option<Suspect>,
 }
 
+impl Symptom {
+    /// A latency symptom: `(value, base, factor)` in seconds, reported in ms; `what` has
+    /// `{v}` and `{b}` for the value and the base.
+    fn moved(
+        signal: &'static str,
+        what: &str,
+        (value, base, factor): (f64, f64, f64),
+        onset: Instant,
+        upstream_of_gateway: bool,
+    ) -> Symptom {
+        let ms = |s: f64| format!("{:.0}", s * 1000.0);
+        Symptom {
+            onset,
+            fact: Fact::new(
+                signal,
+                value * 1000.0,
+                "ms",
+                what.replace("{v}", &ms(value)).replace("{b}", &ms(base)),
+            )
+            .baseline(Some(base * 1000.0))
+            .threshold(factor * base * 1000.0),
+            upstream_of_gateway,
+        }
+    }
+}
+
 /// A gateway symptom: what moved, since when, and the fact.
 struct Symptom {
     onset: Instant,
@@ -167,46 +193,29 @@ impl GatewayDetectors {
             .deadline
             .quantile(0.5)
             .filter(|_| w.deadline.count() >= MIN_REQUESTS)
-            && let Some(s) = track(&mut self.deadline, &mut self.deadline_base, d, -1.0, now)
-            && d <= DEADLINE_DROP * s.0
+            && let Some((base, onset)) =
+                track(&mut self.deadline, &mut self.deadline_base, d, -1.0, now)
+            && d <= DEADLINE_DROP * base
         {
-            symptoms.push(Symptom {
-                    onset: s.1,
-                    fact: Fact::new(
-                        "deadline_remaining_ms",
-                        d * 1000.0,
-                        "ms",
-                        format!(
-                            "clients arrive with {:.0} ms of their deadline left, against {:.0} ms normally",
-                            d * 1000.0,
-                            s.0 * 1000.0
-                        ),
-                    )
-                    .baseline(Some(s.0 * 1000.0))
-                    .threshold(DEADLINE_DROP * s.0 * 1000.0),
-                    upstream_of_gateway: true,
-                });
+            symptoms.push(Symptom::moved(
+                "deadline_remaining_ms",
+                "clients arrive with {v} ms of their deadline left, against {b} ms normally",
+                (d, base, DEADLINE_DROP),
+                onset,
+                true,
+            ));
         }
         if let Some(e) = w.e2e.quantile(0.5)
-            && let Some(s) = track(&mut self.e2e, &mut self.e2e_base, e, 1.0, now)
-            && e >= E2E_RISE * s.0
+            && let Some((base, onset)) = track(&mut self.e2e, &mut self.e2e_base, e, 1.0, now)
+            && e >= E2E_RISE * base
         {
-            symptoms.push(Symptom {
-                onset: s.1,
-                fact: Fact::new(
-                    "e2e_p50_ms",
-                    e * 1000.0,
-                    "ms",
-                    format!(
-                        "median end to end {:.0} ms against {:.0} ms normally",
-                        e * 1000.0,
-                        s.0 * 1000.0
-                    ),
-                )
-                .baseline(Some(s.0 * 1000.0))
-                .threshold(E2E_RISE * s.0 * 1000.0),
-                upstream_of_gateway: false,
-            });
+            symptoms.push(Symptom::moved(
+                "e2e_p50_ms",
+                "median end to end {v} ms against {b} ms normally",
+                (e, base, E2E_RISE),
+                onset,
+                false,
+            ));
         }
         let share = w.timed_out as f64 / w.requests as f64;
         let since = self.timeouts.update(now, w.timed_out > 0);
@@ -256,10 +265,10 @@ impl GatewayDetectors {
         if let Some(d) = &current {
             episode.root = Some(d.clone());
         }
-        let upstream = symptoms.iter().any(|s| s.upstream_of_gateway);
-        if current.is_none() && !upstream && w.timed_out < MIN_TIMEOUTS {
-            // Slower answers alone, with no dependency slow now, are the providers' business
-            // (their own detectors) or the traffic's (longer answers), not a cascade.
+        // Slower answers and gateway timeouts with no dependency slow now and no time lost
+        // before the gateway are the providers' business (their own detectors) or the
+        // traffic's (longer answers), not a cascade.
+        if current.is_none() && !symptoms.iter().any(|s| s.upstream_of_gateway) {
             self.episode = None;
             return None;
         }
@@ -306,8 +315,9 @@ impl GatewayDetectors {
                 r.component, r.detail
             ),
             None => format!(
-                "cascading timeouts: clients arrive with less of their deadline since {}; \
-                 no watched dependency moved first (add [[dependency]] entries to name it)",
+                "cascading timeouts: clients arrive with less of their deadline since {}, so \
+                 time is lost before the gateway; no watched dependency moved first (add \
+                 [[dependency]] entries to name it)",
                 hms(clock.ms(onset))
             ),
         };

@@ -137,16 +137,14 @@ impl ProviderDetectors {
             found.extend(self.hardware(p, clock, now));
             found.extend(self.kv_thrashing(p, clock, now));
         }
-        let hung = found
+        let explained = found
             .iter()
             .chain(&self.held)
-            .any(|f| f.mode == Mode::BatchQueueDeadlock);
-        // A hang explains the timeouts and broken streams it causes.
-        found.extend(
-            self.ordinary(p, clock, now)
-                .into_iter()
-                .filter(|f| !(hung && matches!(f.mode, Mode::ErrorBurst | Mode::MidStreamResets))),
-        );
+            .any(|f| matches!(f.mode, Mode::BatchQueueDeadlock | Mode::KvCacheThrashing));
+        // A hang or a starved KV cache explains the timeouts and broken streams it causes.
+        found.extend(self.ordinary(p, clock, now).into_iter().filter(|f| {
+            !(explained && matches!(f.mode, Mode::ErrorBurst | Mode::MidStreamResets))
+        }));
         if out_of_rotation {
             for h in &self.held {
                 if !found.iter().any(|f| f.mode == h.mode) {
@@ -407,7 +405,7 @@ impl ProviderDetectors {
         let share = stalls as f64 / measured.max(1) as f64;
         let errors = rate(w.failed, w.requests);
         let (r_ttft, r_itl) = (ttft_p99 / ttft_p50, itl_p99 / itl_p50);
-        let flat = (!learned || itl_p50 <= FLAT_P50 * t.itl_p50) && errors < FLAT_ERRORS;
+        let flat_itl = !learned || itl_p50 <= FLAT_P50 * t.itl_p50;
         let base_share = if learned { t.stall_share } else { 0.0 };
         // The server's own account over the recent window (max over time, as in reference
         // §4.4): KV cache saturated, or preempting.
@@ -428,9 +426,14 @@ impl ProviderDetectors {
         let tail = learned && r_ttft >= tail_ratio && ttft_p50 <= FLAT_TTFT_P50 * t.ttft_p50;
         let moving = (stalls > 0 && share > base_share) || (learned && r_ttft >= 2.0 * t.r_ttft);
         let onset = self.stalls.update(now, moving);
+        // From the gateway alone: stalls, or the tail with a few stalls, errors flat. With the
+        // server saying its cache is saturated, a first-token time blown up in the tail or the
+        // median is the same shortage, and the timeouts it causes are its symptom too.
+        let queueing = learned && (r_ttft >= tail_ratio || ttft_p50 >= FLAT_TTFT_P50 * t.ttft_p50);
         let thrashing = w.requests >= 2 * MIN_ATTEMPTS
-            && flat
-            && (stalling || (tail && (stalls >= 2 || backend_confirms)));
+            && flat_itl
+            && ((errors < FLAT_ERRORS && (stalling || (tail && stalls >= 2)))
+                || (backend_confirms && (stalling || queueing)));
         if !thrashing {
             if p.state == State::Healthy && w.requests >= 2 * MIN_ATTEMPTS && !moving {
                 self.tails = learn(t, itl_p50, ttft_p50, share, r_ttft, r_itl);
@@ -526,11 +529,15 @@ impl ProviderDetectors {
             mode: Mode::KvCacheThrashing,
             subject: p.id.to_owned(),
             provider: Some(p.id.to_owned()),
-            severity: Severity::Warning,
+            severity: if errors >= FLAT_ERRORS {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
             onset_unix_ms: clock.ms(onset),
             summary: format!(
                 "{}: time-to-first-token P99/P50 at {r_ttft:.0}x{} and {:.0} % of streams \
-                 stalling mid-answer while the medians and errors stay flat{}",
+                 stalling mid-answer, inter-token latency flat{}",
                 p.id,
                 if learned {
                     format!(" (normally {:.0}x)", t.r_ttft)

@@ -57,6 +57,7 @@ struct Fixture {
     baseline: Option<Reference>,
     peers: Option<Reference>,
     health_ok: Option<bool>,
+    backend: Option<crate::scrape::Backend>,
 }
 
 impl Fixture {
@@ -80,6 +81,7 @@ impl Fixture {
                 decode: Some(80.0),
             }),
             health_ok: None,
+            backend: None,
         }
     }
 
@@ -93,7 +95,7 @@ impl Fixture {
             evidence: &[],
             baseline: self.baseline,
             peers: self.peers,
-            backend: None,
+            backend: self.backend.as_ref(),
             health_endpoint_ok: self.health_ok,
             in_flight: 6,
             stall_limit: Duration::from_secs(2),
@@ -269,6 +271,49 @@ fn mid_stream_stalls_with_flat_medians_are_kv_thrashing() {
     let fx = Fixture::new(slot(&one));
     let mut d3 = ProviderDetectors::default();
     assert!(fx.step(&mut d3, now).is_empty());
+}
+
+#[test]
+fn a_saturated_cache_explains_a_blown_first_token_time_and_its_timeouts() {
+    let t0 = Instant::now();
+    let mut d = ProviderDetectors::default();
+    for i in 0..20 {
+        let fx = Fixture::new(clean_slot());
+        assert!(
+            fx.step(&mut d, t0 + Duration::from_millis(500 * i))
+                .is_empty()
+        );
+    }
+    // First tokens take 3x longer at the median and a fifth of attempts time out.
+    let mut samples = vec![ok(0.3, GAPS, 0.02); 32];
+    samples.extend(vec![failed(ErrorClass::Server); 8]);
+    let now = t0 + Duration::from_secs(10);
+    let mut without = Fixture::new(slot(&samples));
+    assert_eq!(
+        modes(&without.step(&mut d.clone(), now)),
+        [Mode::ErrorBurst],
+        "from the gateway alone this is an error burst"
+    );
+    without.backend = Some(crate::scrape::Backend {
+        reading: crate::scrape::engines::Reading {
+            kv_usage: Some(0.97),
+            ..Default::default()
+        },
+        preemptions_per_s: Some(2.0),
+        ..Default::default()
+    });
+    let f = without.step(&mut d, now);
+    assert_eq!(
+        modes(&f),
+        [Mode::KvCacheThrashing],
+        "the timeouts are its symptom"
+    );
+    assert_eq!(f[0].severity, Severity::Critical);
+    assert!(
+        f[0].facts
+            .iter()
+            .any(|x| x.signal == "kv_cache_usage" && x.value > 0.9)
+    );
 }
 
 #[test]

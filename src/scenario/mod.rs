@@ -398,6 +398,7 @@ pub async fn run(
         faults: s.fault_windows(),
         overall: report::transitions(&samples, None),
         providers: by_provider,
+        incidents: report::incident_spans(&samples),
         load: {
             let mut load = tally.report();
             load.duration_s = started.started.elapsed().as_secs_f64();

@@ -144,6 +144,42 @@ pub struct Transition {
     pub verdict: Verdict,
 }
 
+/// An incident as the samples saw it: open from one sample to another.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct IncidentSpan {
+    /// `mode/subject`.
+    pub incident: String,
+    /// First sample that showed it open, s.
+    pub opened_s: f64,
+    /// First sample that no longer did (absent: open at the end).
+    pub closed_s: Option<f64>,
+}
+
+/// The incidents open in `samples`, one span per stretch of samples showing it.
+pub(super) fn incident_spans(samples: &[Sample]) -> Vec<IncidentSpan> {
+    let mut out: Vec<IncidentSpan> = Vec::new();
+    for s in samples {
+        for key in &s.incidents {
+            if !out
+                .iter()
+                .any(|o| &o.incident == key && o.closed_s.is_none())
+            {
+                out.push(IncidentSpan {
+                    incident: key.clone(),
+                    opened_s: s.t_s,
+                    closed_s: None,
+                });
+            }
+        }
+        for o in out.iter_mut().filter(|o| o.closed_s.is_none()) {
+            if !s.incidents.contains(&o.incident) {
+                o.closed_s = Some(s.t_s);
+            }
+        }
+    }
+    out
+}
+
 /// The verdict history of the whole run.
 pub type Verdicts = BTreeMap<String, Vec<Transition>>;
 
@@ -180,6 +216,8 @@ pub struct ScenarioReport {
     pub overall: Vec<Transition>,
     /// Verdict changes per provider.
     pub providers: Verdicts,
+    /// Incidents the gateway had open, as seen by the samples.
+    pub incidents: Vec<IncidentSpan>,
     /// The load generator's report.
     pub load: LoadReport,
     /// Every sample.
@@ -267,6 +305,20 @@ impl ScenarioReport {
         line("overall", &self.overall);
         for (id, ts) in &self.providers {
             line(id, ts);
+        }
+        out.push_str("\nincidents Candor opened:\n");
+        if self.incidents.is_empty() {
+            out.push_str("  (none)\n");
+        }
+        for i in &self.incidents {
+            let closed = i
+                .closed_s
+                .map_or("still open".into(), |c| format!("resolved at {c:.0}s"));
+            let _ = writeln!(
+                out,
+                "  {:<36} opened at {:.0}s, {closed}",
+                i.incident, i.opened_s
+            );
         }
         out.push_str("\nwhat the gateway measured on the target, before → during each fault:\n");
         for f in &self.faults {

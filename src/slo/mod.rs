@@ -242,7 +242,7 @@ impl Slo {
                 summary: format!(
                     "only {:.1} % of requests served within the targets over the last {} (objective {:.2} %): the error budget burns at {:.1}x",
                     share * 100.0,
-                    words(w.short),
+                    self.span(w.short),
                     self.cfg.objective * 100.0,
                     self.burn_rate(now, w.short).unwrap_or(0.0)
                 ),
@@ -295,6 +295,17 @@ impl Slo {
                 .into(),
             root_cause: None,
         })
+    }
+}
+
+impl Slo {
+    /// A window in words, saying when SLO time is compressed.
+    fn span(&self, d: Duration) -> String {
+        if self.cfg.time_scale == 1.0 {
+            words(d)
+        } else {
+            format!("{} of SLO time (x{})", words(d), self.cfg.time_scale)
+        }
     }
 }
 

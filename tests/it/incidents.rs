@@ -23,6 +23,17 @@ impl Run {
             .collect()
     }
 
+    /// Checks that no other subject has an incident of `mode`.
+    fn only_on(&self, mode: &str, subject: &str) {
+        assert!(
+            self.incidents
+                .iter()
+                .all(|i| i.mode != mode || i.subject == subject),
+            "{mode} elsewhere than {subject}: {:#?}",
+            self.incidents
+        );
+    }
+
     /// The one incident of `mode` on `subject`, checked to have opened within `bound` of
     /// `fault_at` and resolved after `fault_end`.
     fn named(
@@ -214,13 +225,7 @@ async fn a_0_6x_slowdown_is_hardware_degradation_within_60_s() {
         .find(|f| f["signal"] == "decode_tokens_per_s")
         .expect("the decode rate is in the evidence");
     assert!(decode["baseline"].as_f64().unwrap() > decode["value"].as_f64().unwrap());
-    assert!(
-        r.incidents
-            .iter()
-            .all(|i| i.mode != "hardware_degradation" || i.subject == "sim-b"),
-        "{:#?}",
-        r.incidents
-    );
+    r.only_on("hardware_degradation", "sim-b");
 }
 
 #[tokio::test]
@@ -241,13 +246,7 @@ async fn kv_pressure_is_kv_thrashing_within_60_s() {
     );
     let r = run(&s).await;
     r.named("kv_cache_thrashing", "sim-a", 15, 50, 60);
-    assert!(
-        r.incidents
-            .iter()
-            .all(|i| i.mode != "kv_cache_thrashing" || i.subject == "sim-a"),
-        "{:#?}",
-        r.incidents
-    );
+    r.only_on("kv_cache_thrashing", "sim-a");
 }
 
 #[tokio::test]

@@ -118,10 +118,7 @@ fn a_timeout_the_clients_deadline_forced_is_not_the_providers_fault() {
     );
     assert!(after.is_timeout(), "still a timeout for the 504");
     assert!(!after.outcome().is_upstream_failure());
-    assert_eq!(
-        timeout.blame_deadline(None, now).blame,
-        Blame::Upstream
-    );
+    assert_eq!(timeout.blame_deadline(None, now).blame, Blame::Upstream);
     // Other failures keep their blame whatever the deadline.
     assert_eq!(
         error(true).blame_deadline(Some(now), now).blame,
