@@ -424,7 +424,9 @@ impl ProviderDetectors {
         // prefills queue behind a full cache.
         let tail_ratio = if learned { TAIL_MULT * t.r_ttft } else { 0.0 }.max(TAIL_FLOOR);
         let tail = learned && r_ttft >= tail_ratio && ttft_p50 <= FLAT_TTFT_P50 * t.ttft_p50;
-        let moving = (stalls > 0 && share > base_share) || (learned && r_ttft >= 2.0 * t.r_ttft);
+        let tails_up =
+            learned && (r_ttft >= 2.0 * t.r_ttft || ttft_p50 >= FLAT_TTFT_P50 * t.ttft_p50);
+        let moving = (stalls > 0 && share > base_share) || tails_up;
         let onset = self.stalls.update(now, moving);
         // From the gateway alone: stalls, or the tail with a few stalls, errors flat. With the
         // server saying its cache is saturated, a first-token time blown up in the tail or the
@@ -435,7 +437,8 @@ impl ProviderDetectors {
             && ((errors < FLAT_ERRORS && (stalling || (tail && stalls >= 2)))
                 || (backend_confirms && (stalling || queueing)));
         if !thrashing {
-            if p.state == State::Healthy && w.requests >= 2 * MIN_ATTEMPTS && !moving {
+            // Ordinary stalls belong in the learned share; tails already pulling away do not.
+            if p.state == State::Healthy && w.requests >= 2 * MIN_ATTEMPTS && !tails_up {
                 self.tails = learn(t, itl_p50, ttft_p50, share, r_ttft, r_itl);
             }
             return self.kv_held(now);
