@@ -58,11 +58,9 @@ const LEARN: f64 = 0.02;
 pub struct ProviderInput<'a> {
     /// Provider id.
     pub id: &'a str,
-    /// Attempts in the recent window (cleared when the state changes).
-    pub recent: &'a Slot,
-    /// The recent window's attempts since the provider was last healthy (kept while it is
-    /// ejected), for the failure detectors.
-    pub failures: &'a Slot,
+    /// The recent window's attempts since the provider was last healthy: kept when it is
+    /// degraded or ejected, so the evidence does not vanish the moment routing reacts.
+    pub since_healthy: &'a Slot,
     /// The tick's signals.
     pub signals: &'a Signals,
     /// The state before this tick's step.
@@ -194,11 +192,11 @@ impl ProviderDetectors {
         }
         facts.push(Fact::new(
             "completions_recent",
-            p.recent.completed as f64,
+            p.since_healthy.completed as f64,
             "requests",
             format!(
                 "{} completions and {} attempts ended in the recent window",
-                p.recent.completed, p.recent.requests
+                p.since_healthy.completed, p.since_healthy.requests
             ),
         ));
         if let Some(b) = p.backend {
@@ -268,17 +266,21 @@ impl ProviderDetectors {
         // router sends it little): what was found stands while the CUSUM is in alarm.
         let (Some(own), Some(decode)) = (
             p.baseline.and_then(|r| r.decode),
-            s.decode.filter(|_| s.requests >= MIN_ATTEMPTS),
+            s.decode
+                .filter(|_| p.since_healthy.requests >= MIN_ATTEMPTS),
         ) else {
             return self.last_hw.clone().filter(|_| self.decode.alarm());
         };
         let peers = p.peers.and_then(|r| r.decode);
-        // Off against every reference: the closest one decides.
-        let ratio = peers.map_or(decode / own, |q| (decode / own).max(decode / q));
+        // Against its own baseline at this load (a fleet may mix hardware, so a provider is
+        // compared with itself); its peers must not contradict — they serve comparable or
+        // heavier load, so one slower than they are is slow, one faster is not degraded.
+        let ratio = decode / own;
+        let slower_than_peers = peers.is_none_or(|q| decode < q);
         // Winsorised, so one wild tick cannot alarm alone.
         let z = ((1.0 - ratio) / DECODE_SIGMA).clamp(-Z_CAP, Z_CAP);
         let alarm = self.decode.step(now, z);
-        if !alarm || ratio >= 1.0 - (1.0 - DECODE_RATIO) / 2.0 {
+        if !alarm || !slower_than_peers || ratio >= 1.0 - (1.0 - DECODE_RATIO) / 2.0 {
             self.last_hw = None;
             return None;
         }
@@ -387,7 +389,7 @@ impl ProviderDetectors {
         clock: &Clock,
         now: Instant,
     ) -> Option<Finding> {
-        let w = p.recent;
+        let w = p.since_healthy;
         let (Some(itl_p50), Some(itl_p99), Some(ttft_p50), Some(ttft_p99)) = (
             w.itl.quantile(0.5),
             w.itl.quantile(0.99),
@@ -578,7 +580,7 @@ impl ProviderDetectors {
     /// Error bursts, rate limiting, connection failures and mid-stream resets in the recent
     /// window.
     fn ordinary(&mut self, p: &ProviderInput<'_>, clock: &Clock, now: Instant) -> Vec<Finding> {
-        let w = p.failures;
+        let w = p.since_healthy;
         let mut out = Vec::new();
         for (i, class) in ErrorClass::ALL.into_iter().enumerate() {
             let n = w.errors_of(class);

@@ -88,8 +88,7 @@ impl Fixture {
     fn step(&self, d: &mut ProviderDetectors, now: Instant) -> Vec<Finding> {
         let input = ProviderInput {
             id: "p",
-            recent: &self.recent,
-            failures: &self.recent,
+            since_healthy: &self.recent,
             signals: &self.signals,
             state: self.state,
             evidence: &[],

@@ -70,12 +70,10 @@ impl HealthTask {
             };
             let s = &signals[i];
             t.signals = *s;
-            let recent = t.recent.sum(now, RECENT);
             let since_healthy = t.since_healthy.sum(now, RECENT);
             let input = ProviderInput {
                 id: &p.config.id,
-                recent: &recent,
-                failures: &since_healthy,
+                since_healthy: &since_healthy,
                 signals: s,
                 state: t.health.state,
                 evidence: &t.health.evidence,
