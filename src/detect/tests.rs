@@ -114,7 +114,6 @@ fn modes(f: &[Finding]) -> Vec<Mode> {
 #[test]
 fn clean_traffic_finds_nothing_for_minutes() {
     let t0 = Instant::now();
-    let fx = Fixture::new(clean_slot());
     let mut d = ProviderDetectors::default();
     for i in 0..600 {
         let mut f = Fixture::new(clean_slot());

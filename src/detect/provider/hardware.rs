@@ -1,0 +1,157 @@
+//! FM 4, hardware degradation: a CUSUM of the decode rate against the provider's own
+//! baseline at the same load, its peers only to contradict; DCGM clocks and throttle bits
+//! as confirmation.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{
+    Clock, Fact, Finding, MIN_ATTEMPTS, Mode, ProviderDetectors, ProviderInput, Severity, rate,
+};
+
+/// Decode-rate CUSUM: σ of a window's decode ratio, allowance and limit. Within one load
+/// bucket the decode rate itself moves by up to 20 %, so a ratio of 0.8 adds nothing
+/// (k = 2σ); 0.6 alarms in five ticks, 0.7 in ten, 0.75 in twenty.
+const DECODE_SIGMA: f64 = 0.1;
+pub(super) const DECODE_K: f64 = 2.0;
+pub(super) const DECODE_H: f64 = 10.0;
+/// Largest standardised step one tick may add to a CUSUM.
+const Z_CAP: f64 = 4.0;
+/// No token for this long with streams open: not judged as a slowdown.
+const NO_PROGRESS: Duration = Duration::from_millis(500);
+/// A decode rate this far below its references is a degradation (reference §6.3).
+const DECODE_RATIO: f64 = 0.8;
+
+impl ProviderDetectors {
+    /// FM 4: decode rate at comparable load below the provider's own baseline and its peers
+    /// (CUSUM of the ratio; reference §6.3, §8.3); DCGM clocks and throttle bits confirm.
+    pub(super) fn hardware(
+        &mut self,
+        p: &ProviderInput<'_>,
+        clock: &Clock,
+        now: Instant,
+    ) -> Option<Finding> {
+        let s = p.signals;
+        // No tokens at all is a hang (the deadlock detector's), not a slow GPU.
+        if s.stalled_for.is_some_and(|d| d >= NO_PROGRESS) {
+            return None;
+        }
+        // Too little traffic to judge (a state change just cleared the window, or the
+        // router sends it little): what was found stands while the CUSUM is in alarm.
+        let (Some(own), Some(decode)) = (
+            p.baseline.and_then(|r| r.decode),
+            s.decode
+                .filter(|_| p.since_healthy.requests >= MIN_ATTEMPTS),
+        ) else {
+            return self.last_hw.clone().filter(|_| self.decode.alarm());
+        };
+        let peers = p.peers.and_then(|r| r.decode);
+        // Against its own baseline at this load (a fleet may mix hardware, so a provider is
+        // compared with itself); its peers must not contradict — they serve comparable or
+        // heavier load, so one slower than they are is slow, one faster is not degraded.
+        let ratio = decode / own;
+        let slower_than_peers = peers.is_none_or(|q| decode < q);
+        // Winsorised, so one wild tick cannot alarm alone.
+        let z = ((1.0 - ratio) / DECODE_SIGMA).clamp(-Z_CAP, Z_CAP);
+        let alarm = self.decode.step(now, z);
+        if !alarm || !slower_than_peers || ratio >= 1.0 - (1.0 - DECODE_RATIO) / 2.0 {
+            self.last_hw = None;
+            return None;
+        }
+        let onset = self.decode.onset().unwrap_or(now);
+        let mut facts = vec![
+            Fact::new(
+                "decode_tokens_per_s",
+                decode,
+                "tokens/s",
+                format!(
+                    "decoding at {decode:.1} tokens/s per stream, {:.0} % below its own baseline of {own:.1} at this load",
+                    (1.0 - decode / own) * 100.0
+                ),
+            )
+            .baseline(Some(own))
+            .threshold(own * DECODE_RATIO),
+        ];
+        if let Some(q) = peers {
+            facts.push(
+                Fact::new(
+                    "peer_decode_tokens_per_s",
+                    decode,
+                    "tokens/s",
+                    format!("healthy peers serving the same model decode at {q:.1} tokens/s"),
+                )
+                .baseline(Some(q))
+                .threshold(q * DECODE_RATIO),
+            );
+        }
+        facts.push(Fact::new(
+            "error_rate",
+            rate(s.failures, s.requests),
+            "ratio",
+            format!(
+                "{} of {} attempts failed: no errors to explain it",
+                s.failures, s.requests
+            ),
+        ));
+        let mut confirmed = false;
+        if let Some(b) = p.backend {
+            if !b.throttle.is_empty() {
+                confirmed = true;
+                facts.push(Fact::new(
+                    "gpu_throttle_reasons",
+                    b.reading.throttle_reasons.unwrap_or(0) as f64,
+                    "bits",
+                    format!(
+                        "the GPU reports clocks held back: {}",
+                        b.throttle.join(", ")
+                    ),
+                ));
+            }
+            if let Some(mhz) = b.reading.sm_clock_mhz {
+                facts.push(Fact::new(
+                    "gpu_sm_clock_mhz",
+                    mhz,
+                    "MHz",
+                    format!("slowest SM clock {mhz:.0} MHz"),
+                ));
+            }
+        }
+        let severity = if ratio < 0.6 || p.state.weight() < 0.6 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        };
+        self.last_hw = Some(Finding {
+            mode: Mode::HardwareDegradation,
+            subject: p.id.to_owned(),
+            provider: Some(p.id.to_owned()),
+            severity,
+            onset_unix_ms: clock.ms(onset),
+            summary: format!(
+                "{} decodes {:.0} % slower than its baseline{} with no errors{}",
+                p.id,
+                (1.0 - decode / own) * 100.0,
+                if peers.is_some() {
+                    " and its peers"
+                } else {
+                    ""
+                },
+                if confirmed {
+                    "; the GPU confirms throttling"
+                } else {
+                    ""
+                }
+            ),
+            facts,
+            action: format!(
+                "Candor routes traffic in proportion to measured speed (weight now {:.2}); \
+                 check the GPU's clocks, temperature and power capping (nvidia-smi -q -d \
+                 PERFORMANCE,TEMPERATURE), NVLink/PCIe errors, and drain the node if it persists",
+                p.state.weight()
+            ),
+            root_cause: None,
+        });
+        self.last_hw.clone()
+    }
+}
