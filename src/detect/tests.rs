@@ -125,7 +125,6 @@ fn clean_traffic_finds_nothing_for_minutes() {
             "tick {i}"
         );
     }
-    drop(fx);
 }
 
 #[test]
