@@ -163,7 +163,7 @@ impl ProviderDetectors {
                 errors,
                 "ratio",
                 format!(
-                    "{} of {} attempts failed: errors stay flat",
+                    "{} of {} attempts failed",
                     w.failed, w.requests
                 ),
             )
