@@ -20,7 +20,7 @@ pub struct DemoArgs {
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Trace time compression (the scenario's is 2).
+    /// Trace time compression (the scenario's is 1.5).
     #[arg(long)]
     speedup: Option<f64>,
 }

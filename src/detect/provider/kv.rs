@@ -162,10 +162,7 @@ impl ProviderDetectors {
                 "error_rate",
                 errors,
                 "ratio",
-                format!(
-                    "{} of {} attempts failed",
-                    w.failed, w.requests
-                ),
+                format!("{} of {} attempts failed", w.failed, w.requests),
             )
             .threshold(FLAT_ERRORS),
         ]);
