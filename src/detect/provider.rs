@@ -15,7 +15,7 @@ use kv::Tails;
 use super::cusum::{Cusum, Since};
 use super::{Clock, Fact, Finding, Mode, Severity};
 use crate::health::baseline::Reference;
-use crate::health::state::{Evidence, Signals, State};
+use crate::health::state::{Signals, State};
 use crate::health::window::{ErrorClass, Slot};
 use crate::scrape::Backend;
 
@@ -36,8 +36,6 @@ pub struct ProviderInput<'a> {
     pub signals: &'a Signals,
     /// The state before this tick's step.
     pub state: State,
-    /// The state's evidence.
-    pub evidence: &'a [Evidence],
     /// The provider's own baseline at its load.
     pub baseline: Option<Reference>,
     /// Healthy peers at comparable load.

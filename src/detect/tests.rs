@@ -91,7 +91,6 @@ impl Fixture {
             since_healthy: &self.recent,
             signals: &self.signals,
             state: self.state,
-            evidence: &[],
             baseline: self.baseline,
             peers: self.peers,
             backend: self.backend.as_ref(),

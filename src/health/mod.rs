@@ -147,6 +147,11 @@ struct Tracked {
 }
 
 impl Tracked {
+    /// The last scrape, when it succeeded and is younger than `stale`.
+    fn fresh_backend(&self, stale: Duration, now: Instant) -> Option<(&Backend, Instant)> {
+        fresh(self.backend.as_ref(), self.backend_failed, stale, now)
+    }
+
     /// Clears what a state change makes stale.
     fn state_changed(&mut self, now: Instant) {
         self.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
@@ -176,6 +181,18 @@ impl Tracked {
             findings: Vec::new(),
         }
     }
+}
+
+/// A scrape, when it succeeded and is younger than `stale` (stale metrics are unknown, never
+/// healthy).
+fn fresh(
+    backend: Option<&(Backend, Instant)>,
+    failed: bool,
+    stale: Duration,
+    now: Instant,
+) -> Option<(&Backend, Instant)> {
+    let (b, at) = backend?;
+    (!failed && now.saturating_duration_since(*at) <= stale).then_some((b, *at))
 }
 
 /// The task that owns windows, health states, the snapshot and metrics.
@@ -569,8 +586,6 @@ impl HealthTask {
 
     /// The provider's last scrape, when it succeeded and is not stale.
     fn fresh_backend<'a>(&self, t: &'a Tracked, now: Instant) -> Option<(&'a Backend, Instant)> {
-        let (b, at) = t.backend.as_ref()?;
-        (!t.backend_failed && now.saturating_duration_since(*at) <= self.scrape.stale_after)
-            .then_some((b, *at))
+        t.fresh_backend(self.scrape.stale_after, now)
     }
 }

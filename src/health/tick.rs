@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::baseline::{Baseline, Reference};
 use super::snapshot::{ProviderView, Snapshot};
 use super::state::{Evidence, MIN_SAMPLES, Signals, State, stall_limit};
-use super::{HealthTask, Tracked};
+use super::{HealthTask, Tracked, fresh};
 use crate::detect::{Clock, Finding, GatewayInput, Mode, ProviderInput};
 use crate::observation::unix_ms_now;
 
@@ -76,16 +76,9 @@ impl HealthTask {
                 since_healthy: &since_healthy,
                 signals: s,
                 state: t.health.state,
-                evidence: &t.health.evidence,
                 baseline: t.health.baseline.at(s.load),
                 peers,
-                backend: t
-                    .backend
-                    .as_ref()
-                    .filter(|(_, at)| {
-                        !t.backend_failed && now.saturating_duration_since(*at) <= stale
-                    })
-                    .map(|(b, _)| b),
+                backend: fresh(t.backend.as_ref(), t.backend_failed, stale, now).map(|(b, _)| b),
                 health_endpoint_ok: t.health_endpoint_ok,
                 in_flight: p.in_flight(),
                 stall_limit: stall_limit(s, &self.routing),
@@ -187,11 +180,7 @@ impl HealthTask {
             let since = live.last_progress_ms.max(live.busy_since_ms);
             Duration::from_millis(now_ms.saturating_sub(since))
         });
-        let fresh = t
-            .backend
-            .as_ref()
-            .filter(|(_, at)| !t.backend_failed && now.saturating_duration_since(*at) <= stale)
-            .map(|(b, _)| b);
+        let fresh = t.fresh_backend(stale, now).map(|(b, _)| b);
         Signals {
             requests: recent.requests,
             failures: recent.failed,
