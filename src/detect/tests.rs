@@ -106,6 +106,19 @@ fn clean_slot() -> Slot {
     slot(&vec![ok(0.1, GAPS, 0.02); 40])
 }
 
+/// Detectors that have watched 10 s of clean traffic from `t0`.
+fn learned_on_clean_traffic(t0: Instant) -> ProviderDetectors {
+    let mut d = ProviderDetectors::default();
+    for i in 0..20 {
+        let fx = Fixture::new(clean_slot());
+        assert!(
+            fx.step(&mut d, t0 + Duration::from_millis(500 * i))
+                .is_empty()
+        );
+    }
+    d
+}
+
 fn modes(f: &[Finding]) -> Vec<Mode> {
     f.iter().map(|f| f.mode).collect()
 }
@@ -224,14 +237,7 @@ fn a_hang_is_not_called_a_slowdown() {
 #[test]
 fn mid_stream_stalls_with_flat_medians_are_kv_thrashing() {
     let t0 = Instant::now();
-    let mut d = ProviderDetectors::default();
-    for i in 0..20 {
-        let fx = Fixture::new(clean_slot());
-        assert!(
-            fx.step(&mut d, t0 + Duration::from_millis(500 * i))
-                .is_empty()
-        );
-    }
+    let mut d = learned_on_clean_traffic(t0);
     let learned = d.clone();
     // 8 of 40 streams freeze for ~3 s mid-answer; medians and errors unchanged.
     let mut samples = vec![ok(0.1, GAPS, 0.02); 32];
@@ -272,14 +278,7 @@ fn mid_stream_stalls_with_flat_medians_are_kv_thrashing() {
 #[test]
 fn a_saturated_cache_explains_a_blown_first_token_time_and_its_timeouts() {
     let t0 = Instant::now();
-    let mut d = ProviderDetectors::default();
-    for i in 0..20 {
-        let fx = Fixture::new(clean_slot());
-        assert!(
-            fx.step(&mut d, t0 + Duration::from_millis(500 * i))
-                .is_empty()
-        );
-    }
+    let mut d = learned_on_clean_traffic(t0);
     // First tokens take 3x longer at the median and a fifth of attempts time out.
     let mut samples = vec![ok(0.3, GAPS, 0.02); 32];
     samples.extend(vec![failed(ErrorClass::Server); 8]);
