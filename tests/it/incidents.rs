@@ -237,7 +237,9 @@ async fn a_0_6x_slowdown_is_hardware_degradation_within_60_s() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kv_pressure_is_kv_thrashing_within_60_s() {
-    // The fault starts at 25 s, once the provider's ordinary tails are learned.
+    // The fault starts at 25 s, once the provider's ordinary tails are learned; 98 % of the
+    // cache is lost (at 96 % this part of the trace barely queues: P99 TTFT 0.7 s, within
+    // the targets, and the detector rightly stays unsure).
     let s = scenario(
         "kv",
         "130s",
@@ -246,7 +248,7 @@ async fn kv_pressure_is_kv_thrashing_within_60_s() {
             provider(
                 "sim-a",
                 "10ms",
-                r#"{ at = "25s", duration = "35s", kind = "kv_pressure", factor = 0.04 }"#,
+                r#"{ at = "25s", duration = "35s", kind = "kv_pressure", factor = 0.02 }"#,
             ),
             quiet("sim-b"),
             quiet("sim-c"),
