@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::cusum::{Cusum, Since};
 use super::{Clock, Fact, Finding, Mode, RootCause, Severity, hms};
+use crate::health::baseline::learning_rate;
 use crate::health::window::Slot;
 
 /// Samples of a dependency before its latency is judged.
@@ -70,7 +71,7 @@ impl DependencyWatch {
             }
         }
         self.samples = self.samples.saturating_add(1);
-        let a = (1.0 / f64::from(self.samples)).max(DEP_ALPHA);
+        let a = learning_rate(self.samples, DEP_ALPHA);
         let d = lx - self.mean;
         self.mean += a * d;
         self.var = (1.0 - a) * (self.var + a * d * d);
@@ -374,16 +375,14 @@ fn track(
     if !(x.is_finite() && x > 0.0) {
         return None;
     }
-    if base.ticks < WARMUP {
-        base.ticks += 1;
-        base.mean += (x - base.mean) / f64::from(base.ticks);
-        return None;
+    if base.ticks >= WARMUP {
+        let z = sign * (x / base.mean).ln() / GW_SIGMA;
+        if c.step(now, z) {
+            return Some((base.mean, c.onset().unwrap_or(now)));
+        }
     }
-    let z = sign * (x / base.mean).ln() / GW_SIGMA;
-    if c.step(now, z) {
-        return Some((base.mean, c.onset().unwrap_or(now)));
-    }
-    base.mean += GW_ALPHA * (x - base.mean);
+    base.ticks = base.ticks.saturating_add(1);
+    base.mean += learning_rate(base.ticks, GW_ALPHA) * (x - base.mean);
     None
 }
 

@@ -50,11 +50,6 @@ impl Cusum {
         self.s > self.h
     }
 
-    /// The current sum.
-    pub fn sum(&self) -> f64 {
-        self.s
-    }
-
     /// When the current excursion began.
     pub fn onset(&self) -> Option<Instant> {
         self.zero_at
@@ -73,11 +68,6 @@ impl Since {
         } else {
             self.0 = None;
         }
-        self.0
-    }
-
-    /// Since when, if it holds.
-    pub fn get(&self) -> Option<Instant> {
         self.0
     }
 }

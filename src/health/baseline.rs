@@ -9,6 +9,12 @@ const MIN_TICKS: u32 = 5;
 /// Slowest learning rate: a half-life of about 350 ticks (three minutes at 0.5 s).
 const MIN_ALPHA: f64 = 0.002;
 
+/// The weight of the `n`-th observation (counting from 1) in a running average that is a
+/// plain mean at first and an exponential one, of weight `floor`, once `1/n` falls below it.
+pub fn learning_rate(n: u32, floor: f64) -> f64 {
+    (1.0 / f64::from(n.max(1))).max(floor)
+}
+
 /// Reference values to compare a provider with.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Reference {
@@ -47,7 +53,7 @@ impl Baseline {
         let b = &mut self.buckets[bucket_of(load)];
         b.ticks = b.ticks.saturating_add(1);
         // A plain mean at first, then an exponential average.
-        let alpha = (1.0 / f64::from(b.ticks)).max(MIN_ALPHA);
+        let alpha = learning_rate(b.ticks, MIN_ALPHA);
         b.ttft += alpha * (ttft - b.ttft);
         b.decode += alpha * (decode - b.decode);
     }

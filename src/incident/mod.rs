@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::{Finding, Mode, Severity};
+use crate::detect::{Finding, Severity};
 
 /// How often an open incident's evidence is written to its history while it changes.
 const HISTORY_EVERY_MS: i64 = 5_000;
@@ -222,13 +222,6 @@ impl Incidents {
             .or_default() += 1;
         }
         out
-    }
-
-    /// True when an incident of `mode` is open for `provider`.
-    pub fn is_open(&self, mode: Mode, provider: &str) -> bool {
-        self.open.values().any(|o| {
-            o.incident.mode == mode.as_str() && o.incident.provider.as_deref() == Some(provider)
-        })
     }
 }
 

@@ -94,10 +94,7 @@ pub async fn run(
                 health.dependency(index, started, ok.then_some(took), timeout_s);
             }
             DependencySource::Metric { url, name } => {
-                let body = match client.get(url).timeout(cfg.timeout).send().await {
-                    Ok(r) if r.status().is_success() => r.text().await.ok(),
-                    _ => None,
-                };
+                let body = super::fetch(&client, url, cfg.timeout).await;
                 let now = Instant::now();
                 let Some(cur) = body.as_deref().and_then(|b| read(b, name)) else {
                     prev = None;

@@ -244,7 +244,7 @@ impl Slo {
                     share * 100.0,
                     self.span(w.short),
                     self.cfg.objective * 100.0,
-                    self.burn_rate(now, w.short).unwrap_or(0.0)
+                    (1.0 - share) / budget
                 ),
                 facts,
                 action: "look at the open incidents for the cause; candor triage walks the runbook"

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::health::baseline::learning_rate;
 use crate::health::state::State;
 
 use super::{
@@ -244,11 +245,7 @@ impl ProviderDetectors {
 }
 
 fn learn(t: Tails, itl_p50: f64, ttft_p50: f64, share: f64, r_ttft: f64, r_itl: f64) -> Tails {
-    let a = if t.ticks < 10 {
-        1.0 / f64::from(t.ticks + 1)
-    } else {
-        LEARN
-    };
+    let a = learning_rate(t.ticks.saturating_add(1), LEARN);
     Tails {
         itl_p50: t.itl_p50 + a * (itl_p50 - t.itl_p50),
         ttft_p50: t.ttft_p50 + a * (ttft_p50 - t.ttft_p50),
