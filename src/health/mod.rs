@@ -328,7 +328,7 @@ impl HealthTask {
                 let _ = reply.send(self.report(now));
             }
             Msg::Metrics(reply) => {
-                let _ = reply.send(self.metrics.render(&self.gauges()));
+                let _ = reply.send(self.metrics.render(&self.gauges(now)));
             }
         }
     }
@@ -443,7 +443,7 @@ impl HealthTask {
         })
     }
 
-    fn gauges(&self) -> Gauges {
+    fn gauges(&self, now: Instant) -> Gauges {
         Gauges {
             in_flight: self
                 .upstreams
@@ -472,7 +472,7 @@ impl HealthTask {
                 .iter()
                 .map(|d| (d.name.clone(), d.last.map(|l| l.0)))
                 .collect(),
-            burn_rates: self.slo.burn_rates(Instant::now()),
+            burn_rates: self.slo.burn_rates(now),
         }
     }
 

@@ -110,20 +110,16 @@ impl HealthTask {
         self.publish(now);
     }
 
-    /// Every finding of this tick.
-    pub(super) fn findings(&self) -> impl Iterator<Item = &Finding> {
-        self.providers
+    /// Opens, updates and resolves incidents from this tick's findings; sends the events to
+    /// the request log and the alert sinks.
+    fn update_incidents(&mut self, now_ms: i64) {
+        let findings = self
+            .providers
             .iter()
             .flat_map(|t| &t.findings)
             .chain(&self.gateway_finding)
-            .chain(&self.slo_findings)
-    }
-
-    /// Opens, updates and resolves incidents; sends the events to the request log and the
-    /// alert sinks.
-    fn update_incidents(&mut self, now_ms: i64) {
-        let findings: Vec<Finding> = self.findings().cloned().collect();
-        for e in self.incidents.step(now_ms, &findings, self.resolve_after) {
+            .chain(&self.slo_findings);
+        for e in self.incidents.step(now_ms, findings, self.resolve_after) {
             if e.kind != crate::incident::EventKind::Updated {
                 tracing::info!(
                     incident = %e.incident.id,

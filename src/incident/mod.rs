@@ -116,10 +116,10 @@ fn evidence(f: &Finding) -> serde_json::Value {
 
 impl Incidents {
     /// Takes one tick's findings at `now_ms`; returns what opened, changed or resolved.
-    pub fn step(
+    pub fn step<'a>(
         &mut self,
         now_ms: i64,
-        findings: &[Finding],
+        findings: impl IntoIterator<Item = &'a Finding>,
         resolve_after: Duration,
     ) -> Vec<Event> {
         let mut events = Vec::new();

@@ -40,7 +40,8 @@ pub struct CallError {
 }
 
 impl CallError {
-    fn upstream(kind: &'static str, message: impl Into<String>) -> CallError {
+    /// A failure the upstream caused, retryable.
+    pub(super) fn upstream(kind: &'static str, message: impl Into<String>) -> CallError {
         CallError {
             kind,
             status: None,

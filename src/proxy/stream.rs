@@ -11,11 +11,11 @@ use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::attempt::{OpenStream, transport_error};
+use super::attempt::{CallError, OpenStream, transport_error};
 use super::meter::{DataKind, Meter};
 use super::sse::{SseSplitter, event_data, null_usage_span};
 use super::track::{CLIENT_CLOSED, RequestTrack};
-use crate::observation::{Blame, Outcome};
+use crate::observation::Outcome;
 use crate::upstream::{Decoding, Provider};
 
 /// A metered SSE stream on its way to the client.
@@ -142,7 +142,7 @@ impl MeteredStream {
         let now = Instant::now();
         let mut failure = failure;
         let mut upstream_reported = false;
-        let deadline_passed = self.track.client_deadline().is_some_and(|d| d <= now);
+        let deadline = self.track.client_deadline();
         if let (Some(meter), Some(obs)) = (self.meter.take(), self.track.current_mut()) {
             // An error event from the upstream is the failure's best description.
             if let Some(message) = meter.stream_error() {
@@ -151,18 +151,11 @@ impl MeteredStream {
             }
             meter.finish(now, obs);
             obs.outcome = match &failure {
-                Some((kind, message)) => Outcome::Error {
-                    kind,
-                    status: None,
-                    // A stream cut because the client's deadline ran out is not the
-                    // provider's failure.
-                    blame: if deadline_passed && *kind == "timeout_total" {
-                        Blame::Client
-                    } else {
-                        Blame::Upstream
-                    },
-                    message: message.clone(),
-                },
+                // A stream cut because the client's deadline ran out is not the provider's
+                // failure: the same rule as for attempts.
+                Some((kind, message)) => CallError::upstream(kind, message.clone())
+                    .blame_deadline(deadline, now)
+                    .outcome(),
                 None => Outcome::Ok,
             };
         }

@@ -14,7 +14,6 @@ mod cli;
 mod errors;
 mod failover;
 mod health;
-mod incidents;
 mod routing;
 mod rules;
 mod scenario;
