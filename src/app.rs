@@ -131,6 +131,12 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         log,
         snapshot,
     ));
+    if config.canaries.enabled {
+        tracker.spawn(crate::canary::run(
+            Arc::clone(&gateway),
+            stop_workers.clone(),
+        ));
+    }
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| AppError::Bind {

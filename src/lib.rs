@@ -20,6 +20,7 @@
 
 pub mod alert;
 pub mod app;
+pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod detect;
@@ -29,6 +30,7 @@ pub mod load;
 pub mod metrics;
 pub mod observation;
 pub mod proxy;
+pub mod quality;
 pub mod request_log;
 pub mod route;
 pub mod scenario;

@@ -86,6 +86,16 @@ pub enum Source {
     Synthetic,
 }
 
+impl Source {
+    /// `client` or `synthetic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Synthetic => "synthetic",
+        }
+    }
+}
+
 /// The API operation, named as in the OpenTelemetry GenAI conventions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -165,6 +175,8 @@ pub struct Observation {
     pub system_fingerprint: Option<String>,
     /// Node that served it, from the provider's node header.
     pub node: Option<String>,
+    /// Output descriptors (chat and text completions).
+    pub quality: Option<crate::quality::descriptors::Descriptors>,
     /// Sent as a probe to a recovering provider.
     pub probe: bool,
     /// Sent as a hedge (a duplicate of a slow attempt).
@@ -207,6 +219,7 @@ impl Observation {
             served_model: None,
             system_fingerprint: None,
             node: None,
+            quality: None,
             probe: false,
             hedge: false,
             outcome: Outcome::Ok,

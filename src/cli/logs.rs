@@ -43,6 +43,9 @@ pub struct LogsArgs {
     /// Only requests from the last … (e.g. 30m, 2h).
     #[arg(long, value_parser = humantime::parse_duration)]
     since: Option<Duration>,
+    /// Only `client` requests, or only `synthetic` ones (Candor's canaries).
+    #[arg(long)]
+    source: Option<String>,
     /// At most this many rows.
     #[arg(long, default_value_t = 50)]
     limit: u32,
@@ -59,6 +62,7 @@ pub(super) async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
         slower_than: args.slower_than,
         since: args.since,
         request_id: None,
+        source: args.source.clone(),
         limit: Some(args.limit),
     };
     let rows = if let Some(url) = &args.url {
@@ -108,6 +112,9 @@ async fn fetch(
     }
     if let Some(d) = f.since {
         query.push(("since", humantime::format_duration(d).to_string()));
+    }
+    if let Some(s) = &f.source {
+        query.push(("source", s.clone()));
     }
     super::admin_get(url, "/api/requests", token, &query).await
 }

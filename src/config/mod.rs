@@ -4,6 +4,7 @@
 //! named by environment variable in the file and held as [`Secret`], which never prints.
 
 mod alerting;
+mod canaries;
 mod raw;
 mod routing;
 
@@ -17,6 +18,7 @@ pub use alerting::{
     AlertsConfig, DependencyConfig, DependencySource, PAGERDUTY_URL, SinkConfig, SinkKind,
     SloConfig,
 };
+pub use canaries::{Builtin, CanaryConfig, CustomProbe, Expect};
 use raw::{RawConfig, RawProvider};
 pub use routing::{Hedge, HedgeDelay, Policy, RoutingConfig, ScrapeConfig};
 
@@ -100,6 +102,8 @@ pub struct Config {
     pub slo: SloConfig,
     /// Incident lifecycle and alert sinks.
     pub alerts: AlertsConfig,
+    /// Synthetic probes.
+    pub canaries: CanaryConfig,
 }
 
 /// Listener, authentication and limits.
@@ -421,6 +425,7 @@ impl Config {
         let dependencies = alerting::validate_dependencies(raw.dependency, &mut problems);
         let slo = raw.slo.validate(&mut problems);
         let alerts = raw.alerts.validate(&mut secret, &mut problems);
+        let canaries = raw.canaries.validate(&mut problems);
 
         if raw.providers.is_empty() {
             problems.push("providers: at least one [[providers]] entry is required".into());
@@ -463,6 +468,7 @@ impl Config {
             dependencies,
             slo,
             alerts,
+            canaries,
         })
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct RawConfig {
     pub(crate) slo: super::alerting::RawSlo,
     #[serde(default)]
     pub(crate) alerts: super::alerting::RawAlerts,
+    #[serde(default)]
+    pub(crate) canaries: super::canaries::RawCanaries,
 }
 
 #[derive(Debug, Deserialize, Default)]

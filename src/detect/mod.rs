@@ -7,12 +7,14 @@
 mod cascade;
 pub mod cusum;
 mod provider;
+mod quality;
 
 use serde::Serialize;
 use tokio::time::Instant;
 
 pub use cascade::{DependencyWatch, GatewayDetectors, GatewayInput};
 pub use provider::{ProviderDetectors, ProviderInput};
+pub use quality::{PeerPool, QualityDetector};
 
 /// The failure modes Candor names (DESIGN §2), the ordinary failures, and the business-metric
 /// alerts.

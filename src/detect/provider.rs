@@ -48,6 +48,8 @@ pub struct ProviderInput<'a> {
     pub in_flight: i64,
     /// The stall watchdog: no token for this long with requests in flight is a hang.
     pub stall_limit: Duration,
+    /// The latest canary that got no first token (sent at, reason), if recent.
+    pub canary_stuck: Option<(Instant, &'a str)>,
 }
 
 /// The detectors' state for one provider.
@@ -118,10 +120,15 @@ impl ProviderDetectors {
         let s = p.signals;
         let stalled = s.stalled_for.filter(|d| *d >= p.stall_limit);
         let stuck_since = self.stuck.update(now, s.backend_stuck);
-        let onset = match (stalled, stuck_since) {
-            (Some(d), _) => now.checked_sub(d).unwrap_or(now),
-            (None, Some(t)) => t,
-            (None, None) => return None,
+        // A canary with no first token while nothing completes is a hang too.
+        let canary = p
+            .canary_stuck
+            .filter(|_| p.since_healthy.completed == 0 && s.requests == 0);
+        let onset = match (stalled, stuck_since, canary) {
+            (Some(d), _, _) => now.checked_sub(d).unwrap_or(now),
+            (None, Some(t), _) => t,
+            (None, None, Some((at, _))) => at,
+            (None, None, None) => return None,
         };
         let mut facts = Vec::new();
         let mut summary;
@@ -145,8 +152,18 @@ impl ProviderDetectors {
                 p.in_flight,
                 d.as_secs_f64()
             );
-        } else {
+        } else if stuck_since.is_some() {
             summary = format!("{} reports queued work but generates no tokens", p.id);
+        } else {
+            summary = format!("{}'s canary got no first token and nothing completes", p.id);
+        }
+        if let Some((_, reason)) = p.canary_stuck {
+            facts.push(Fact::new(
+                "canary_no_first_token",
+                1.0,
+                "canary",
+                format!("the synthetic canary got {reason}"),
+            ));
         }
         facts.push(Fact::new(
             "completions_recent",

@@ -97,6 +97,7 @@ impl Fixture {
             health_endpoint_ok: self.health_ok,
             in_flight: 6,
             stall_limit: Duration::from_secs(2),
+            canary_stuck: None,
         };
         d.step(&input, &clock(now), now)
     }

@@ -9,6 +9,7 @@ pub mod state;
 mod tick;
 pub mod window;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -19,10 +20,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HealthConfig, RoutingConfig, ScrapeConfig, Targets};
-use crate::detect::{DependencyWatch, Finding, GatewayDetectors, ProviderDetectors};
+use crate::detect::{
+    DependencyWatch, Finding, GatewayDetectors, ProviderDetectors, QualityDetector,
+};
 use crate::incident::{self, Incidents};
 use crate::metrics::{Gauges, Metrics};
 use crate::observation::{Observation, Outcome, RequestSummary, Source, unix_ms_now};
+use crate::quality::CanaryResult;
 use crate::request_log::LogSender;
 use crate::scrape::Backend;
 use crate::slo::Slo;
@@ -51,6 +55,7 @@ enum Msg {
     HealthEndpoint(usize, bool),
     Dependency(usize, Instant, Option<f64>, f64),
     RetryAfter(usize, Duration),
+    Canary(Box<CanaryResult>),
     Report(oneshot::Sender<HealthReport>),
     Metrics(oneshot::Sender<String>),
 }
@@ -94,6 +99,11 @@ impl HealthHandle {
     /// Provider `index` asked for no traffic for `wait` (`retry-after`).
     pub fn retry_after(&self, index: usize, wait: Duration) {
         self.try_send(Msg::RetryAfter(index, wait));
+    }
+
+    /// Hands over a canary result; never waits.
+    pub fn canary(&self, result: CanaryResult) {
+        self.try_send(Msg::Canary(Box::new(result)));
     }
 
     /// Hands over what the client experienced; never waits.
@@ -144,6 +154,9 @@ struct Tracked {
     detectors: ProviderDetectors,
     /// What the detectors found at the last tick.
     findings: Vec<Finding>,
+    quality: QualityDetector,
+    /// The latest result of each canary probe, by probe and model.
+    canaries: BTreeMap<(String, String), CanaryResult>,
 }
 
 impl Tracked {
@@ -179,6 +192,8 @@ impl Tracked {
             health_endpoint_ok: None,
             detectors: ProviderDetectors::default(),
             findings: Vec::new(),
+            quality: QualityDetector::default(),
+            canaries: BTreeMap::new(),
         }
     }
 }
@@ -218,6 +233,9 @@ pub struct HealthTask {
     slo_findings: Vec<Finding>,
     incidents: Incidents,
     resolve_after: Duration,
+    /// The span of real traffic the quality detector judges.
+    quality_window: Duration,
+    canary_interval: Duration,
     log: LogSender,
     alerts: Option<mpsc::Sender<incident::Event>>,
 }
@@ -269,6 +287,8 @@ impl HealthTask {
                 slo_findings: Vec::new(),
                 incidents: Incidents::default(),
                 resolve_after: config.alerts.resolve_after,
+                quality_window: config.canaries.traffic_window,
+                canary_interval: config.canaries.interval,
                 log,
                 alerts,
             },
@@ -324,6 +344,12 @@ impl HealthTask {
                     self.publish(now);
                 }
             }
+            Msg::Canary(r) => {
+                if let Some(t) = self.providers.get_mut(r.provider) {
+                    t.quality.on_canary(&r);
+                    t.canaries.insert((r.probe.clone(), r.model.clone()), *r);
+                }
+            }
             Msg::Report(reply) => {
                 let _ = reply.send(self.report(now));
             }
@@ -367,6 +393,12 @@ impl HealthTask {
         let Some(t) = self.providers.get_mut(obs.provider) else {
             return;
         };
+        if ok
+            && obs.source == Source::Client
+            && let Some(d) = &obs.quality
+        {
+            t.quality.on_response(now, d);
+        }
         t.windows.record(now, &sample);
         t.recent.record(now, &sample);
         t.since_healthy.record(now, &sample);
@@ -496,6 +528,7 @@ impl HealthTask {
                 ),
                 health_endpoint_ok: t.health_endpoint_ok,
                 findings: t.findings.clone(),
+                canaries: t.canaries.values().cloned().collect(),
                 decode_now: t.signals.decode,
                 baseline_decode_tokens_per_s: t
                     .health

@@ -311,6 +311,8 @@ pub struct ProviderReport {
     pub baseline_decode_tokens_per_s: Option<f64>,
     /// Its learned healthy median TTFT at the current load, ms.
     pub baseline_ttft_ms: Option<f64>,
+    /// The latest result of each canary probe (per model).
+    pub canaries: Vec<crate::quality::CanaryResult>,
     /// Statistics over its attempts, and its verdict.
     #[serde(flatten)]
     pub scope: ScopeReport,

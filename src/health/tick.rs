@@ -11,7 +11,7 @@ use super::baseline::{Baseline, Reference};
 use super::snapshot::{ProviderView, Snapshot};
 use super::state::{Evidence, MIN_SAMPLES, Signals, State, stall_limit};
 use super::{HealthTask, Tracked, fresh};
-use crate::detect::{Clock, Finding, GatewayInput, Mode, ProviderInput};
+use crate::detect::{Clock, Finding, GatewayInput, Mode, PeerPool, ProviderInput};
 use crate::observation::unix_ms_now;
 
 /// Span of the recent window.
@@ -25,6 +25,7 @@ fn flag(f: &Finding) -> Option<(Evidence, f64)> {
     let first = f.facts.first()?;
     let weight = match f.mode {
         Mode::KvCacheThrashing => KV_THRASH_WEIGHT,
+        Mode::SilentQualityDegradation => QUALITY_WEIGHT,
         // Traffic in proportion to measured speed.
         Mode::HardwareDegradation => first
             .baseline
@@ -44,6 +45,10 @@ fn flag(f: &Finding) -> Option<(Evidence, f64)> {
     ))
 }
 
+/// Highest weight of a provider whose outputs are degraded: as little traffic as routing
+/// allows (it still answers when nothing better is left).
+const QUALITY_WEIGHT: f64 = 0.05;
+
 /// Span of the gateway-level window the cascade detector judges (short: its onsets matter).
 const GATEWAY_RECENT: Duration = Duration::from_secs(10);
 /// Weight of the newest live decode-rate measurement.
@@ -61,6 +66,7 @@ impl HealthTask {
         let signals: Vec<Signals> = (0..self.providers.len())
             .map(|i| self.measure(i, now))
             .collect();
+        let pools = self.quality_pools();
         for i in 0..self.providers.len() {
             let peers = self.peer_reference(i, &signals);
             let can_eject = self.can_eject(i);
@@ -82,8 +88,22 @@ impl HealthTask {
                 health_endpoint_ok: t.health_endpoint_ok,
                 in_flight: p.in_flight(),
                 stall_limit: stall_limit(s, &self.routing),
+                canary_stuck: t
+                    .canaries
+                    .values()
+                    .filter(|c| c.signal == Some("no_first_token"))
+                    .filter(|c| now.saturating_duration_since(c.at) <= 2 * self.canary_interval)
+                    .map(|c| (c.at, c.reason.as_str()))
+                    .max_by_key(|c| c.0),
             };
             t.findings = t.detectors.step(&input, &clock, now);
+            t.findings.extend(t.quality.step(
+                &p.config.id,
+                pools.get(i).and_then(Option::as_ref),
+                self.quality_window,
+                &clock,
+                now,
+            ));
             let flagged = t.findings.iter().find_map(flag);
             if t.health.on_tick(
                 now,
@@ -137,6 +157,25 @@ impl HealthTask {
             }
             self.log.send_incident(e);
         }
+    }
+
+    /// For each provider whose drift evaluation is due, its peers' current windows.
+    fn quality_pools(&self) -> Vec<Option<PeerPool>> {
+        (0..self.providers.len())
+            .map(|i| {
+                let t = self.providers.get(i)?;
+                if !t.quality.drift_due() {
+                    return None;
+                }
+                let mut pool = PeerPool::default();
+                for j in self.upstreams.peers(i) {
+                    if let Some(peer) = self.providers.get(j) {
+                        peer.quality.pool_into(&mut pool);
+                    }
+                }
+                Some(pool)
+            })
+            .collect()
     }
 
     /// Provider `i`'s signals now; also advances its live decode-rate average.

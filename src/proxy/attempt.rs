@@ -14,6 +14,7 @@ use super::meter::{DataKind, Meter, truncate};
 use super::sse::{SseSplitter, event_data};
 use crate::config::Timeouts;
 use crate::observation::{Blame, Observation, Outcome};
+use crate::quality::descriptors::Ask;
 use crate::upstream::{Provider, with_connect_timing};
 
 /// Largest upstream body read into memory (non-streamed responses and error bodies).
@@ -97,6 +98,8 @@ pub struct AttemptRequest<'a> {
     pub forward: HeaderMap,
     /// Timeouts for this attempt.
     pub timeouts: Timeouts,
+    /// What output descriptors need (none for embeddings).
+    pub ask: Option<Ask>,
 }
 
 /// A stream whose first token has arrived: ready to commit to the client.
@@ -200,7 +203,7 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !req.stream || !is_sse {
         let body = read_body(response, total_deadline).await?;
-        let mut meter = Meter::new(started);
+        let mut meter = Meter::new(started).asking(req.ask);
         meter.on_body(&body);
         meter.finish(Instant::now(), obs);
         return Ok(Answer::Complete {
@@ -212,7 +215,7 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
 
     let mut rest = response.bytes_stream().boxed();
     let mut splitter = SseSplitter::default();
-    let mut meter = Meter::new(started);
+    let mut meter = Meter::new(started).asking(req.ask);
     let mut first_events = Vec::new();
     loop {
         let Ok(next) = timeout_at(ttft_deadline, rest.next()).await else {

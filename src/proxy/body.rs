@@ -4,6 +4,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::quality::descriptors::{Ask, estimate_tokens};
 
 /// The fields of a request body that Candor looks at.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -18,10 +21,16 @@ pub struct RequestHead {
     pub has_stream_options: bool,
     /// `max_tokens` or `max_completion_tokens`.
     pub max_tokens: Option<u64>,
+    /// `response_format` asks for JSON (`json_object` or `json_schema`).
+    pub wants_json: bool,
+    /// Characters of prompt text (message contents, or `prompt`) and the message count.
+    pub prompt_chars: u64,
+    /// Messages in the prompt.
+    pub messages: u64,
 }
 
 #[derive(Deserialize)]
-struct Head {
+struct Head<'a> {
     #[serde(default)]
     model: Option<Value>,
     #[serde(default)]
@@ -32,6 +41,54 @@ struct Head {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    #[serde(default, borrow)]
+    messages: Option<Vec<MessageHead<'a>>>,
+    #[serde(default, borrow)]
+    prompt: Option<&'a RawValue>,
+    #[serde(default)]
+    response_format: Option<FormatHead>,
+}
+
+#[derive(Deserialize)]
+struct MessageHead<'a> {
+    #[serde(default, borrow)]
+    content: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PartHead<'a> {
+    #[serde(default, borrow)]
+    text: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct FormatHead {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+/// Characters of text in a JSON string, an array of strings, or an array of content parts
+/// (only their `text`: images and audio are not prompt text).
+fn text_chars(raw: &RawValue) -> u64 {
+    let s = raw.get().trim_start();
+    if s.starts_with('"') {
+        // The JSON string's characters less its quotes (escapes count as written).
+        return (s.chars().count() as u64).saturating_sub(2);
+    }
+    if s.starts_with('[')
+        && let Ok(parts) = serde_json::from_str::<Vec<&RawValue>>(s)
+    {
+        return parts
+            .iter()
+            .map(|p| match serde_json::from_str::<PartHead<'_>>(p.get()) {
+                Ok(PartHead { text: Some(t) }) => text_chars(t),
+                Ok(_) => 0,
+                Err(_) if p.get().starts_with('"') => text_chars(p),
+                Err(_) => 0,
+            })
+            .sum();
+    }
+    0
 }
 
 #[derive(Deserialize)]
@@ -54,7 +111,7 @@ pub enum BodyError {
 impl RequestHead {
     /// Parses the head of a request body.
     pub fn parse(body: &[u8]) -> Result<RequestHead, BodyError> {
-        let head: Head = serde_json::from_slice(body).map_err(|e| {
+        let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
             BodyError::Malformed(format!(
                 "We could not parse the JSON body of your request ({e}). The body must be a JSON object."
             ))
@@ -63,7 +120,21 @@ impl RequestHead {
             Some(Value::String(m)) if !m.trim().is_empty() => m,
             _ => return Err(BodyError::MissingModel),
         };
+        let (prompt_chars, messages) = match (&head.messages, head.prompt) {
+            (Some(ms), _) => (
+                ms.iter().filter_map(|m| m.content).map(text_chars).sum(),
+                ms.len() as u64,
+            ),
+            (None, Some(p)) => (text_chars(p), 0),
+            (None, None) => (0, 0),
+        };
         Ok(RequestHead {
+            wants_json: head
+                .response_format
+                .and_then(|f| f.kind)
+                .is_some_and(|k| k == "json_object" || k == "json_schema"),
+            prompt_chars,
+            messages,
             model,
             stream: head.stream.unwrap_or(false),
             client_wants_usage: head
@@ -74,6 +145,16 @@ impl RequestHead {
             has_stream_options: head.stream_options.is_some(),
             max_tokens: head.max_completion_tokens.or(head.max_tokens),
         })
+    }
+
+    /// What output descriptors need to know about this request.
+    pub fn ask(&self) -> Ask {
+        Ask {
+            wants_json: self.wants_json,
+            max_tokens: self.max_tokens,
+            prompt_tokens_estimate: (self.prompt_chars > 0)
+                .then(|| estimate_tokens(self.prompt_chars, self.messages)),
+        }
     }
 
     /// True when Candor must ask the upstream for usage the client did not ask for.
@@ -142,6 +223,22 @@ mod tests {
         assert_eq!(h.max_tokens, Some(7));
         let h = parse(r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#);
         assert!(!h.needs_usage_injection());
+    }
+
+    #[test]
+    fn counts_prompt_text_and_sees_json_requests() {
+        let h = parse(
+            r#"{"model":"m","response_format":{"type":"json_object"},"messages":[
+                {"role":"system","content":"abcd"},
+                {"role":"user","content":[{"type":"text","text":"efghijkl"},{"type":"image_url","image_url":{"url":"data:AAAA"}}]}]}"#,
+        );
+        assert!(h.wants_json);
+        assert_eq!((h.prompt_chars, h.messages), (12, 2));
+        assert_eq!(h.ask().prompt_tokens_estimate, Some(3 + 6));
+        let h = parse(r#"{"model":"m","prompt":["abcd","efgh"]}"#);
+        assert_eq!((h.prompt_chars, h.messages, h.wants_json), (8, 0, false));
+        let h = parse(r#"{"model":"m","response_format":{"type":"text"}}"#);
+        assert!(!h.wants_json && h.ask().prompt_tokens_estimate.is_none());
     }
 
     #[test]

@@ -62,3 +62,17 @@ pub(super) fn plan(
         random: rand::random(),
     })
 }
+
+/// The plan for a request pinned to provider `i` (a canary): that provider alone, if it
+/// serves the model.
+pub(super) fn pinned(gw: &Arc<Gateway>, head: &RequestHead, i: usize) -> Plan {
+    let serves = gw.upstreams.serving(&head.model).contains(&i);
+    let id = gw.upstreams.get(i).map_or("?", |p| p.config.id.as_str());
+    Plan {
+        order: if serves { vec![i] } else { Vec::new() },
+        candidates: Vec::new(),
+        reason: format!("canary pinned to {id}"),
+        probe: None,
+        deadline_unmet: None,
+    }
+}

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use crate::observation::Observation;
+use crate::quality::descriptors::{Ask, MAX_TEXT, describe};
 
 /// What one SSE data payload turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,10 @@ pub struct Meter {
     fingerprint: Option<String>,
     done: bool,
     error: Option<String>,
+    /// What the request asked, when output descriptors are wanted.
+    ask: Option<Ask>,
+    /// The output text (up to `MAX_TEXT`), for descriptors; never stored.
+    text: String,
 }
 
 /// Token counts from an OpenAI `usage` object.
@@ -141,6 +146,29 @@ struct BodyView<'a> {
 struct BodyChoice {
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    message: Option<BodyMessage>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BodyMessage {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+/// Appends `s` to `text` while it is shorter than `MAX_TEXT`.
+fn keep(text: &mut String, s: &str) {
+    let room = MAX_TEXT.saturating_sub(text.len());
+    if room == 0 || s.is_empty() {
+        return;
+    }
+    let mut end = s.len().min(room);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.push_str(&s[..end]);
 }
 
 impl Meter {
@@ -159,7 +187,15 @@ impl Meter {
             fingerprint: None,
             done: false,
             error: None,
+            ask: None,
+            text: String::new(),
         }
+    }
+
+    /// Computes output descriptors for a request that asked `ask` (none for embeddings).
+    pub fn asking(mut self, ask: Option<Ask>) -> Meter {
+        self.ask = ask;
+        self
     }
 
     /// Records one SSE `data:` payload received at `now`.
@@ -187,6 +223,12 @@ impl Meter {
         let mut out_len = 0;
         for c in &chunk.choices {
             out_len += c.output_len();
+            if self.ask.is_some() {
+                if let Some(content) = c.delta.as_ref().and_then(|d| d.content.as_deref()) {
+                    keep(&mut self.text, content);
+                }
+                keep(&mut self.text, c.text.as_deref().unwrap_or_default());
+            }
             if self.finish_reason.is_none()
                 && let Some(f) = &c.finish_reason
             {
@@ -220,7 +262,13 @@ impl Meter {
             self.usage = b.usage;
             self.model = b.model.map(Cow::into_owned);
             self.fingerprint = b.system_fingerprint.map(Cow::into_owned);
-            self.finish_reason = b.choices.into_iter().find_map(|c| c.finish_reason);
+            if let Some(c) = b.choices.into_iter().next() {
+                if self.ask.is_some() {
+                    let text = c.message.and_then(|m| m.content).or(c.text);
+                    keep(&mut self.text, text.as_deref().unwrap_or_default());
+                }
+                self.finish_reason = c.finish_reason;
+            }
         }
     }
 
@@ -263,6 +311,15 @@ impl Meter {
         let reported = self.usage.and_then(|u| u.completion_tokens);
         obs.completion_tokens = reported.or((token_chunks > 0).then_some(token_chunks));
         obs.tokens_counted = reported.is_none() && token_chunks > 0;
+        if let Some(ask) = &self.ask {
+            obs.quality = Some(describe(
+                &self.text,
+                ask,
+                obs.finish_reason.as_deref(),
+                obs.completion_tokens,
+                obs.prompt_tokens,
+            ));
+        }
         if self.chunks.is_empty() {
             return;
         }

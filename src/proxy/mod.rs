@@ -112,6 +112,8 @@ pub struct ClientRequest {
     pub source: Source,
     /// The client's deadline (`x-candor-timeout-ms`), when it sent one.
     pub deadline: Option<Instant>,
+    /// Send to this provider only (canaries probe each provider, whatever its health).
+    pub pin: Option<usize>,
 }
 
 /// A committed answer.
@@ -225,7 +227,10 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
         b.deposit();
     }
     let snapshot = gw.snapshot.load_full();
-    let plan = choose::plan(gw, &snapshot, &head, req.deadline, Instant::now());
+    let plan = match req.pin {
+        Some(i) => choose::pinned(gw, &head, i),
+        None => choose::plan(gw, &snapshot, &head, req.deadline, Instant::now()),
+    };
     record.route_reason = Some(plan.reason.clone());
     record.route_candidates.clone_from(&plan.candidates);
     if let Some(b) = plan

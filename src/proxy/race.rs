@@ -17,7 +17,7 @@ use super::track::{RequestTrack, Slot};
 use super::{AttemptFailure, ClientRequest, Error, Gateway, MeteredStream, Reply};
 use crate::config::{HedgeDelay, Policy};
 use crate::health::snapshot::Snapshot;
-use crate::observation::{Blame, Observation, Outcome};
+use crate::observation::{Blame, Observation, Operation, Outcome};
 use crate::route::Plan;
 use crate::upstream::Provider;
 
@@ -250,6 +250,7 @@ async fn attempt_on(
         stream: ctx.head.stream,
         forward,
         timeouts,
+        ask: (ctx.req.operation != Operation::Embeddings).then(|| ctx.head.ask()),
     };
     let result = if gw.config.routing.policy == Policy::Candor {
         // Candor's policy: if the health model ejects this provider while the attempt still

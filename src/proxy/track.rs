@@ -73,7 +73,13 @@ impl RequestTrack {
     }
 
     /// Starts tracking a request that arrived at `started`.
-    pub fn new(gw: Arc<Gateway>, started: Instant, source: Source, record: RequestRecord) -> Self {
+    pub fn new(
+        gw: Arc<Gateway>,
+        started: Instant,
+        source: Source,
+        mut record: RequestRecord,
+    ) -> Self {
+        record.source = source.as_str().to_owned();
         RequestTrack {
             gw,
             started,
@@ -213,6 +219,7 @@ impl RequestTrack {
         r.completion_tokens = a.completion_tokens;
         r.tokens_counted = a.tokens_counted;
         r.finish_reason.clone_from(&a.finish_reason);
+        r.quality.clone_from(&a.quality);
         // What the client waited for its first token: failed attempts before this one included.
         self.answer = Some(Answer {
             ttft: a

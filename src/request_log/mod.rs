@@ -166,6 +166,10 @@ pub struct RequestRecord {
     pub route_candidates: Vec<crate::route::Candidate>,
     /// Whether the request met every target.
     pub within_targets: bool,
+    /// `client`, or `synthetic` for Candor's canaries (never counted in SLA figures).
+    pub source: String,
+    /// Output descriptors of the answer (no body is stored).
+    pub quality: Option<crate::quality::descriptors::Descriptors>,
     /// Every attempt in order.
     pub attempts: Vec<AttemptRecord>,
 }

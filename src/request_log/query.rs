@@ -69,6 +69,8 @@ pub struct LogFilter {
     pub since: Option<Duration>,
     /// One request by id.
     pub request_id: Option<String>,
+    /// `client` or `synthetic` (canaries).
+    pub source: Option<String>,
     /// At most this many rows (default 100, at most 10,000).
     pub limit: Option<u32>,
 }
@@ -85,6 +87,10 @@ impl LogFilter {
         if let Some(m) = &self.model {
             args.push(Value::Text(m.clone()));
             clauses.push(format!("requested_model = ?{}", args.len()));
+        }
+        if let Some(src) = &self.source {
+            args.push(Value::Text(src.clone()));
+            clauses.push(format!("COALESCE(source, 'client') = ?{}", args.len()));
         }
         if let Some(id) = &self.request_id {
             args.push(Value::Text(id.clone()));

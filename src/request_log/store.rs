@@ -58,7 +58,9 @@ CREATE TABLE IF NOT EXISTS requests (
     route_reason TEXT,
     within_targets INTEGER NOT NULL,
     attempts TEXT NOT NULL,
-    route_candidates TEXT
+    route_candidates TEXT,
+    source TEXT,
+    quality TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_ms);
 CREATE INDEX IF NOT EXISTS requests_provider_ts ON requests (provider, ts_ms);
@@ -69,7 +71,14 @@ const COLUMNS: &str = "request_id, trace_id, ts_ms, operation, client_key_id, re
     provider, served_model, system_fingerprint, node, quantization, stream, status, error_type, \
     error_message, in_flight, queue_depth, kv_usage, ttft_ms, e2e_ms, decode_tps, max_gap_ms, \
     prompt_tokens, completion_tokens, tokens_counted, cost_usd, finish_reason, max_tokens, \
-    deadline_ms, route_reason, within_targets, attempts, route_candidates";
+    deadline_ms, route_reason, within_targets, attempts, route_candidates, source, quality";
+
+/// Columns added after the first release, added to older files on open.
+const ADDED: [(&str, &str); 3] = [
+    ("route_candidates", "TEXT"),
+    ("source", "TEXT"),
+    ("quality", "TEXT"),
+];
 
 impl Store {
     /// Opens (creating if needed) the database for writing, in WAL mode.
@@ -80,14 +89,16 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(super::incidents::SCHEMA)?;
-        // Files written before routing provenance existed lack its column.
-        let has_candidates: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = 'route_candidates'",
-            [],
-            |row| row.get(0),
-        )?;
-        if !has_candidates {
-            conn.execute_batch("ALTER TABLE requests ADD COLUMN route_candidates TEXT")?;
+        // Files written by earlier versions lack the columns added since.
+        for (column, kind) in ADDED {
+            let has: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('requests') WHERE name = ?1",
+                [column],
+                |row| row.get(0),
+            )?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {column} {kind}"))?;
+            }
         }
         Ok(Store { conn })
     }
@@ -106,7 +117,7 @@ impl Store {
     pub fn insert(&mut self, batch: &[RequestRecord]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let placeholders = (1..=33)
+            let placeholders = (1..=35)
                 .map(|i| format!("?{i}"))
                 .collect::<Vec<_>>()
                 .join(",");
@@ -118,6 +129,12 @@ impl Store {
                     .map_err(|e| StoreError::Corrupt(r.request_id.clone(), e))?;
                 let candidates = (!r.route_candidates.is_empty())
                     .then(|| serde_json::to_string(&r.route_candidates))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(r.request_id.clone(), e))?;
+                let quality = r
+                    .quality
+                    .as_ref()
+                    .map(serde_json::to_string)
                     .transpose()
                     .map_err(|e| StoreError::Corrupt(r.request_id.clone(), e))?;
                 stmt.execute(params![
@@ -154,6 +171,8 @@ impl Store {
                     r.within_targets,
                     attempts,
                     candidates,
+                    r.source,
+                    quality,
                 ])?;
             }
         }
@@ -210,14 +229,25 @@ impl Store {
                     within_targets: row.get(30)?,
                     attempts: Vec::new(),
                     route_candidates: Vec::new(),
+                    source: row
+                        .get::<_, Option<String>>(33)?
+                        .unwrap_or_else(|| "client".into()),
+                    quality: None,
                 },
                 row.get::<_, String>(31)?,
                 row.get::<_, Option<String>>(32)?,
+                row.get::<_, Option<String>>(34)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (mut record, attempts, candidates) = row?;
+            let (mut record, attempts, candidates, quality) = row?;
+            if let Some(q) = quality {
+                record.quality = Some(
+                    serde_json::from_str(&q)
+                        .map_err(|e| StoreError::Corrupt(record.request_id.clone(), e))?,
+                );
+            }
             record.attempts = serde_json::from_str::<Vec<AttemptRecord>>(&attempts)
                 .map_err(|e| StoreError::Corrupt(record.request_id.clone(), e))?;
             if let Some(c) = candidates {

@@ -127,6 +127,7 @@ async fn answer(
             arrived,
             source: Source::Client,
             deadline,
+            pin: None,
         },
     )
     .await?;

@@ -151,10 +151,29 @@ pub fn walk(report: &HealthReport, incidents: &[Incident], provider: Option<&str
 }
 
 fn synthetic(providers: &[&ProviderReport], incidents: &[&Incident]) -> Step {
-    let mut evidence = vec![
-        "canaries: none configured in this build; the stall watchdog stands in for \"no first token\"".to_owned(),
-    ];
+    let mut evidence = Vec::new();
     for p in providers {
+        let failing: Vec<String> = p
+            .canaries
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| format!("{} ({})", c.probe, c.reason))
+            .collect();
+        if p.canaries.is_empty() {
+            evidence.push(format!("{}: no canary has run yet", p.id));
+        } else if failing.is_empty() {
+            evidence.push(format!(
+                "{}: all {} canary probes pass",
+                p.id,
+                p.canaries.len()
+            ));
+        } else {
+            evidence.push(format!(
+                "{}: canaries failing — {}",
+                p.id,
+                failing.join("; ")
+            ));
+        }
         let stalled = p
             .evidence
             .iter()
@@ -172,15 +191,26 @@ fn synthetic(providers: &[&ProviderReport], incidents: &[&Incident]) -> Step {
         }
     }
     let hung = has(incidents, &[Mode::BatchQueueDeadlock], None);
-    let conclusion = if hung.is_empty() {
-        "every provider produces tokens".into()
+    let wrong = has(incidents, &[Mode::SilentQualityDegradation], None);
+    let mut conclusions = Vec::new();
+    if !hung.is_empty() {
+        conclusions.push(format!("no first token: {} (FM 3)", hung.join(", ")));
+    }
+    if !wrong.is_empty() {
+        conclusions.push(format!(
+            "wrong or malformed answers: {} (FM 1)",
+            wrong.join(", ")
+        ));
+    }
+    let conclusion = if conclusions.is_empty() {
+        "every provider produces tokens and its canaries' answers check out".into()
     } else {
-        format!("no first token: {} (FM 3)", hung.join(", "))
+        conclusions.join("; ")
     };
     Step {
         number: 1,
         name: "synthetic test".into(),
-        question: "Do providers answer with tokens?".into(),
+        question: "Do providers answer, and are the answers right?".into(),
         evidence,
         conclusion,
     }

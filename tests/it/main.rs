@@ -10,6 +10,7 @@
 )]
 
 mod alerts;
+mod canary;
 mod cli;
 mod errors;
 mod failover;
