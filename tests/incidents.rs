@@ -157,6 +157,11 @@ base_ejection = "5s"
 max_ejection = "10s"
 [gateway.alerts]
 resolve_after = "10s"
+# Canaries every 2 s (the temperature probe every time), real traffic judged over 20 s.
+[gateway.canaries]
+interval = "2s"
+temperature_every = 1
+traffic_window = "20s"
 [load]
 trace = "azure-conv"
 speedup = 2.0
@@ -295,6 +300,65 @@ faults = [{ at = "15s", duration = "30s", kind = "dependency_slow", factor = 100
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_quality_fault_is_named_by_its_signal_within_three_canary_intervals() {
+    // Five providers each get one quality fault at 20 s for 20 s; a sixth stays clean.
+    let faults = [
+        (
+            "q-temp",
+            r#"kind = "temperature_drift""#,
+            "output_diversity",
+        ),
+        (
+            "q-trunc",
+            r#"kind = "prompt_truncation", keep_tokens = 64"#,
+            "truncated_prompt",
+        ),
+        ("q-json", r#"kind = "broken_json""#, "invalid_json"),
+        (
+            "q-script",
+            r#"kind = "foreign_script""#,
+            "unexpected_script",
+        ),
+        ("q-rep", r#"kind = "repetition""#, "repetition"),
+    ];
+    let mut providers = vec![quiet("q-clean")];
+    for (id, fault, _) in faults {
+        providers.push(provider(
+            id,
+            "10ms",
+            &format!(r#"{{ at = "20s", duration = "20s", {fault} }}"#),
+        ));
+    }
+    let s = scenario("quality", "80s", "", &providers);
+    let r = run(&s).await;
+    for (id, _, signal) in faults {
+        // Three canary intervals of 2 s.
+        let i = r.named("silent_quality_degradation", id, 20, 40, 6);
+        let facts = i.evidence["facts"].as_array().unwrap();
+        assert!(
+            facts.iter().any(|f| f["signal"] == signal),
+            "{id}: expected {signal} in {:#}",
+            i.evidence
+        );
+        assert!(i.summary.contains("degraded output"), "{}", i.summary);
+    }
+    assert!(
+        r.incidents
+            .iter()
+            .all(|i| i.provider.as_deref() != Some("q-clean")),
+        "q-clean is clean: {:#?}",
+        r.incidents
+    );
+    assert!(
+        r.incidents
+            .iter()
+            .all(|i| i.mode == "silent_quality_degradation"),
+        "quality faults are not other failures: {:#?}",
+        r.incidents
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clean_traffic_opens_no_incident() {
     let s = scenario(
         "clean",
@@ -322,6 +386,8 @@ decode_tokens_per_s = 20.0
 e2e = "20s"
 [gateway.health]
 min_requests = 10
+[gateway.canaries]
+interval = "5s"
 [load]
 trace = "azure-conv"
 speedup = 8.0

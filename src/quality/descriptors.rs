@@ -3,8 +3,8 @@
 //! seq-rep-4, compression ratio, unexpected-script share, and prompt tokens reported against
 //! the gateway's own estimate.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
-use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,11 @@ const MIN_COMPRESS_BYTES: usize = 100;
 const MAX_WORDS: usize = 2_000;
 /// Characters at the start of an answer where refusals are looked for.
 const REFUSAL_WINDOW: usize = 200;
+
+thread_local! {
+    static ZLIB: RefCell<flate2::Compress> =
+        RefCell::new(flate2::Compress::new(flate2::Compression::default(), true));
+}
 
 /// Refusal openings (GCG-style evaluators' prefix list, reference §3.3 item 5).
 const REFUSAL_PREFIXES: &[&str] = &[
@@ -206,13 +211,18 @@ pub fn compression_ratio(text: &str) -> Option<f64> {
     if bytes.len() < MIN_COMPRESS_BYTES {
         return None;
     }
-    let mut z = flate2::write::ZlibEncoder::new(
-        Vec::with_capacity(bytes.len() / 2),
-        flate2::Compression::default(),
-    );
-    z.write_all(bytes).ok()?;
-    let out = z.finish().ok()?;
-    Some(bytes.len() as f64 / out.len().max(1) as f64)
+    // One compressor per thread, reset between answers: allocating zlib's state costs more
+    // than compressing a typical answer.
+    let compressed = ZLIB.with(|z| {
+        let mut z = z.borrow_mut();
+        z.reset();
+        let mut out = Vec::with_capacity(bytes.len() + 64);
+        match z.compress_vec(bytes, &mut out, flate2::FlushCompress::Finish) {
+            Ok(flate2::Status::StreamEnd) => Some(out.len()),
+            _ => None,
+        }
+    })?;
+    Some(bytes.len() as f64 / compressed.max(1) as f64)
 }
 
 /// Share of letters outside the Latin script (digits, punctuation, symbols and emoji are

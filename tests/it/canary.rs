@@ -109,7 +109,12 @@ async fn canaries_check_content_and_never_count_as_user_traffic() {
     assert_eq!(i["provider"], "sim");
     let facts = i["evidence"]["facts"].as_array().unwrap();
     assert!(facts.iter().any(|f| f["signal"] == "invalid_json"), "{i:#}");
-    let health: Value = gw.get("/health").await.json().await.unwrap();
+    // The router treats it as degraded: as little traffic as it can.
+    let health = until(&gw, "/health", |v| v["providers"][0]["state"] == "degraded").await;
+    assert!(
+        health["providers"][0]["weight"].as_f64().unwrap() <= 0.05,
+        "{health:#}"
+    );
     assert!(
         health["providers"][0]["canaries"]
             .as_array()
