@@ -155,6 +155,8 @@ pub struct Gauges {
     pub dependencies: Vec<(String, Option<f64>)>,
     /// (window, burn rate of the SLI over it).
     pub burn_rates: Vec<(String, f64)>,
+    /// (provider, model, probe, passed at its latest run).
+    pub canaries: Vec<(String, String, String, bool)>,
 }
 
 /// The metric registry. One writer (the health task).
@@ -440,6 +442,22 @@ impl Metrics {
                     escape(d)
                 );
             }
+        }
+        family(
+            &mut out,
+            "candor_canary_passing",
+            "gauge",
+            "1 when the canary probe passed at its latest run, 0 when it failed.",
+        );
+        for (provider, model, probe, pass) in &gauges.canaries {
+            let _ = writeln!(
+                out,
+                "candor_canary_passing{{provider=\"{}\",model=\"{}\",probe=\"{}\"}} {}",
+                escape(provider),
+                escape(model),
+                escape(probe),
+                u8::from(*pass)
+            );
         }
         family(
             &mut out,

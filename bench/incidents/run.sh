@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs each failure mode's scenario (and the clean one) against the release build and prints,
 # per scenario, the fault injected, the incident Candor opened, how long after the fault's
-# start it was named (sampled once a second), and when it resolved. Takes about 9 minutes.
+# start it was named (sampled once a second), and when it resolved. Takes about 13 minutes.
 # Usage: bash bench/incidents/run.sh [scenario.toml ...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,7 +10,7 @@ bin=target/release/candor
 files=("$@")
 if ((${#files[@]} == 0)); then
     files=(scenarios/deadlock.toml scenarios/slowdown.toml scenarios/kv_thrashing.toml
-           scenarios/cascading_timeouts.toml scenarios/clean.toml)
+           scenarios/cascading_timeouts.toml scenarios/quality.toml scenarios/clean.toml)
 fi
 out=$(mktemp -d)
 for f in "${files[@]}"; do
@@ -25,10 +25,11 @@ for path in sys.argv[1:]:
     r = json.load(open(path))
     faults = r["faults"]
     fault = "; ".join(f'{f["kind"]} on {f["target"]}, {f["start_s"]:.0f}–{f["end_s"]:.0f} s' for f in faults) or "none"
-    start = min((f["start_s"] for f in faults), default=None)
     named, resolved = [], []
     for i in r["incidents"]:
-        after = f' ({i["opened_s"] - start:.0f} s)' if start is not None else ""
+        # Measured from the latest fault that had started when the incident opened.
+        started = [f["start_s"] for f in faults if f["start_s"] <= i["opened_s"]]
+        after = f' ({i["opened_s"] - max(started):.0f} s)' if started else ""
         named.append(f'{i["incident"]} at {i["opened_s"]:.0f} s{after}')
         resolved.append(f'{i["closed_s"]:.0f} s' if i["closed_s"] is not None else "open at end")
     print(f'| {r["name"]} | {fault} | {"<br>".join(named) or "none"} | {"<br>".join(resolved) or "–"} |')

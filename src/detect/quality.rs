@@ -39,9 +39,8 @@ const DRIFT_RUNS: u32 = 2;
 /// every `DRIFT_EVERY` responses (8 times per 200) on 2 distributions, so the false-alarm
 /// budget is split Bonferroni-style (reference §8.3, threshold selection).
 const DRIFT_P: f64 = stats::KS_P / 16.0;
-/// A response is degenerate above these (Welleck's seq-rep-4; Whisper's compression ratio).
+/// A response is degenerate above this share of repeated 4-grams (Welleck et al.).
 const REPETITIVE: f64 = 0.5;
-const COMPRESSION: f64 = 2.4;
 /// Letters outside the Latin script that make a response "foreign".
 const FOREIGN: f64 = 0.01;
 /// A prompt counted below this share of the provider's usual count-to-estimate ratio was
@@ -89,10 +88,28 @@ const RATES: [RateDef; 7] = [
     },
     RateDef {
         signal: "repetition_share",
-        words: "repetitive answers (seq-rep-4 ≥ 0.5 or compression ratio > 2.4)",
+        words: "repetitive answers (seq-rep-4 ≥ 0.5)",
         material: 0.05,
     },
 ];
+
+/// Canary failure signals, most specific first.
+const SPECIFIC_FIRST: [&str; 7] = [
+    "truncated_prompt",
+    "repetition",
+    "unexpected_script",
+    "output_diversity",
+    "invalid_json",
+    "schema_mismatch",
+    "wrong_answer",
+];
+
+fn specificity(signal: &str) -> usize {
+    SPECIFIC_FIRST
+        .iter()
+        .position(|s| *s == signal)
+        .unwrap_or(SPECIFIC_FIRST.len())
+}
 
 /// What one response contributes: which rates apply and which flags are set.
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +168,9 @@ pub struct QualityDetector {
 /// The current windows of a provider's peers serving the same model.
 #[derive(Debug, Clone, Default)]
 pub struct PeerPool {
-    /// Output lengths and compression ratios.
+    /// Per descriptor rate: (flagged, judged) responses.
+    pub rates: [(f64, f64); 7],
+    /// Output lengths and compression ratios (filled only when a drift evaluation is due).
     pub values: [Vec<f64>; 2],
 }
 
@@ -220,10 +239,9 @@ impl QualityDetector {
             (d.output_chars > 0).then_some(d.refusal),
             truncated,
             (d.output_chars > 0).then_some(d.foreign_script > FOREIGN),
-            (d.seq_rep_4.is_some() || d.compression_ratio.is_some()).then(|| {
-                d.seq_rep_4.is_some_and(|r| r >= REPETITIVE)
-                    || d.compression_ratio.is_some_and(|r| r > COMPRESSION)
-            }),
+            // The compression ratio grows with length on any text (Whisper's 2.4 is for
+            // transcript segments): it is watched as a distribution, not a per-answer flag.
+            d.seq_rep_4.map(|r| r >= REPETITIVE),
         ];
         let mut s = Sample {
             at: now,
@@ -276,11 +294,20 @@ impl QualityDetector {
         }
     }
 
-    /// The current window's values, for the peers of this provider.
-    pub fn pool_into(&self, pool: &mut PeerPool) {
+    /// Adds the current window to a peer's pool: the rates' counts, and the values when
+    /// `values`.
+    pub fn pool_into(&self, pool: &mut PeerPool, values: bool) {
         for s in &self.current {
-            pool.values[0].extend(s.tokens);
-            pool.values[1].extend(s.ratio);
+            for (i, (k, n)) in pool.rates.iter_mut().enumerate() {
+                if s.applies & (1 << i) != 0 {
+                    *n += 1.0;
+                    *k += f64::from((s.flags >> i) & 1);
+                }
+            }
+            if values {
+                pool.values[0].extend(s.tokens);
+                pool.values[1].extend(s.ratio);
+            }
         }
     }
 
@@ -314,7 +341,11 @@ impl QualityDetector {
             if let Some(t) = self.excursion {
                 earliest(t);
             }
-            for (probe, f) in &self.failing {
+            // The most specific signal first: it names what changed ("the prompt was cut")
+            // where a wrong answer only says that something did.
+            let mut failing: Vec<(&String, &Failing)> = self.failing.iter().collect();
+            failing.sort_by_key(|(_, f)| specificity(f.signal));
+            for (probe, f) in failing {
                 facts.push(
                     Fact::new(
                         f.signal,
@@ -328,7 +359,7 @@ impl QualityDetector {
         }
         let canary_facts = facts.len();
         for (i, def) in RATES.iter().enumerate() {
-            if let Some((fact, since)) = self.rate(i, def, clock, now) {
+            if let Some((fact, since)) = self.rate(i, def, peers, clock, now) {
                 earliest(since);
                 facts.push(fact);
             }
@@ -369,11 +400,14 @@ impl QualityDetector {
         })
     }
 
-    /// Rate `i` of the current window against its baseline: a fact while in alarm.
+    /// Rate `i` of the current window against its baseline: a fact while in alarm. When the
+    /// model's other providers answer the same traffic with the same rate now, it is the
+    /// traffic that changed, not this provider.
     fn rate(
         &mut self,
         i: usize,
         def: &RateDef,
+        peers: Option<&PeerPool>,
         clock: &Clock,
         now: Instant,
     ) -> Option<(Fact, Instant)> {
@@ -394,8 +428,15 @@ impl QualityDetector {
             return None;
         }
         let (p, base) = (k / n, r.base_k / r.base_n);
-        let z = stats::z_above(k, n, r.base_k, r.base_n);
         let excess = p - base;
+        // z against the baseline, and against the peers now when they have traffic.
+        let mut z = stats::z_above(k, n, r.base_k, r.base_n);
+        let peer = peers
+            .map(|pool| pool.rates[i])
+            .filter(|(_, pn)| *pn >= MIN_CURRENT as f64);
+        if let Some((pk, pn)) = peer {
+            z = z.min(stats::z_above(k, n, pk, pn));
+        }
         r.alarm = match r.alarm {
             None if z >= Z_ALARM && excess >= def.material => first_hit.or(Some(now)),
             Some(_) if z < Z_CLEAR || excess < def.material / 2.0 => None,
@@ -409,6 +450,9 @@ impl QualityDetector {
             p * 100.0,
             clock.hms(since)
         );
+        if let Some((pk, pn)) = peer {
+            detail.push_str(&format!("; peers {:.0} %", pk / pn * 100.0));
+        }
         if i == 4 && !short.is_empty() {
             let mean = short.iter().sum::<f64>() / short.len() as f64;
             let usual = self.calibration.map_or(1.0, |c| c.0);

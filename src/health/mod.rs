@@ -505,6 +505,19 @@ impl HealthTask {
                 .map(|d| (d.name.clone(), d.last.map(|l| l.0)))
                 .collect(),
             burn_rates: self.slo.burn_rates(now),
+            canaries: self
+                .providers
+                .iter()
+                .flat_map(|t| t.canaries.values())
+                .map(|c| {
+                    (
+                        c.provider_id.clone(),
+                        c.model.clone(),
+                        c.probe.clone(),
+                        c.pass,
+                    )
+                })
+                .collect(),
         }
     }
 

@@ -159,18 +159,20 @@ impl HealthTask {
         }
     }
 
-    /// For each provider whose drift evaluation is due, its peers' current windows.
+    /// For each provider, its peers' current windows (their values only when its drift
+    /// evaluation is due).
     fn quality_pools(&self) -> Vec<Option<PeerPool>> {
         (0..self.providers.len())
             .map(|i| {
                 let t = self.providers.get(i)?;
-                if !t.quality.drift_due() {
+                let peers = self.upstreams.peers(i);
+                if peers.is_empty() {
                     return None;
                 }
                 let mut pool = PeerPool::default();
-                for j in self.upstreams.peers(i) {
+                for j in peers {
                     if let Some(peer) = self.providers.get(j) {
-                        peer.quality.pool_into(&mut pool);
+                        peer.quality.pool_into(&mut pool, t.quality.drift_due());
                     }
                 }
                 Some(pool)

@@ -356,10 +356,19 @@ fn needle_verdict(probe: &Probe, o: &Output, needle: &str, memory: &mut Memory) 
         }
     }
     if !normalise(&o.text).contains(needle) {
+        // Counted whole, the prompt reached the model: the answer itself is wrong. Without
+        // a count, a lost needle is the best evidence of truncation there is.
+        let (signal, counted) = match o.prompt_tokens {
+            Some(r) => (
+                "wrong_answer",
+                format!(", though the prompt was counted whole ({r} tokens)"),
+            ),
+            None => ("truncated_prompt", " and no usage was reported".to_owned()),
+        };
         return Verdict::fail(
-            "truncated_prompt",
+            signal,
             format!(
-                "the word at the start of a {estimate}-token prompt did not come back (answered {:?})",
+                "the word at the start of a {estimate}-token prompt did not come back (answered {:?}){counted}",
                 excerpt(&o.text)
             ),
         );

@@ -3,30 +3,15 @@
 //! provider's canaries open a silent-quality incident that resolves once it recovers, and
 //! real responses carry output descriptors in the request log.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use candor::app;
-use candor::sim::Profile;
-use candor::sim::engine::EngineConfig;
 use serde_json::{Value, json};
 
 use crate::support::*;
 
 async fn sim() -> (app::Background, String) {
-    let profile = Profile {
-        model: "m".into(),
-        engine: EngineConfig {
-            decode_step: Duration::from_millis(2),
-            ..EngineConfig::default()
-        },
-        ..Profile::default()
-    };
-    let (bg, _) = app::start_sim(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let url = format!("http://{}", bg.addr);
-    (bg, url)
+    start_sim("m", Duration::from_millis(2)).await
 }
 
 async fn gateway(sim_url: &str) -> TestGateway {
@@ -75,6 +60,12 @@ async fn canaries_check_content_and_never_count_as_user_traffic() {
         !metrics
             .lines()
             .any(|l| l.starts_with("candor_sli_requests_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "candor_canary_passing{provider=\"sim\",model=\"m\",probe=\"json_schema\"} 1"
+        ),
         "{metrics}"
     );
     // …but they are in the request log, tagged, with their descriptors.

@@ -1,29 +1,14 @@
 //! The simulator over real HTTP: OpenAI shapes, canary answers, vLLM metrics, and faults
 //! that behave as the failure modes do.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use candor::app;
-use candor::sim::Profile;
-use candor::sim::engine::EngineConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 async fn sim() -> (app::Background, String) {
-    let profile = Profile {
-        model: "sim".into(),
-        engine: EngineConfig {
-            decode_step: Duration::from_millis(5),
-            ..EngineConfig::default()
-        },
-        ..Profile::default()
-    };
-    let (bg, _) = app::start_sim(profile, SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let url = format!("http://{}", bg.addr);
-    (bg, url)
+    crate::support::start_sim("sim", Duration::from_millis(5)).await
 }
 
 #[tokio::test]

@@ -368,3 +368,21 @@ pub(crate) async fn run_scenario(
     started.stop().await.unwrap();
     (report, health)
 }
+
+/// A simulated provider of `model` on loopback, decoding a token every `step`; its URL
+/// without the API prefix.
+pub(crate) async fn start_sim(model: &str, step: Duration) -> (app::Background, String) {
+    let profile = candor::sim::Profile {
+        model: model.into(),
+        engine: candor::sim::engine::EngineConfig {
+            decode_step: step,
+            ..candor::sim::engine::EngineConfig::default()
+        },
+        ..candor::sim::Profile::default()
+    };
+    let (bg, _) = app::start_sim(profile, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .unwrap();
+    let url = format!("http://{}", bg.addr);
+    (bg, url)
+}

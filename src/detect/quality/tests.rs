@@ -205,7 +205,7 @@ fn output_length_drift_is_named_unless_the_peers_moved_too() {
             let d = healthy(&mut rng);
             peer.on_response(now, &if peers_moved { tripled(d) } else { d });
             let mut pool = PeerPool::default();
-            peer.pool_into(&mut pool);
+            peer.pool_into(&mut pool, true);
             if let Some(f) = q.step("p", Some(&pool), WINDOW, &clock(now), now) {
                 found = Some(f);
                 break;
@@ -221,5 +221,32 @@ fn output_length_drift_is_named_unless_the_peers_moved_too() {
             assert_eq!(f.facts[0].signal, "output_tokens_drift", "{f:?}");
             assert!(f.facts[0].detail.contains("peers"), "{}", f.facts[0].detail);
         }
+    }
+}
+
+#[test]
+fn a_rate_the_peers_share_is_the_traffic_not_the_provider() {
+    let (mut q, mut peer) = (QualityDetector::default(), QualityDetector::default());
+    let mut rng = SplitMix::new(5);
+    let t0 = Instant::now();
+    let mut now = t0;
+    for i in 0..400u64 {
+        now = t0 + Duration::from_millis(100 * i);
+        q.on_response(now, &healthy(&mut rng));
+        peer.on_response(now, &healthy(&mut rng));
+        q.step("p", None, WINDOW, &clock(now), now);
+    }
+    // Clients start sending a small max_tokens: every provider's answers are cut alike.
+    for _ in 0..200u64 {
+        now += Duration::from_millis(100);
+        for d in [&mut q, &mut peer] {
+            let mut x = healthy(&mut rng);
+            x.finish = Some(Finish::MaxTokens);
+            d.on_response(now, &x);
+        }
+        let mut pool = PeerPool::default();
+        peer.pool_into(&mut pool, false);
+        let f = q.step("p", Some(&pool), WINDOW, &clock(now), now);
+        assert!(f.is_none(), "{f:?}");
     }
 }

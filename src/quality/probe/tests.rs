@@ -80,6 +80,11 @@ fn truncation_probe_checks_the_needle_and_the_count() {
     let v = judge(&p, &[lost], &mut Memory::default());
     assert_eq!(v.signal, Some("truncated_prompt"));
     assert!(v.reason.contains("64 tokens"), "{}", v.reason);
+    // Counted whole but the needle is gone: the answer is wrong, nothing was cut.
+    let mut noise = out("zebra quantum");
+    noise.prompt_tokens = Some(est);
+    let v = judge(&p, &[noise], &mut Memory::default());
+    assert_eq!(v.signal, Some("wrong_answer"), "{v:?}");
 }
 
 #[test]
