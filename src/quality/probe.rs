@@ -267,11 +267,11 @@ pub fn judge(probe: &Probe, outputs: &[Output], memory: &mut Memory) -> Verdict 
         Check::Exact(want) => {
             let got = normalise(text);
             if got == normalise(want) {
-                Verdict::pass(format!("answered {want:?}"))
+                Verdict::pass(format!("answered “{want}”"))
             } else {
                 Verdict::fail(
                     "wrong_answer",
-                    format!("answered {:?}, expected {want:?}", excerpt(text)),
+                    format!("answered “{}”, expected “{want}”", excerpt(text)),
                 )
             }
         }
@@ -281,7 +281,7 @@ pub fn judge(probe: &Probe, outputs: &[Output], memory: &mut Memory) -> Verdict 
             } else {
                 Verdict::fail(
                     "wrong_answer",
-                    format!("answer {:?} does not match /{re}/", excerpt(text)),
+                    format!("answer “{}” does not match /{re}/", excerpt(text)),
                 )
             }
         }
@@ -290,7 +290,7 @@ pub fn judge(probe: &Probe, outputs: &[Output], memory: &mut Memory) -> Verdict 
             match serde_json::from_str::<Value>(inner) {
                 Err(e) => Verdict::fail(
                     "invalid_json",
-                    format!("answer is not JSON ({e}): {:?}", excerpt(text)),
+                    format!("answer is not JSON ({e}): “{}”", excerpt(text)),
                 ),
                 Ok(v) => match schema::mismatch(s, &v) {
                     Some(m) => Verdict::fail(
@@ -315,7 +315,7 @@ fn degenerate(o: &Output) -> Option<Verdict> {
         return Some(Verdict::fail(
             "repetition",
             format!(
-                "the answer repeats itself (seq-rep-4 {:.2}{}, finish_reason {}): {:?}",
+                "the answer repeats itself (seq-rep-4 {:.2}{}, finish_reason {}): “{}”",
                 rep.unwrap_or(0.0),
                 ratio.map_or(String::new(), |r| format!(", compression ratio {r:.1}")),
                 o.finish_reason.as_deref().unwrap_or("none"),
@@ -328,7 +328,7 @@ fn degenerate(o: &Output) -> Option<Verdict> {
         Verdict::fail(
             "unexpected_script",
             format!(
-                "{:.0} % of the answer's letters are not Latin script in reply to an English prompt: {:?}",
+                "{:.0} % of the answer's letters are not Latin script in reply to an English prompt: “{}”",
                 foreign * 100.0,
                 excerpt(&o.text)
             ),
@@ -368,7 +368,7 @@ fn needle_verdict(probe: &Probe, o: &Output, needle: &str, memory: &mut Memory) 
         return Verdict::fail(
             signal,
             format!(
-                "the word at the start of a {estimate}-token prompt did not come back (answered {:?}){counted}",
+                "the word at the start of a {estimate}-token prompt did not come back (answered “{}”){counted}",
                 excerpt(&o.text)
             ),
         );
