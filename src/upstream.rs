@@ -29,6 +29,10 @@ pub struct Provider {
     in_flight: AtomicI64,
     streams: AtomicI64,
     decoding: AtomicI64,
+    /// Sum of the decoding streams' start times (ms), and the stream-milliseconds of the
+    /// streams that ended: together the exact stream-time spent decoding.
+    decoding_started_sum: AtomicU64,
+    decoding_ended_ms: AtomicU64,
     tokens: AtomicU64,
     last_progress_ms: AtomicU64,
     busy_since_ms: AtomicU64,
@@ -45,8 +49,12 @@ pub struct Live {
     pub streams: i64,
     /// Streams past their first token.
     pub decoding: i64,
-    /// Token-bearing chunks forwarded since start.
+    /// Token-bearing chunks forwarded after each stream's first token, since start.
     pub tokens: u64,
+    /// Stream-milliseconds spent decoding since start (each stream from its first token to
+    /// its end): tokens over it is the per-stream decode rate, exact even for streams shorter
+    /// than the health tick.
+    pub decoding_ms: u64,
     /// Last token or complete answer, ms since the epoch (0: never).
     pub last_progress_ms: u64,
     /// When open streams last rose from zero, ms since the epoch.
@@ -74,10 +82,13 @@ impl Provider {
         InFlight(Arc::clone(self), streamed)
     }
 
-    /// Counts a stream as decoding until the guard drops.
+    /// Counts a stream as decoding from now until the guard drops.
     pub fn decoding(self: &Arc<Self>) -> Decoding {
+        let start = self.ms(Instant::now());
+        self.decoding_started_sum
+            .fetch_add(start, Ordering::Relaxed);
         self.decoding.fetch_add(1, Ordering::Relaxed);
-        Decoding(Arc::clone(self))
+        Decoding(Arc::clone(self), start)
     }
 
     /// Notes progress at `now`: `tokens` more tokens forwarded (0 for a complete answer).
@@ -114,10 +125,14 @@ impl Provider {
 
     /// The live counters now.
     pub fn live(&self) -> Live {
+        let decoding = self.decoding.load(Ordering::Relaxed);
+        let open_ms = (u64::try_from(decoding).unwrap_or(0) * self.ms(Instant::now()))
+            .saturating_sub(self.decoding_started_sum.load(Ordering::Relaxed));
         Live {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             streams: self.streams.load(Ordering::Relaxed),
-            decoding: self.decoding.load(Ordering::Relaxed),
+            decoding,
+            decoding_ms: self.decoding_ended_ms.load(Ordering::Relaxed) + open_ms,
             tokens: self.tokens.load(Ordering::Relaxed),
             last_progress_ms: self.last_progress_ms.load(Ordering::Relaxed),
             busy_since_ms: self.busy_since_ms.load(Ordering::Relaxed),
@@ -125,13 +140,17 @@ impl Provider {
     }
 }
 
-/// Holds one decoding count on a provider; releases it on drop.
+/// Holds one decoding count on a provider (with its start, ms); releases it on drop.
 #[derive(Debug)]
-pub struct Decoding(Arc<Provider>);
+pub struct Decoding(Arc<Provider>, u64);
 
 impl Drop for Decoding {
     fn drop(&mut self) {
-        self.0.decoding.fetch_sub(1, Ordering::Relaxed);
+        let p = &self.0;
+        let elapsed = p.ms(Instant::now()).saturating_sub(self.1);
+        p.decoding_ended_ms.fetch_add(elapsed, Ordering::Relaxed);
+        p.decoding_started_sum.fetch_sub(self.1, Ordering::Relaxed);
+        p.decoding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -176,6 +195,8 @@ impl Upstreams {
                     in_flight: AtomicI64::new(0),
                     streams: AtomicI64::new(0),
                     decoding: AtomicI64::new(0),
+                    decoding_started_sum: AtomicU64::new(0),
+                    decoding_ended_ms: AtomicU64::new(0),
                     tokens: AtomicU64::new(0),
                     last_progress_ms: AtomicU64::new(0),
                     busy_since_ms: AtomicU64::new(0),

@@ -163,7 +163,13 @@ pub struct QualityDetector {
     calibration: Option<(f64, u32)>,
     since_eval: u32,
     drift: [DriftState; 2],
+    /// Served models and `system_fingerprint`s seen (a few), and when a new one appeared.
+    identities: VecDeque<String>,
+    new_identity: Option<(Instant, String)>,
 }
+
+/// Served-model/fingerprint values remembered (replicas of one provider may differ).
+const IDENTITIES: usize = 8;
 
 /// The current windows of a provider's peers serving the same model.
 #[derive(Debug, Clone, Default)]
@@ -216,6 +222,30 @@ impl QualityDetector {
             self.alarmed = false;
             self.cusum = 0.0;
             self.excursion = None;
+        }
+    }
+
+    /// The served model and `system_fingerprint` of a response: a value never seen before
+    /// (after the first) is remembered as a change of what serves this provider's traffic —
+    /// context for a quality finding (reference §3.3 item 12), not a finding by itself.
+    pub fn on_identity(&mut self, now: Instant, model: Option<&str>, fingerprint: Option<&str>) {
+        if model.is_none() && fingerprint.is_none() {
+            return;
+        }
+        let id = format!(
+            "model {} fingerprint {}",
+            model.unwrap_or("?"),
+            fingerprint.unwrap_or("?")
+        );
+        if self.identities.contains(&id) {
+            return;
+        }
+        if !self.identities.is_empty() {
+            self.new_identity = Some((now, id.clone()));
+        }
+        self.identities.push_back(id);
+        if self.identities.len() > IDENTITIES {
+            self.identities.pop_front();
         }
     }
 
@@ -376,13 +406,29 @@ impl QualityDetector {
                 facts.push(fact.clone());
             }
         }
-        let first = facts.first()?;
+        let first = facts.first()?.clone();
+        let onset = onset.unwrap_or(now);
+        // A new served model or fingerprint shortly before (or since) the onset.
+        if let Some((at, id)) = self
+            .new_identity
+            .as_ref()
+            .filter(|(at, _)| *at + window >= onset)
+        {
+            facts.push(Fact::new(
+                "served_identity_changed",
+                1.0,
+                "change",
+                format!(
+                    "the provider started answering as {id} at {}",
+                    clock.hms(*at)
+                ),
+            ));
+        }
         let severity = if canary_facts > 0 {
             Severity::Critical
         } else {
             Severity::Warning
         };
-        let onset = onset.unwrap_or(now);
         Some(Finding {
             mode: Mode::SilentQualityDegradation,
             subject: id.to_owned(),

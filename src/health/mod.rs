@@ -393,11 +393,17 @@ impl HealthTask {
         let Some(t) = self.providers.get_mut(obs.provider) else {
             return;
         };
-        if ok
-            && obs.source == Source::Client
-            && let Some(d) = &obs.quality
-        {
-            t.quality.on_response(now, d);
+        if ok {
+            t.quality.on_identity(
+                now,
+                obs.served_model.as_deref(),
+                obs.system_fingerprint.as_deref(),
+            );
+            if obs.source == Source::Client
+                && let Some(d) = &obs.quality
+            {
+                t.quality.on_response(now, d);
+            }
         }
         t.windows.record(now, &sample);
         t.recent.record(now, &sample);

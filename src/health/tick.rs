@@ -51,6 +51,8 @@ const QUALITY_WEIGHT: f64 = 0.05;
 
 /// Span of the gateway-level window the cascade detector judges (short: its onsets matter).
 const GATEWAY_RECENT: Duration = Duration::from_secs(10);
+/// Stream-seconds of decoding a tick needs before its live decode rate counts.
+const MIN_STREAM_S: f64 = 0.25;
 /// Weight of the newest live decode-rate measurement.
 const LIVE_ALPHA: f64 = 0.5;
 
@@ -190,11 +192,12 @@ impl HealthTask {
         let Some(t) = self.providers.get_mut(i) else {
             return Signals::default();
         };
-        if let Some((prev, at)) = t.live {
-            let dt = now.saturating_duration_since(at).as_secs_f64();
-            let streams = (prev.decoding + live.decoding) as f64 / 2.0;
-            t.live_decode = if streams >= 0.5 && dt > 0.0 {
-                let rate = live.tokens.saturating_sub(prev.tokens) as f64 / dt / streams;
+        if let Some((prev, _)) = t.live {
+            // Tokens over the exact stream-time spent decoding since the last tick (streams
+            // shorter than a tick included); a quarter of a stream-second is enough to judge.
+            let stream_s = live.decoding_ms.saturating_sub(prev.decoding_ms) as f64 / 1000.0;
+            t.live_decode = if stream_s >= MIN_STREAM_S {
+                let rate = live.tokens.saturating_sub(prev.tokens) as f64 / stream_s;
                 Some(match t.live_decode {
                     Some(old) => old + LIVE_ALPHA * (rate - old),
                     None => rate,

@@ -58,6 +58,9 @@ impl MeteredStream {
     ) -> MeteredStream {
         let total_deadline = open.deadline;
         let decoding = Some(provider.decoding());
+        provider.progress(Instant::now(), 0);
+        // Decoding is counted from the first token: the tokens before it are not decode.
+        let reported = open.meter.token_chunks();
         let mut s = MeteredStream {
             rest: open.rest,
             splitter: open.splitter,
@@ -72,7 +75,7 @@ impl MeteredStream {
             ended: false,
             provider,
             decoding,
-            reported: 0,
+            reported,
         };
         for (event, kind) in open.first_events {
             // The meter has already seen these; only the client-facing edits remain.

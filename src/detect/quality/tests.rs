@@ -63,6 +63,7 @@ fn healthy(rng: &mut SplitMix) -> Descriptors {
 fn two_counted_canary_failures_alarm_and_two_passes_clear() {
     let mut q = QualityDetector::default();
     let t0 = Instant::now();
+    q.on_identity(t0, Some("m-v1"), Some("fp_a"));
     for i in 0..10 {
         q.on_canary(&canary(
             t0 + Duration::from_secs(i),
