@@ -59,6 +59,25 @@ fn healthy(rng: &mut SplitMix) -> Descriptors {
     )
 }
 
+/// `n` healthy responses, one every 100 ms, to a provider and its peer; returns the time of
+/// the last.
+fn warm_pair(
+    q: &mut QualityDetector,
+    peer: &mut QualityDetector,
+    rng: &mut SplitMix,
+    n: u64,
+) -> Instant {
+    let t0 = Instant::now();
+    let mut now = t0;
+    for i in 0..n {
+        now = t0 + Duration::from_millis(100 * i);
+        q.on_response(now, &healthy(rng));
+        peer.on_response(now, &healthy(rng));
+        assert!(q.step("p", None, WINDOW, &clock(now), now).is_none());
+    }
+    now
+}
+
 #[test]
 fn two_counted_canary_failures_alarm_and_two_passes_clear() {
     let mut q = QualityDetector::default();
@@ -187,14 +206,7 @@ fn output_length_drift_is_named_unless_the_peers_moved_too() {
     for peers_moved in [false, true] {
         let (mut q, mut peer) = (QualityDetector::default(), QualityDetector::default());
         let mut rng = SplitMix::new(3);
-        let t0 = Instant::now();
-        let mut now = t0;
-        for i in 0..500u64 {
-            now = t0 + Duration::from_millis(100 * i);
-            q.on_response(now, &healthy(&mut rng));
-            peer.on_response(now, &healthy(&mut rng));
-            q.step("p", None, WINDOW, &clock(now), now);
-        }
+        let mut now = warm_pair(&mut q, &mut peer, &mut rng, 500);
         let mut found = None;
         for _ in 0..200u64 {
             now += Duration::from_millis(100);
@@ -229,14 +241,7 @@ fn output_length_drift_is_named_unless_the_peers_moved_too() {
 fn a_rate_the_peers_share_is_the_traffic_not_the_provider() {
     let (mut q, mut peer) = (QualityDetector::default(), QualityDetector::default());
     let mut rng = SplitMix::new(5);
-    let t0 = Instant::now();
-    let mut now = t0;
-    for i in 0..400u64 {
-        now = t0 + Duration::from_millis(100 * i);
-        q.on_response(now, &healthy(&mut rng));
-        peer.on_response(now, &healthy(&mut rng));
-        q.step("p", None, WINDOW, &clock(now), now);
-    }
+    let mut now = warm_pair(&mut q, &mut peer, &mut rng, 400);
     // Clients start sending a small max_tokens: every provider's answers are cut alike.
     for _ in 0..200u64 {
         now += Duration::from_millis(100);
