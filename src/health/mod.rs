@@ -429,8 +429,13 @@ impl HealthTask {
     }
 
     fn record_request(&mut self, r: &RequestSummary) {
+        // Canaries are not client requests: their attempts are measured like any other, but
+        // they never count as requests, in SLA figures or in the business metric.
+        if r.source == Source::Synthetic {
+            return;
+        }
         self.metrics.record_request(r);
-        if r.client_fault || r.source == Source::Synthetic {
+        if r.client_fault {
             return;
         }
         let ok = (200..300).contains(&r.status);

@@ -59,7 +59,9 @@ async fn canaries_check_content_and_never_count_as_user_traffic() {
     assert!(
         !metrics
             .lines()
-            .any(|l| l.starts_with("candor_sli_requests_total") && !l.ends_with(" 0")),
+            .any(|l| (l.starts_with("candor_sli_requests_total")
+                || l.starts_with("candor_requests_total"))
+                && !l.ends_with(" 0")),
         "{metrics}"
     );
     assert!(
