@@ -177,14 +177,15 @@ pub struct RequestRecord {
 /// The request path's handle on the log: a non-blocking send that counts drops.
 #[derive(Debug, Clone)]
 pub struct LogSender {
-    tx: SyncSender<writer::Msg>,
+    records: SyncSender<Box<RequestRecord>>,
+    control: SyncSender<writer::Control>,
     dropped: Arc<AtomicU64>,
 }
 
 impl LogSender {
     /// Queues a record; never waits. A full queue drops the record and counts it.
     pub fn send(&self, record: RequestRecord) {
-        match self.tx.try_send(writer::Msg::Record(Box::new(record))) {
+        match self.records.try_send(Box::new(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -195,8 +196,8 @@ impl LogSender {
     /// Queues an incident event; never waits (a full queue drops it and counts it).
     pub fn send_incident(&self, event: crate::incident::Event) {
         if self
-            .tx
-            .try_send(writer::Msg::Incident(Box::new(event)))
+            .control
+            .try_send(writer::Control::Incident(Box::new(event)))
             .is_err()
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);

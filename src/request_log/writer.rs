@@ -1,5 +1,6 @@
-//! The one writer of the request log: batches records from a bounded queue into SQLite
-//! transactions, flushes on size or interval, applies retention, and flushes on close.
+//! The one writer of the request log: takes the records queued every flush interval (without
+//! being woken by each), writes them in SQLite transactions of at most `batch_size` rows,
+//! writes incident events as they come, applies retention, and flushes on close.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -10,11 +11,11 @@ use super::{LogSender, RequestRecord, Store, StoreError};
 use crate::config::RequestLogConfig;
 use crate::observation::unix_ms_now;
 
-/// What the writer thread receives.
+/// What the writer thread is told besides records: rare, so it waits on these (and is woken
+/// by each) while records pile up in their own queue without waking it.
 #[derive(Debug)]
-pub(super) enum Msg {
-    Record(Box<RequestRecord>),
-    /// An incident event (written at once: they are rare).
+pub(super) enum Control {
+    /// An incident event (written at once).
     Incident(Box<crate::incident::Event>),
     /// Flush what is queued, then stop.
     Close,
@@ -24,29 +25,35 @@ pub(super) enum Msg {
 #[derive(Debug)]
 pub struct Writer {
     store: Store,
-    rx: Receiver<Msg>,
+    records: Receiver<Box<RequestRecord>>,
+    control: Receiver<Control>,
     config: RequestLogConfig,
-    close: SyncSender<Msg>,
+    close: SyncSender<Control>,
 }
 
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// Incident events and the close request that may wait for the writer.
+const CONTROL_QUEUE: usize = 1024;
 
 impl Writer {
     /// Opens the database and returns the writer and the request path's sender.
     pub fn open(config: &RequestLogConfig) -> Result<(Writer, LogSender), StoreError> {
         let store = Store::open(&config.path)?;
-        let (tx, rx) = sync_channel(config.queue);
+        let (records_tx, records) = sync_channel(config.queue);
+        let (control_tx, control) = sync_channel(CONTROL_QUEUE);
         let sender = LogSender {
-            tx: tx.clone(),
+            records: records_tx,
+            control: control_tx.clone(),
             dropped: Arc::new(AtomicU64::new(0)),
         };
         Ok((
             Writer {
                 store,
-                rx,
+                records,
+                control,
                 config: config.clone(),
-                close: tx,
+                close: control_tx,
             },
             sender,
         ))
@@ -58,51 +65,43 @@ impl Writer {
     }
 
     /// Writes until closed. Blocking: run on a dedicated thread.
+    ///
+    /// The writer never waits on the record queue: a receiver blocked there is woken (a futex
+    /// call and a context switch) by every record the request path sends. It waits on the
+    /// control queue for at most a flush interval instead, then takes every record queued —
+    /// one wake per batch, and incidents still written the moment they arrive.
     pub fn run(mut self) -> Result<(), StoreError> {
         let mut batch = Vec::with_capacity(self.config.batch_size);
         let mut last_retention = std::time::UNIX_EPOCH;
         loop {
-            let first = match self.rx.recv_timeout(RETENTION_EVERY) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            };
             let mut closing = false;
-            match first {
-                Some(Msg::Record(r)) => batch.push(*r),
-                Some(Msg::Incident(e)) => self.incident(&e),
-                Some(Msg::Close) => closing = true,
-                None => {}
+            let mut next = match self.control.recv_timeout(self.config.flush_interval) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    closing = true;
+                    None
+                }
+            };
+            while let Some(c) = next {
+                match c {
+                    Control::Incident(e) => self.incident(&e),
+                    Control::Close => closing = true,
+                }
+                next = self.control.try_recv().ok();
             }
-            // Gather more for up to flush_interval, or until the batch is full.
-            let deadline = std::time::SystemTime::now() + self.config.flush_interval;
-            while !closing && !batch.is_empty() && batch.len() < self.config.batch_size {
-                let left = deadline
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or(Duration::ZERO);
-                match self.rx.recv_timeout(left) {
-                    Ok(Msg::Record(r)) => batch.push(*r),
-                    Ok(Msg::Incident(e)) => self.incident(&e),
-                    Ok(Msg::Close) => closing = true,
+            while batch.len() < self.config.queue || closing {
+                match self.records.try_recv() {
+                    Ok(r) => batch.push(*r),
                     Err(_) => break,
                 }
             }
-            if closing {
-                // Take whatever is still queued behind the close request.
-                while let Ok(m) = self.rx.try_recv() {
-                    match m {
-                        Msg::Record(r) => batch.push(*r),
-                        Msg::Incident(e) => self.incident(&e),
-                        Msg::Close => {}
-                    }
+            for rows in batch.chunks(self.config.batch_size) {
+                if let Err(error) = self.store.insert(rows) {
+                    tracing::error!(%error, rows = rows.len(), "request log write failed; rows lost");
                 }
             }
-            if !batch.is_empty() {
-                if let Err(error) = self.store.insert(&batch) {
-                    tracing::error!(%error, rows = batch.len(), "request log write failed; rows lost");
-                }
-                batch.clear();
-            }
+            batch.clear();
             let now = std::time::SystemTime::now();
             if now
                 .duration_since(last_retention)
@@ -134,11 +133,11 @@ impl Writer {
 
 /// Asks the writer to flush and stop.
 #[derive(Debug, Clone)]
-pub struct Closer(SyncSender<Msg>);
+pub struct Closer(SyncSender<Control>);
 
 impl Closer {
     /// Sends the close request (waits for queue space: shutdown may block briefly).
     pub fn close(&self) {
-        let _ = self.0.send(Msg::Close);
+        let _ = self.0.send(Control::Close);
     }
 }
