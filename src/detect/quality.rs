@@ -499,7 +499,7 @@ impl QualityDetector {
         if let Some((pk, pn)) = peer {
             detail.push_str(&format!("; peers {:.0} %", pk / pn * 100.0));
         }
-        if i == 4 && !short.is_empty() {
+        if def.signal == "truncated_prompt_share" && !short.is_empty() {
             let mean = short.iter().sum::<f64>() / short.len() as f64;
             let usual = self.calibration.map_or(1.0, |c| c.0);
             detail.push_str(&format!(

@@ -161,14 +161,7 @@ struct BodyMessage {
 /// Appends `s` to `text` while it is shorter than `MAX_TEXT`.
 fn keep(text: &mut String, s: &str) {
     let room = MAX_TEXT.saturating_sub(text.len());
-    if room == 0 || s.is_empty() {
-        return;
-    }
-    let mut end = s.len().min(room);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.push_str(&s[..end]);
+    text.push_str(&s[..s.floor_char_boundary(room)]);
 }
 
 impl Meter {
@@ -360,11 +353,7 @@ pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{}…", &s[..s.floor_char_boundary(max)])
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use super::schema;
 use crate::config::{Builtin, CanaryConfig, CustomProbe, Expect};
 use crate::health::baseline::learning_rate;
 
+/// Bytes of an answer quoted in a reason.
+const EXCERPT_BYTES: usize = 120;
 /// Seed every canary sends: answers are comparable from run to run.
 const SEED: u64 = 7;
 /// A failing answer shorter than this share of repeated 4-grams is not a repetition loop.
@@ -414,12 +416,9 @@ fn diversity_verdict(outputs: &[Output], memory: &mut Memory) -> Verdict {
     v
 }
 
-/// The first 80 characters, for reasons.
+/// The start of an answer, for reasons (one truncation rule with the meter's).
 pub fn excerpt(s: &str) -> String {
-    match s.char_indices().nth(80) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
+    crate::proxy::meter::truncate(s, EXCERPT_BYTES)
 }
 
 #[cfg(test)]
