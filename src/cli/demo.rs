@@ -36,7 +36,7 @@ pub(super) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let started = scenario::start(&s, args.port).await?;
     let gw = format!("http://{}", started.gateway.addr);
     let mut intro = format!(
-        "Candor demo: {} simulated providers of {}, a simulated vector DB, the Azure LLM conversation trace at {}x.\n\n  gateway     {gw}/v1   (point any OpenAI SDK here, model \"{}\")\n  health      {gw}/health\n  metrics     {gw}/metrics\n  requests    {gw}/api/requests?limit=20\n  incidents   {gw}/api/incidents\n  triage      candor triage --url {gw}\n  request log {}\n\nFault timeline (repeats every {}):\n",
+        "Candor demo: {} simulated providers of {}, a simulated vector DB, the Azure LLM conversation trace at {}x.\n\n  dashboard   {gw}/   (open it in a browser)\n  gateway     {gw}/v1   (point any OpenAI SDK here, model \"{}\")\n  health      {gw}/health\n  metrics     {gw}/metrics\n  requests    {gw}/api/requests?limit=20\n  incidents   {gw}/api/incidents\n  triage      candor triage --url {gw}\n  request log {}\n\nFault timeline (repeats every {}):\n",
         s.providers.len(),
         s.model,
         s.load.speedup,

@@ -4,6 +4,7 @@
 
 pub mod baseline;
 pub mod report;
+pub mod series;
 pub mod snapshot;
 pub mod state;
 mod tick;
@@ -35,6 +36,7 @@ use report::{
     BackendReport, DependencyReport, HealthReport, ProviderReport, ScopeReport, TargetsView,
     Verdict, Windows,
 };
+use series::{Series, SeriesSpan};
 use snapshot::{ProviderView, SharedSnapshot, Snapshot};
 use state::ProviderHealth;
 use window::{ErrorClass, Sample, Window};
@@ -57,6 +59,7 @@ enum Msg {
     RetryAfter(usize, Duration),
     Canary(Box<CanaryResult>),
     Report(oneshot::Sender<HealthReport>),
+    Series(SeriesSpan, oneshot::Sender<Series>),
     Metrics(oneshot::Sender<String>),
 }
 
@@ -115,6 +118,13 @@ impl HealthHandle {
     pub async fn report(&self) -> Option<HealthReport> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Msg::Report(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Per-slot history of the overall and per-provider windows over `span`.
+    pub async fn series(&self, span: SeriesSpan) -> Option<Series> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Series(span, tx)).await.ok()?;
         rx.await.ok()
     }
 
@@ -353,6 +363,9 @@ impl HealthTask {
             Msg::Report(reply) => {
                 let _ = reply.send(self.report(now));
             }
+            Msg::Series(span, reply) => {
+                let _ = reply.send(self.series(span, now));
+            }
             Msg::Metrics(reply) => {
                 let _ = reply.send(self.metrics.render(&self.gauges(now)));
             }
@@ -381,6 +394,7 @@ impl HealthTask {
             in_flight,
             tokens_in: obs.prompt_tokens.unwrap_or(0),
             tokens_out: obs.completion_tokens.unwrap_or(0),
+            cost,
             error: match &obs.outcome {
                 Outcome::Error { kind, .. } if failed => {
                     Some(ErrorClass::of(kind, obs.ttft.is_some()))
@@ -614,6 +628,30 @@ impl HealthTask {
                 })
                 .collect(),
         }
+    }
+
+    /// Per-slot history over `span`, for the dashboard's charts.
+    pub fn series(&self, span: SeriesSpan, now: Instant) -> Series {
+        fn pick(w: &Windows, span: SeriesSpan) -> &Window {
+            match span {
+                SeriesSpan::FiveMinutes => &w.fine,
+                SeriesSpan::Hour => &w.hour,
+            }
+        }
+        let clock = crate::detect::Clock {
+            at: now,
+            unix_ms: unix_ms_now(),
+        };
+        Series::build(
+            &clock,
+            pick(&self.overall, span),
+            self.upstreams
+                .all()
+                .iter()
+                .zip(&self.providers)
+                .map(|(p, t)| (p.config.id.as_str(), pick(&t.windows, span))),
+            now,
+        )
     }
 
     fn backend_report(&self, configured: bool, t: &Tracked, now: Instant) -> BackendReport {

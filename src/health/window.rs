@@ -158,6 +158,8 @@ pub struct Sample<'a> {
     pub deadline: Option<f64>,
     /// Ended in a gateway timeout (504).
     pub timed_out: bool,
+    /// What it cost, USD.
+    pub cost: f64,
 }
 
 /// Aggregates over a span of time.
@@ -193,6 +195,8 @@ pub struct Slot {
     pub deadline: LogHistogram,
     /// Ended in a gateway timeout.
     pub timed_out: u64,
+    /// Cost, USD.
+    pub cost: f64,
 }
 
 impl Slot {
@@ -226,6 +230,7 @@ impl Slot {
             self.deadline.record_n(d, 1);
         }
         self.timed_out += u64::from(s.timed_out);
+        self.cost += s.cost;
     }
 
     /// Failures of class `c`.
@@ -251,6 +256,7 @@ impl Slot {
         }
         self.deadline.merge(&o.deadline);
         self.timed_out += o.timed_out;
+        self.cost += o.cost;
     }
 
     /// Mean requests in flight when these started.
@@ -314,6 +320,30 @@ impl Window {
         }
         total
     }
+
+    /// The last `count` slots up to and including the one `now` falls in, oldest first,
+    /// each with how long before `now` it started (`None`: nothing recorded in it). Slots
+    /// before the window began are left out.
+    pub fn slots(&self, now: Instant, count: usize) -> Vec<(Duration, Option<&Slot>)> {
+        let epoch = self.epoch(now);
+        let count = (count.clamp(1, self.slots.len()) as u64).min(epoch + 1);
+        let n = self.slots.len() as u64;
+        (epoch + 1 - count..=epoch)
+            .map(|e| {
+                let start = self
+                    .width
+                    .saturating_mul(u32::try_from(e).unwrap_or(u32::MAX));
+                let ago = now.saturating_duration_since(self.origin + start);
+                let (stored, slot) = &self.slots[(e % n) as usize];
+                (ago, (*stored == e).then_some(slot))
+            })
+            .collect()
+    }
+
+    /// The slot width.
+    pub fn width(&self) -> Duration {
+        self.width
+    }
 }
 
 #[cfg(test)]
@@ -352,5 +382,34 @@ mod tests {
         assert_eq!(w.sum(later, Duration::from_secs(300)).requests, 0);
         w.record(later, &s);
         assert_eq!(w.sum(later, Duration::from_secs(300)).requests, 1);
+    }
+
+    #[test]
+    fn slots_come_oldest_first_with_their_age_and_gaps_empty() {
+        let origin = Instant::now();
+        let mut w = Window::new(origin, Duration::from_secs(5), 12);
+        let at = |s: u64| origin + Duration::from_secs(s);
+        w.record(
+            at(1),
+            &Sample {
+                cost: 0.5,
+                ..Sample::default()
+            },
+        );
+        w.record(at(12), &Sample::default());
+        w.record(at(13), &Sample::default());
+        let slots = w.slots(at(17), 60);
+        // Four slots exist since the origin (0-5, 5-10, 10-15, 15-20 s).
+        assert_eq!(slots.len(), 4);
+        assert_eq!(slots[0].0, Duration::from_secs(17));
+        assert_eq!(slots[3].0, Duration::from_secs(2));
+        assert_eq!(slots[0].1.map(|s| (s.requests, s.cost)), Some((1, 0.5)));
+        assert!(slots[1].1.is_none());
+        assert_eq!(slots[2].1.map(|s| s.requests), Some(2));
+        assert!(slots[3].1.is_none());
+        // A ring slot reused by a later epoch is not reported for an older one.
+        let later = w.slots(at(70), 3);
+        assert_eq!(later.len(), 3);
+        assert!(later.iter().all(|(_, s)| s.is_none()));
     }
 }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::routing_view::RoutingView;
 use crate::health::report::{HealthReport, Verdict};
+use crate::health::series::{Series, SeriesSpan};
 use crate::health::snapshot;
 use crate::incident::Incident;
 use crate::observation::unix_ms_now;
@@ -245,4 +246,26 @@ pub(super) async fn triage(
         &incidents,
         q.provider.as_deref(),
     )))
+}
+
+/// Query of `/api/series`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SeriesQuery {
+    #[serde(default)]
+    span: SeriesSpan,
+}
+
+/// `GET /api/series?span=5m|1h`: per-slot history of the overall and per-provider windows
+/// (5-second slots over five minutes, or 1-minute slots over the hour).
+pub(super) async fn series(
+    State(gw): State<Arc<Gateway>>,
+    q: Result<Query<SeriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Series>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    gw.health
+        .series(q.span)
+        .await
+        .map(Json)
+        .ok_or_else(|| ApiError::internal("the health task is not running"))
 }

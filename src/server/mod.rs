@@ -2,6 +2,7 @@
 //! `/metrics`, and the token-protected admin API, on one axum router.
 
 mod admin;
+mod dashboard;
 pub mod error;
 mod openai;
 mod routing_view;
@@ -36,6 +37,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/incidents", get(admin::incidents))
         .route("/api/incidents/{id}", get(admin::incident))
         .route("/api/triage", get(admin::triage))
+        .route("/api/series", get(admin::series))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&gw),
             require_admin,
@@ -49,6 +51,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/livez", get(admin::livez))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
         .merge(api)
         .fallback(not_found)
         .layer(middleware::map_response(ensure_request_id))
@@ -71,7 +75,7 @@ async fn ensure_request_id(mut r: Response) -> Response {
 
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
-        "Unknown path {} {}. Candor serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health and /api/*.",
+        "Unknown path {} {}. Candor serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, /metrics, /api/* and the dashboard at /.",
         req.method(),
         req.uri().path()
     ))

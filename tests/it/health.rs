@@ -149,7 +149,13 @@ async fn admin_api_needs_the_token_and_serves_the_log() {
     let mut gw = TestGateway::start(&[&mock], "admin_token_env = \"TEST_ADMIN_TOKEN\"\n").await;
     drive(&gw, 2).await;
     gw.rows(2).await;
-    for path in ["/api/requests", "/api/health", "/api/providers"] {
+    for path in [
+        "/api/requests",
+        "/api/health",
+        "/api/providers",
+        "/api/series",
+        "/api/incidents",
+    ] {
         let r = gw
             .http
             .get(format!("{}{path}", gw.url))
@@ -201,5 +207,91 @@ async fn admin_api_needs_the_token_and_serves_the_log() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // The dashboard's history: what the two requests did, per provider and overall.
+    let series: Value = gw
+        .http
+        .get(format!("{}/api/series?span=5m", gw.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(series["slot_s"], 5.0);
+    let sum = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(sum(&series["overall"]["completed"]), 2);
+    assert_eq!(series["providers"][0]["id"], "p0");
+    assert_eq!(sum(&series["providers"][0]["requests"]), 2);
+    let cost: f64 = series["overall"]["cost_usd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_f64().unwrap())
+        .sum();
+    assert!(cost > 0.0, "{series}");
+    assert_eq!(
+        series["t_unix_ms"].as_array().unwrap().len(),
+        series["overall"]["requests"].as_array().unwrap().len()
+    );
+    let bad = gw
+        .http
+        .get(format!("{}/api/series?span=2d", gw.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary_without_the_token() {
+    let mock = spawn_mock(Script::words(2)).await;
+    let mut gw = TestGateway::start(&[&mock], "admin_token_env = \"TEST_ADMIN_TOKEN\"\n").await;
+    let page = gw.get("/").await;
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/assets/dashboard.js") && html.contains("/assets/uPlot.iife.min.js"));
+    // Every asset the page names is served; nothing comes from another origin.
+    for asset in [
+        "dashboard.js",
+        "dashboard.css",
+        "uPlot.iife.min.js",
+        "uPlot.min.css",
+    ] {
+        let r = gw.get(&format!("/assets/{asset}")).await;
+        assert_eq!(r.status(), 200, "{asset}");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("https://cdn"), "{asset}");
+        assert!(!body.contains(ADMIN_TOKEN), "{asset}");
+    }
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    let missing = gw.get("/assets/nope.js").await;
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope.js")
+    );
     gw.stop().await;
 }
