@@ -125,7 +125,8 @@ function lineChart(key, el, { height, series, yFmt, yRange }) {
   const opts = {
     width: chartWidth(el),
     height,
-    legend: { show: series.length > 2 },
+    // Names only (values show on hover in the cursor's tooltip-free legend would flicker).
+    legend: { show: series.length > 2, live: false },
     cursor: { points: { size: 6 } },
     scales: { x: { time: true }, y: yRange ? { range: yRange } : { auto: true } },
     axes: [
@@ -274,11 +275,14 @@ function renderProviders(h, views, series) {
     const costPerHour = ((one.tokens_in * priceIn + one.tokens_out * priceOut) / 1e6) * 60;
     const { note, m } = backendLines(p.backend);
     const weight = p.state === "degraded" ? ` · weight ${p.weight.toFixed(2)}` : "";
+    // What the detectors name first (current findings, then open incidents not found this
+    // tick), then the routing evidence they do not already say.
     const incidents = h.incidents.filter((i) => i.provider === p.id && !p.findings.some((f) => f.mode === i.mode));
+    const named = new Set([...p.findings.map((f) => f.mode), ...incidents.map((i) => i.mode)]);
     const evidence = [
-      ...incidents.map((i) => `<li class="finding"><strong>Open incident, ${esc(modeTitle(i.mode))}</strong> since ${fmtTime(i.onset_ms)}: ${esc(i.summary)}</li>`),
       ...p.findings.map((f) => `<li class="finding"><strong>${esc(modeTitle(f.mode))}</strong>: ${esc(f.summary)}</li>`),
-      ...p.evidence.filter((e) => !p.findings.some((f) => f.mode === e.signal)).map((e) => `<li>${esc(e.detail)}</li>`),
+      ...incidents.map((i) => `<li class="finding"><strong>Open incident, ${esc(modeTitle(i.mode))}</strong> since ${fmtTime(i.onset_ms)}: ${esc(i.summary)}</li>`),
+      ...p.evidence.filter((e) => !named.has(e.signal)).map((e) => `<li>${esc(e.detail)}</li>`),
     ];
     const baseTtft = isNum(p.baseline_ttft_ms) ? ` <span class="muted">baseline ${fmtMs(p.baseline_ttft_ms)}</span>` : "";
     const baseDecode = isNum(p.baseline_decode_tokens_per_s) ? ` <span class="muted">baseline ${fmtTps(p.baseline_decode_tokens_per_s)}</span>` : ` <span class="muted">no baseline yet</span>`;
@@ -356,7 +360,8 @@ function renderShareAndCost(series) {
 function mergeIncidents(stored, open) {
   const byId = new Map(stored.map((i) => [i.id, i]));
   for (const o of open) byId.set(o.id, { ...byId.get(o.id), ...o });
-  return [...byId.values()].sort((a, b) => (a.state === "open") - (b.state === "open") || b.onset_ms - a.onset_ms).reverse();
+  // Open first, then newest first.
+  return [...byId.values()].sort((a, b) => (b.state === "open") - (a.state === "open") || b.onset_ms - a.onset_ms);
 }
 
 function renderIncidents(h, series) {

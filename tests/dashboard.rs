@@ -12,7 +12,11 @@
     clippy::disallowed_methods,
     reason = "the test runs client traffic on its own tasks and reads CHROMIUM"
 )]
-#![expect(clippy::unwrap_used, reason = "test helpers fail the test loudly")]
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
 
 use std::path::Path;
 use std::process::Stdio;
@@ -23,25 +27,13 @@ use std::time::Duration;
 use candor::app;
 use candor::config::Config;
 
+#[path = "it/support.rs"]
+#[allow(dead_code, reason = "this binary uses only the simulator helper")]
+mod support;
+
 const ADMIN_TOKEN: &str = "dashboard-test-admin-token-7f3a";
 /// The deadlock detector's bound (tests/incidents.rs) plus two dashboard polls.
 const BOUND_S: u64 = 20;
-
-async fn sim() -> (app::Background, String) {
-    let profile = candor::sim::Profile {
-        model: "m".into(),
-        engine: candor::sim::engine::EngineConfig {
-            decode_step: Duration::from_millis(12),
-            ..candor::sim::engine::EngineConfig::default()
-        },
-        ..candor::sim::Profile::default()
-    };
-    let (bg, _) = app::start_sim(profile, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-        .await
-        .unwrap();
-    let url = format!("http://{}", bg.addr);
-    (bg, url)
-}
 
 fn config(dir: &Path, sims: &[&str]) -> Config {
     let mut text = format!(
@@ -121,8 +113,9 @@ async fn the_dashboard_shows_live_health_a_fault_and_the_request_log_in_chromium
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     let _ = std::fs::remove_dir_all(&artifacts);
 
-    let (sim_a, url_a) = sim().await;
-    let (sim_b, url_b) = sim().await;
+    let step = Duration::from_millis(12);
+    let (sim_a, url_a) = support::start_sim("m", step).await;
+    let (sim_b, url_b) = support::start_sim("m", step).await;
     let dir = tempfile::tempdir().unwrap();
     let running = app::start(config(dir.path(), &[&url_a, &url_b]))
         .await

@@ -387,12 +387,18 @@ impl ProviderHealth {
             weight = weight.min(w);
             evidence.push(ev);
         }
-        // A decode-rate outlier against its own baseline and its peers that also misses the
-        // targets, two ticks running, is ejected like an erroring host. Missing the targets
-        // without being an outlier is load, not a fault, and so is a slow first token alone
-        // (a queue, often of the router's own making): ejecting for either would pile the
-        // load onto the others. Those only lower the provider's weight.
-        let decode_outlier = evidence.iter().any(|e| e.signal == "decode_rate");
+        // A decode-rate outlier against its own baseline and its healthy peers that also
+        // misses the targets, two ticks running, is ejected like an erroring host. Missing the
+        // targets without being an outlier is load, not a fault, and so is a slow first token
+        // alone (a queue, often of the router's own making): ejecting for either would pile
+        // the load onto the others. Those only lower the provider's weight. So does a drop
+        // against the baseline alone, with no healthy peer to compare: when the whole fleet
+        // is loaded every provider decodes below what it learned at lighter load, and
+        // ejecting one of them (often the fastest, which carries the most) starts a cascade.
+        // (The decode evidence holds against every reference there is, so with a peer
+        // reference it holds against the peers.)
+        let decode_outlier = evidence.iter().any(|e| e.signal == "decode_rate")
+            && peers.is_some_and(|p| p.decode.is_some());
         match misses_targets(s, targets) {
             Some(miss) if decode_outlier => {
                 self.missed_ticks += 1;

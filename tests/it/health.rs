@@ -173,51 +173,25 @@ async fn admin_api_needs_the_token_and_serves_the_log() {
         assert_eq!(r.status(), 401, "{path}");
     }
     let rows: Vec<Value> = gw
-        .http
-        .get(format!(
-            "{}/api/requests?status=ok&provider=p0&since=5m",
-            gw.url
-        ))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+        .admin("/api/requests?status=ok&provider=p0&since=5m")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
     let id = rows[0]["request_id"].as_str().unwrap();
     let one: Value = gw
-        .http
-        .get(format!("{}/api/requests/{id}", gw.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
+        .admin(&format!("/api/requests/{id}"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(one["request_id"], id);
     assert_eq!(one["attempts"][0]["provider"], "p0");
-    let bad = gw
-        .http
-        .get(format!("{}/api/requests?status=7xx", gw.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let bad = gw.admin("/api/requests?status=7xx").await;
     assert_eq!(bad.status(), 400);
     // The dashboard's history: what the two requests did, per provider and overall.
-    let series: Value = gw
-        .http
-        .get(format!("{}/api/series?span=5m", gw.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let series: Value = gw.admin("/api/series?span=5m").await.json().await.unwrap();
     assert_eq!(series["slot_s"], 5.0);
     let sum = |v: &Value| {
         v.as_array()
@@ -240,13 +214,7 @@ async fn admin_api_needs_the_token_and_serves_the_log() {
         series["t_unix_ms"].as_array().unwrap().len(),
         series["overall"]["requests"].as_array().unwrap().len()
     );
-    let bad = gw
-        .http
-        .get(format!("{}/api/series?span=2d", gw.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let bad = gw.admin("/api/series?span=2d").await;
     assert_eq!(bad.status(), 400);
     gw.stop().await;
 }

@@ -321,6 +321,16 @@ impl TestGateway {
             .unwrap()
     }
 
+    /// GET `path` with the admin token.
+    pub(crate) async fn admin(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub(crate) fn post(&self, path: &str, body: Value) -> reqwest::RequestBuilder {
         self.http.post(format!("{}{path}", self.url)).json(&body)
     }

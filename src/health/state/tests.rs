@@ -224,10 +224,38 @@ fn missing_the_targets_two_ticks_running_ejects_on_performance() {
         e2e_p50: Some(20.0),
         ..clean()
     };
-    assert!(!h.on_tick(now, &slow, None, None, &c, &targets(), true));
-    assert!(h.on_tick(now, &slow, None, None, &c, &targets(), true));
+    let peers = Reference {
+        ttft: Some(0.2),
+        decode: Some(50.0),
+    };
+    assert!(!h.on_tick(now, &slow, Some(peers), None, &c, &targets(), true));
+    assert!(h.on_tick(now, &slow, Some(peers), None, &c, &targets(), true));
     assert!(matches!(h.state, State::Ejected { .. }));
     assert!(h.evidence.iter().any(|e| e.signal == "misses_targets"));
+}
+
+#[test]
+fn missing_the_targets_below_its_baseline_with_no_healthy_peer_only_degrades() {
+    // The whole fleet is loaded: no healthy peer to compare, and this provider decodes below
+    // what it learned at lighter load. Less traffic, not ejection (which would cascade).
+    let now = Instant::now();
+    let c = cfg();
+    let mut h = learned(now);
+    let slow = Signals {
+        decode: Some(10.0),
+        e2e_p50: Some(20.0),
+        ..clean()
+    };
+    for _ in 0..5 {
+        assert!(!matches!(h.state, State::Ejected { .. }));
+        h.on_tick(now, &slow, None, None, &c, &targets(), true);
+    }
+    assert!(matches!(h.state, State::Degraded { .. }), "{:?}", h.state);
+    assert!(
+        h.evidence
+            .iter()
+            .any(|e| e.signal == "decode_rate" && e.against == "baseline")
+    );
 }
 
 #[test]
