@@ -117,12 +117,12 @@ await step(`a deadlock injected into ${faulty} turns its card and opens an incid
   }, { faulty }, { timeout: boundS * 1000 });
   results.deadlock_named_after_s = (Date.now() - t0) / 1000;
   const card = page.locator(`#providers .card[data-provider="${faulty}"]`);
-  const evidence = await card.locator(".evidence").textContent();
+  const evidence = (await card.locator(".evidence li").allTextContents()).join(" | ");
   check(!/No evidence against it/.test(evidence), `no evidence on ${faulty}'s card: ${evidence}`);
   const incident = await page.locator('#incidents .incident[data-mode="batch_queue_deadlock"]').first().textContent();
   check(incident.includes(faulty) && /open/.test(incident), `incident text: ${incident}`);
   results.faulty_state = await card.getAttribute("data-state");
-  results.evidence = evidence.trim().replace(/\s+/g, " ");
+  results.evidence = evidence.replace(/\s+/g, " ");
   check((await page.locator(`#providers .card[data-provider="${healthy}"]`).getAttribute("data-state")) === "healthy", `${healthy} left healthy`);
   await page.waitForTimeout(3000); // let the traffic chart show the shift
   await shot("03-fault.png");
