@@ -1,7 +1,8 @@
 """Drives Candor with the official OpenAI Python SDK and prints what the SDK returned as JSON.
 
 Usage: python3 openai_client.py BASE_URL CLIENT_KEY MODEL
-Run by tests/it/sdk.rs against a real gateway; every check here is on SDK objects and
+Run by tests/it/sdk.rs (a simulated provider) and tests/llama.rs (real llama.cpp servers)
+against a real gateway; every check here is on SDK objects and
 exception types, the way an application would see them.
 """
 import json
@@ -41,9 +42,10 @@ for chunk in client.chat.completions.create(
         text.append(chunk.choices[0].delta.content)
     if chunk.usage is not None:
         out["unexpected_usage_chunk"] = True
+span = token_times[-1] - token_times[0] if len(token_times) > 1 else 0
 out["stream"] = {"chunks": chunks, "text": "".join(text),
                  # Decode rate as this client saw it: tokens after the first over their span.
-                 "client_decode_tps": (len(token_times) - 1) / (token_times[-1] - token_times[0])}
+                 "client_decode_tps": (len(token_times) - 1) / span if span > 0 else None}
 
 usage = None
 for chunk in client.chat.completions.create(
@@ -61,7 +63,11 @@ j = client.chat.completions.create(
     model=model, response_format={"type": "json_object"},
     messages=[{"role": "user", "content": "Return JSON with the answer to 5 + 5"}],
 )
-out["json"] = json.loads(j.choices[0].message.content)
+try:
+    out["json"] = json.loads(j.choices[0].message.content)
+except ValueError:
+    out["json_error"] = {"content": j.choices[0].message.content,
+                         "finish": j.choices[0].finish_reason}
 
 try:
     client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
