@@ -339,6 +339,10 @@ fn status_error(
 ) -> CallError {
     let code = status.as_u16();
     let (kind, blame, retryable) = match code {
+        // This provider's context window is smaller than the prompt: another provider of
+        // the model may have a larger one (a fleet can mix them), so try it; not a health
+        // failure of this one.
+        400 | 413 if context_overflow(&body) => ("context_exceeded", Blame::Gateway, true),
         429 => ("rate_limited", Blame::Upstream, true),
         408 => ("status_408", Blame::Upstream, true),
         401 | 403 => ("upstream_auth", Blame::Gateway, true),
@@ -368,6 +372,21 @@ fn status_error(
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs),
     }
+}
+
+/// An upstream refusal because the prompt does not fit its context window: llama.cpp's
+/// `exceed_context_size_error` ("exceeds the available context size"), OpenAI's
+/// `context_length_exceeded`, vLLM's "maximum context length".
+fn context_overflow(body: &[u8]) -> bool {
+    const MARKERS: [&str; 4] = [
+        "exceed_context_size_error",
+        "exceeds the available context size",
+        "context_length_exceeded",
+        "maximum context length",
+    ];
+    let head = &body[..body.len().min(4096)];
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    MARKERS.iter().any(|m| text.contains(m))
 }
 
 /// Removes the provider's key from an upstream error (some providers echo it back).

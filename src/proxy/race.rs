@@ -54,6 +54,7 @@ pub(super) async fn run(
     let gw = ctx.gw;
     let mut failures = Vec::new();
     let mut all_timed_out = true;
+    let mut too_long: Option<(CallError, usize)> = None;
     let mut tried: Vec<usize> = Vec::new();
     let mut made = 0u32;
     for (pos, &index) in plan.order.iter().enumerate() {
@@ -128,6 +129,9 @@ pub(super) async fn run(
                     if !err.retryable {
                         return Ok(passthrough(ctx, track, err, index));
                     }
+                    if err.kind == "context_exceeded" {
+                        too_long = Some((err.clone(), index));
+                    }
                     all_timed_out &= err.is_timeout();
                     failures.push(AttemptFailure {
                         provider: gw
@@ -141,6 +145,13 @@ pub(super) async fn run(
                 }
             }
         }
+    }
+    // Every provider tried refused the prompt as longer than its context window: that is the
+    // client's answer (a 400 in the provider's words), not a gateway failure.
+    if let Some((err, index)) = too_long
+        && failures.iter().all(|f| f.kind == "context_exceeded")
+    {
+        return Ok(passthrough(ctx, track, err, index));
     }
     let err = Error::AllFailed {
         attempts: failures,

