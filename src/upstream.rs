@@ -5,8 +5,8 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,11 +28,8 @@ pub struct Provider {
     epoch: Instant,
     in_flight: AtomicI64,
     streams: AtomicI64,
-    decoding: AtomicI64,
-    /// Sum of the decoding streams' start times (ms), and the stream-milliseconds of the
-    /// streams that ended: together the exact stream-time spent decoding.
-    decoding_started_sum: AtomicU64,
-    decoding_ended_ms: AtomicU64,
+    /// Taken once per stream at its first token and once at its end, never per chunk.
+    decoding: Mutex<DecodeClock>,
     tokens: AtomicU64,
     last_progress_ms: AtomicU64,
     busy_since_ms: AtomicU64,
@@ -84,11 +81,14 @@ impl Provider {
 
     /// Counts a stream as decoding from now until the guard drops.
     pub fn decoding(self: &Arc<Self>) -> Decoding {
+        let mut clock = self.decode_clock();
         let start = self.ms(Instant::now());
-        self.decoding_started_sum
-            .fetch_add(start, Ordering::Relaxed);
-        self.decoding.fetch_add(1, Ordering::Relaxed);
+        clock.start(start);
         Decoding(Arc::clone(self), start)
+    }
+
+    fn decode_clock(&self) -> MutexGuard<'_, DecodeClock> {
+        self.decoding.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Notes progress at `now`: `tokens` more tokens forwarded (0 for a complete answer).
@@ -125,14 +125,15 @@ impl Provider {
 
     /// The live counters now.
     pub fn live(&self) -> Live {
-        let decoding = self.decoding.load(Ordering::Relaxed);
-        let open_ms = (u64::try_from(decoding).unwrap_or(0) * self.ms(Instant::now()))
-            .saturating_sub(self.decoding_started_sum.load(Ordering::Relaxed));
+        let (decoding, decoding_ms) = {
+            let clock = self.decode_clock();
+            clock.read(self.ms(Instant::now()))
+        };
         Live {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             streams: self.streams.load(Ordering::Relaxed),
             decoding,
-            decoding_ms: self.decoding_ended_ms.load(Ordering::Relaxed) + open_ms,
+            decoding_ms,
             tokens: self.tokens.load(Ordering::Relaxed),
             last_progress_ms: self.last_progress_ms.load(Ordering::Relaxed),
             busy_since_ms: self.busy_since_ms.load(Ordering::Relaxed),
@@ -146,11 +147,41 @@ pub struct Decoding(Arc<Provider>, u64);
 
 impl Drop for Decoding {
     fn drop(&mut self) {
-        let p = &self.0;
-        let elapsed = p.ms(Instant::now()).saturating_sub(self.1);
-        p.decoding_ended_ms.fetch_add(elapsed, Ordering::Relaxed);
-        p.decoding_started_sum.fetch_sub(self.1, Ordering::Relaxed);
-        p.decoding.fetch_sub(1, Ordering::Relaxed);
+        let mut clock = self.0.decode_clock();
+        clock.end(self.1, self.0.ms(Instant::now()));
+    }
+}
+
+/// The stream-time a provider spent decoding: streams open, the sum of their start times,
+/// and the stream-milliseconds of those that ended. The three are read and written together
+/// under one lock: a count and a sum of start times read apart would be off by a whole
+/// start time (hours of stream-time) whenever a stream began or ended in between.
+#[derive(Debug, Default)]
+struct DecodeClock {
+    open: u64,
+    started_sum: u64,
+    ended_ms: u64,
+}
+
+impl DecodeClock {
+    fn start(&mut self, at: u64) {
+        self.open += 1;
+        self.started_sum += at;
+    }
+
+    fn end(&mut self, started: u64, at: u64) {
+        self.open = self.open.saturating_sub(1);
+        self.started_sum = self.started_sum.saturating_sub(started);
+        self.ended_ms += at.saturating_sub(started);
+    }
+
+    /// Streams decoding, and stream-milliseconds spent decoding since start, at `at`.
+    fn read(&self, at: u64) -> (i64, u64) {
+        let open_ms = (self.open * at).saturating_sub(self.started_sum);
+        (
+            i64::try_from(self.open).unwrap_or(i64::MAX),
+            self.ended_ms + open_ms,
+        )
     }
 }
 
@@ -194,9 +225,7 @@ impl Upstreams {
                     epoch,
                     in_flight: AtomicI64::new(0),
                     streams: AtomicI64::new(0),
-                    decoding: AtomicI64::new(0),
-                    decoding_started_sum: AtomicU64::new(0),
-                    decoding_ended_ms: AtomicU64::new(0),
+                    decoding: Mutex::new(DecodeClock::default()),
                     tokens: AtomicU64::new(0),
                     last_progress_ms: AtomicU64::new(0),
                     busy_since_ms: AtomicU64::new(0),
@@ -313,4 +342,24 @@ pub fn http_client(timeouts: &Timeouts) -> reqwest::Result<reqwest::Client> {
         .redirect(reqwest::redirect::Policy::none())
         .connector_layer(ConnectTimingLayer)
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecodeClock;
+
+    #[test]
+    fn decode_clock_counts_open_and_ended_stream_time() {
+        let mut c = DecodeClock::default();
+        assert_eq!(c.read(1_000), (0, 0));
+        c.start(1_000);
+        c.start(1_500);
+        // Two open streams, 1,000 and 500 ms old.
+        assert_eq!(c.read(2_000), (2, 1_500));
+        c.end(1_000, 2_500);
+        // The ended one keeps its 1,500 ms; the open one is 1,000 ms old.
+        assert_eq!(c.read(2_500), (1, 2_500));
+        c.end(1_500, 3_000);
+        assert_eq!(c.read(9_000), (0, 3_000));
+    }
 }

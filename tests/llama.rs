@@ -253,10 +253,10 @@ async fn the_openai_sdk_through_candor_to_llama_cpp() {
 
     // What Candor recorded for the same requests.
     let rows = rows(&url, 8).await;
+    // The stream the client timed (the script's only request with max_tokens 200).
     let stream = rows
         .iter()
-        .filter(|r| r["stream"] == true && r["status"] == 200)
-        .max_by_key(|r| r["completion_tokens"].as_u64().unwrap_or(0))
+        .find(|r| r["stream"] == true && r["status"] == 200 && r["max_tokens"] == 200)
         .unwrap();
     let tokens = stream["completion_tokens"].as_u64().unwrap();
     assert!(tokens > 10, "{stream}");
@@ -266,7 +266,7 @@ async fn the_openai_sdk_through_candor_to_llama_cpp() {
         && tokens >= 50
     {
         assert!(
-            (rate / client - 1.0).abs() < 0.35,
+            (rate / client - 1.0).abs() < 0.25,
             "gateway {rate:.1} vs client {client:.1} tok/s"
         );
     }

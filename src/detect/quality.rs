@@ -164,7 +164,7 @@ pub struct QualityDetector {
     since_eval: u32,
     drift: [DriftState; 2],
     /// Served models and `system_fingerprint`s seen (a few), and when a new one appeared.
-    identities: VecDeque<String>,
+    identities: VecDeque<(Option<String>, Option<String>)>,
     new_identity: Option<(Instant, String)>,
 }
 
@@ -229,21 +229,27 @@ impl QualityDetector {
     /// (after the first) is remembered as a change of what serves this provider's traffic —
     /// context for a quality finding (reference §3.3 item 12), not a finding by itself.
     pub fn on_identity(&mut self, now: Instant, model: Option<&str>, fingerprint: Option<&str>) {
-        if model.is_none() && fingerprint.is_none() {
-            return;
-        }
-        let id = format!(
-            "model {} fingerprint {}",
-            model.unwrap_or("?"),
-            fingerprint.unwrap_or("?")
-        );
-        if self.identities.contains(&id) {
+        // Called for every successful attempt: allocates only for a value not seen before.
+        if (model.is_none() && fingerprint.is_none())
+            || self
+                .identities
+                .iter()
+                .any(|(m, f)| m.as_deref() == model && f.as_deref() == fingerprint)
+        {
             return;
         }
         if !self.identities.is_empty() {
-            self.new_identity = Some((now, id.clone()));
+            self.new_identity = Some((
+                now,
+                format!(
+                    "model {} fingerprint {}",
+                    model.unwrap_or("?"),
+                    fingerprint.unwrap_or("?")
+                ),
+            ));
         }
-        self.identities.push_back(id);
+        self.identities
+            .push_back((model.map(str::to_owned), fingerprint.map(str::to_owned)));
         if self.identities.len() > IDENTITIES {
             self.identities.pop_front();
         }

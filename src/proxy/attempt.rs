@@ -342,7 +342,7 @@ fn status_error(
         // This provider's context window is smaller than the prompt: another provider of
         // the model may have a larger one (a fleet can mix them), so try it; not a health
         // failure of this one.
-        400 | 413 if context_overflow(&body) => ("context_exceeded", Blame::Gateway, true),
+        400 | 413 if context_overflow(&body) => (CONTEXT_EXCEEDED, Blame::Gateway, true),
         429 => ("rate_limited", Blame::Upstream, true),
         408 => ("status_408", Blame::Upstream, true),
         401 | 403 => ("upstream_auth", Blame::Gateway, true),
@@ -373,6 +373,10 @@ fn status_error(
             .map(Duration::from_secs),
     }
 }
+
+/// The kind of a refusal for the provider's context window: retried elsewhere, and the
+/// client's answer only when every provider refused.
+pub const CONTEXT_EXCEEDED: &str = "context_exceeded";
 
 /// An upstream refusal because the prompt does not fit its context window: llama.cpp's
 /// `exceed_context_size_error` ("exceeds the available context size"), OpenAI's

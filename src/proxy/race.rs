@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::time::Instant;
 
-use super::attempt::{self, Answer, AttemptRequest, CallError};
+use super::attempt::{self, Answer, AttemptRequest, CONTEXT_EXCEEDED, CallError};
 use super::body::{self, RequestHead};
 use super::track::{RequestTrack, Slot};
 use super::{AttemptFailure, ClientRequest, Error, Gateway, MeteredStream, Reply};
@@ -129,7 +129,7 @@ pub(super) async fn run(
                     if !err.retryable {
                         return Ok(passthrough(ctx, track, err, index));
                     }
-                    if err.kind == "context_exceeded" {
+                    if err.kind == CONTEXT_EXCEEDED {
                         too_long = Some((err.clone(), index));
                     }
                     all_timed_out &= err.is_timeout();
@@ -149,7 +149,7 @@ pub(super) async fn run(
     // Every provider tried refused the prompt as longer than its context window: that is the
     // client's answer (a 400 in the provider's words), not a gateway failure.
     if let Some((err, index)) = too_long
-        && failures.iter().all(|f| f.kind == "context_exceeded")
+        && failures.iter().all(|f| f.kind == CONTEXT_EXCEEDED)
     {
         return Ok(passthrough(ctx, track, err, index));
     }

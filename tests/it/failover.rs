@@ -2,15 +2,17 @@
 
 use crate::support::*;
 
-#[tokio::test]
-async fn a_failing_provider_is_skipped_before_commit() {
+/// `p0` answers every request with `code` and `body`, `p1` answers normally: four requests
+/// (round robin starts two on `p0`) all get 200 from `p1`, and the two that started on `p0`
+/// show its `outcome` first. Returns the gateway.
+async fn fails_over_from(code: u16, body: &str, outcome: &str) -> TestGateway {
     let bad = spawn_mock(Script::Status {
-        code: 503,
-        body: r#"{"error":{"message":"overloaded"}}"#.into(),
+        code,
+        body: body.into(),
     })
     .await;
     let good = spawn_mock(Script::words(3)).await;
-    let mut gw = TestGateway::start(&[&bad, &good], TestGateway::IN_ORDER).await;
+    let gw = TestGateway::start(&[&bad, &good], TestGateway::IN_ORDER).await;
     for stream in [true, false, true, false] {
         let resp = gw.chat(stream).await;
         assert_eq!(resp.status(), 200);
@@ -18,16 +20,22 @@ async fn a_failing_provider_is_skipped_before_commit() {
         resp.bytes().await.unwrap();
     }
     let rows = gw.rows(4).await;
-    // Round robin starts two of the four requests on p0, which fail over to p1.
     let failed_over: Vec<_> = rows.iter().filter(|r| r.attempts.len() == 2).collect();
     assert_eq!(failed_over.len(), 2);
     for r in failed_over {
         assert_eq!(r.attempts[0].provider, "p0");
-        assert_eq!(r.attempts[0].outcome, "server_error");
-        assert_eq!(r.attempts[0].status, Some(503));
+        assert_eq!(r.attempts[0].outcome, outcome);
+        assert_eq!(r.attempts[0].status, Some(code));
         assert_eq!(r.attempts[1].outcome, "ok");
         assert_eq!(r.provider.as_deref(), Some("p1"));
     }
+    gw
+}
+
+#[tokio::test]
+async fn a_failing_provider_is_skipped_before_commit() {
+    let mut gw =
+        fails_over_from(503, r#"{"error":{"message":"overloaded"}}"#, "server_error").await;
     gw.stop().await;
 }
 
@@ -135,27 +143,7 @@ const TOO_LONG: &str = r#"{"error":{"code":400,"message":"request (1536 tokens) 
 
 #[tokio::test]
 async fn a_prompt_too_long_for_one_providers_context_goes_to_another() {
-    let small = spawn_mock(Script::Status {
-        code: 400,
-        body: TOO_LONG.into(),
-    })
-    .await;
-    let large = spawn_mock(Script::words(3)).await;
-    let mut gw = TestGateway::start(&[&small, &large], TestGateway::IN_ORDER).await;
-    for stream in [true, false, true, false] {
-        let resp = gw.chat(stream).await;
-        assert_eq!(resp.status(), 200);
-        assert_eq!(resp.headers()["x-candor-provider"], "p1");
-        resp.bytes().await.unwrap();
-    }
-    let rows = gw.rows(4).await;
-    let retried: Vec<_> = rows.iter().filter(|r| r.attempts.len() == 2).collect();
-    assert_eq!(retried.len(), 2);
-    assert!(
-        retried
-            .iter()
-            .all(|r| r.attempts[0].outcome == "context_exceeded")
-    );
+    let mut gw = fails_over_from(400, TOO_LONG, "context_exceeded").await;
     // Not a health failure: the small provider is still healthy.
     let health: serde_json::Value = gw.admin("/api/health").await.json().await.unwrap();
     assert_eq!(health["providers"][0]["state"], "healthy");

@@ -17,17 +17,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn query(http: &reqwest::Client, prom: &str, q: &str) -> Vec<Value> {
-    let v: Value = http
-        .get(format!("{prom}/api/v1/query"))
-        .query(&[("query", q)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+/// A Prometheus API answer, checked for `"status": "success"`.
+async fn api(request: reqwest::RequestBuilder) -> Value {
+    let v: Value = request.send().await.unwrap().json().await.unwrap();
     assert_eq!(v["status"], "success", "{v}");
+    v
+}
+
+async fn query(http: &reqwest::Client, prom: &str, q: &str) -> Vec<Value> {
+    let v = api(http
+        .get(format!("{prom}/api/v1/query"))
+        .query(&[("query", q)]))
+    .await;
     v["data"]["result"].as_array().unwrap().clone()
 }
 
@@ -106,14 +107,7 @@ async fn a_real_prometheus_scrapes_candor_and_loads_its_rules() {
     assert!(!sli.is_empty() && value(&sli[0]) >= 10.0, "{sli:?}");
 
     // Candor's alerting rules loaded and evaluate without error.
-    let rules: Value = http
-        .get(format!("{prom}/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules = api(http.get(format!("{prom}/api/v1/rules"))).await;
     let groups = rules["data"]["groups"].as_array().unwrap();
     assert!(!groups.is_empty(), "{rules}");
     let alerts: Vec<&Value> = groups

@@ -214,16 +214,21 @@ fn a_stall_or_a_stuck_backend_ejects_at_once() {
     assert_eq!(h.evidence[0].signal, "backend_stuck");
 }
 
+/// Decoding at a fifth of its baseline, answers taking 20 s: below every target.
+fn misses_the_targets() -> Signals {
+    Signals {
+        decode: Some(10.0),
+        e2e_p50: Some(20.0),
+        ..clean()
+    }
+}
+
 #[test]
 fn missing_the_targets_two_ticks_running_ejects_on_performance() {
     let now = Instant::now();
     let c = cfg();
     let mut h = learned(now);
-    let slow = Signals {
-        decode: Some(10.0),
-        e2e_p50: Some(20.0),
-        ..clean()
-    };
+    let slow = misses_the_targets();
     let peers = Reference {
         ttft: Some(0.2),
         decode: Some(50.0),
@@ -241,11 +246,7 @@ fn missing_the_targets_below_its_baseline_with_no_healthy_peer_only_degrades() {
     let now = Instant::now();
     let c = cfg();
     let mut h = learned(now);
-    let slow = Signals {
-        decode: Some(10.0),
-        e2e_p50: Some(20.0),
-        ..clean()
-    };
+    let slow = misses_the_targets();
     for _ in 0..5 {
         assert!(!matches!(h.state, State::Ejected { .. }));
         h.on_tick(now, &slow, None, None, &c, &targets(), true);
