@@ -21,6 +21,10 @@ use crate::config::Config;
 #[derive(Debug, Parser)]
 #[command(name = "candor", version, about)]
 pub struct Cli {
+    /// Runtime worker threads (default: one per CPU core). On a machine shared with the
+    /// upstream, fewer workers mean fewer cross-thread wake-ups per request.
+    #[arg(long, global = true, env = "CANDOR_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -121,6 +121,8 @@ pub struct ServerConfig {
     pub grace_period: Duration,
     /// Capacity of the observation queue between the request path and the health task.
     pub observation_queue: usize,
+    /// Client requests in flight at once; more are answered 503 at once.
+    pub max_in_flight: usize,
 }
 
 /// A client API key and the id that stands for it in logs.
@@ -342,6 +344,10 @@ impl Config {
         if max_body_bytes == 0 {
             problems.push("server.max_body_bytes: must be above 0".into());
         }
+        let max_in_flight = raw.server.max_in_flight.unwrap_or(4_096);
+        if max_in_flight == 0 {
+            problems.push("server.max_in_flight: must be above 0".into());
+        }
         let observation_queue = raw.server.observation_queue.unwrap_or(16_384);
         if observation_queue == 0 {
             problems.push("server.observation_queue: must be above 0".into());
@@ -457,6 +463,7 @@ impl Config {
                 max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
                 grace_period: raw.server.grace_period.unwrap_or(defaults::GRACE_PERIOD),
                 observation_queue,
+                max_in_flight,
             },
             timeouts,
             targets,

@@ -46,6 +46,7 @@ pub(crate) struct RawServer {
     #[serde(default, with = "humantime_serde")]
     pub(crate) grace_period: Option<Duration>,
     pub(crate) observation_queue: Option<usize>,
+    pub(crate) max_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

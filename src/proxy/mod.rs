@@ -1,6 +1,7 @@
 //! Runs one client request: plan the providers, make attempts, fail over before anything
 //! reaches the client, then commit — a complete body or a metered stream.
 
+pub mod admission;
 pub mod attempt;
 pub mod body;
 mod choose;
@@ -50,6 +51,8 @@ pub struct Gateway {
     pub retry_budget: Budget,
     /// Hedges allowed, per hedged model.
     pub hedge_budgets: BTreeMap<String, Budget>,
+    /// The limit on client requests in flight.
+    pub admission: Arc<admission::Admission>,
     rotation: AtomicUsize,
     epoch: Instant,
 }
@@ -76,6 +79,7 @@ impl Gateway {
                 .iter()
                 .map(|(m, h)| (m.clone(), Budget::new(h.budget, 0.0, 10.0)))
                 .collect(),
+            admission: admission::Admission::new(config.server.max_in_flight),
             config,
             upstreams,
             client,

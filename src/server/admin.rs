@@ -72,11 +72,14 @@ pub(super) async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 /// `GET /metrics`: Prometheus text format.
 pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     match gw.health.metrics().await {
-        Some(text) => (
-            [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-            text,
-        )
-            .into_response(),
+        Some(mut text) => {
+            gw.admission.render(&mut text);
+            (
+                [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                text,
+            )
+                .into_response()
+        }
         None => ApiError::internal("the health task is not running").into_response(),
     }
 }

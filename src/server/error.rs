@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -113,6 +114,20 @@ impl ApiError {
         )
     }
 
+    /// 503 for a request shed because `limit` requests are already in flight (sent with
+    /// `retry-after`).
+    pub fn overloaded(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "gateway_overloaded",
+            format!(
+                "This gateway is at its limit of {limit} requests in flight \
+                 (server.max_in_flight); retry shortly."
+            ),
+        )
+    }
+
     /// 500 for Candor's own failure (details go to the log, not the client).
     pub fn internal(message: &str) -> ApiError {
         ApiError::new(
@@ -182,6 +197,11 @@ impl IntoResponse for ApiError {
                 attempts: &self.attempts,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut r = (self.status, Json(body)).into_response();
+        if self.code == Some("gateway_overloaded") {
+            r.headers_mut()
+                .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        }
+        r
     }
 }

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::{PROVIDER, REQUEST_ID, ROUTE, bearer};
 use crate::observation::{Operation, Source};
+use crate::proxy::admission::Permit;
 use crate::proxy::{self, ClientRequest, Gateway, Reply};
+use futures_util::StreamExt;
 
 pub(super) async fn chat(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     run(gw, Operation::Chat, req).await
@@ -73,7 +75,14 @@ fn client_key(gw: &Gateway, req: &Request) -> Result<Option<String>, ApiError> {
 async fn run(gw: Arc<Gateway>, operation: Operation, req: Request) -> Response {
     let arrived = Instant::now();
     let request_id = super::new_request_id();
-    let mut response = match answer(gw, operation, req, arrived, &request_id).await {
+    let Some(permit) = gw.admission.try_admit() else {
+        let mut r = ApiError::overloaded(gw.admission.limit()).into_response();
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            r.headers_mut().insert(REQUEST_ID, v);
+        }
+        return r;
+    };
+    let mut response = match answer(gw, operation, req, arrived, &request_id, permit).await {
         Ok(r) => r,
         Err(e) => {
             if e.status.is_server_error() {
@@ -94,6 +103,7 @@ async fn answer(
     req: Request,
     arrived: Instant,
     request_id: &str,
+    permit: Permit,
 ) -> Result<Response, ApiError> {
     let client_key_id = client_key(&gw, &req)?;
     let limit = gw.config.server.max_body_bytes;
@@ -154,7 +164,12 @@ async fn answer(
             route,
             stream,
         } => {
-            let mut r = Response::new(Body::from_stream(*stream));
+            // The stream holds the request's admission slot until it ends or the client goes.
+            let stream = stream.map(move |chunk| {
+                let _held = &permit;
+                chunk
+            });
+            let mut r = Response::new(Body::from_stream(stream));
             *r.status_mut() = if status.is_success() {
                 status
             } else {

@@ -1,5 +1,7 @@
 //! Bad input and dead upstreams get OpenAI-shaped errors with the right status.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -136,4 +138,72 @@ async fn upstream_garbage_is_an_upstream_failure_not_a_crash() {
     let rows = gw.rows(2).await;
     assert!(rows.iter().all(|r| r.completion_tokens.is_none()));
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn beyond_max_in_flight_requests_are_shed_with_a_503_and_none_hangs() {
+    // Two slow streams take both slots; the third request is answered at once.
+    let mock = spawn_mock(Script::Tokens {
+        tokens: (0..20).map(|i| format!("w{i} ")).collect(),
+        first_delay: Duration::from_millis(5),
+        gap: Duration::from_millis(40),
+    })
+    .await;
+    let gw = TestGateway::start(&[&mock], "max_in_flight = 2\n").await;
+    let stream =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let a = gw
+        .post("/v1/chat/completions", stream.clone())
+        .send()
+        .await
+        .unwrap();
+    let b = gw
+        .post("/v1/chat/completions", stream.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+
+    let started = std::time::Instant::now();
+    let shed = gw
+        .post("/v1/chat/completions", stream.clone())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "shed at once, not queued"
+    );
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let (s, v) = error_of(shed).await;
+    assert_eq!(s, 503);
+    assert_eq!(v["error"]["code"], "gateway_overloaded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_in_flight")
+    );
+
+    // The admitted streams are served whole; their slots come back when they end.
+    for r in [a, b] {
+        let text = r.text().await.unwrap();
+        assert!(text.contains("w19 ") && text.contains("[DONE]"), "{text}");
+    }
+    let again = gw
+        .post("/v1/chat/completions", stream)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    drop(again);
+    let metrics = gw.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("candor_requests_shed_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("candor_requests_in_flight_limit 2\n"),
+        "{metrics}"
+    );
 }
