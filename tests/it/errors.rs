@@ -164,7 +164,7 @@ async fn beyond_max_in_flight_requests_are_shed_with_a_503_and_none_hangs() {
         .unwrap();
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
 
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let shed = gw
         .post("/v1/chat/completions", stream.clone())
         .send()
