@@ -148,7 +148,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let app = server::router(Arc::clone(&gateway));
     let signal = stop_server.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(no_delay(listener), app)
             .with_graceful_shutdown(async move { signal.cancelled().await })
             .await
     });
@@ -248,7 +248,7 @@ async fn serve_router(
     let stop_server = CancellationToken::new();
     let signal = stop_server.clone();
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
+        let _ = axum::serve(no_delay(listener), router)
             .with_graceful_shutdown(async move { signal.cancelled().await })
             .await;
     });
@@ -286,4 +286,15 @@ pub async fn start_dependency(
         CancellationToken::new(),
     )
     .await
+}
+
+/// Accepted connections with Nagle's algorithm off: a streamed chunk is written as it comes,
+/// not held back until the client acknowledges the previous one.
+fn no_delay(listener: TcpListener) -> impl axum::serve::Listener<Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+    })
 }
