@@ -1,7 +1,8 @@
 //! The streaming half of `bench/overhead`: a timestamping SSE upstream and a load client that
 //! measures, per stream, the time to first chunk and, per chunk, the delay from the moment
-//! the upstream wrote it to the moment the client read it (both read the same system clock,
-//! so the delay through a proxy minus the delay direct is what the proxy adds per chunk).
+//! the upstream wrote it (its send time, in ns, is the chunk's text) to the moment the client
+//! read it (both read the same system clock, so the delay through a proxy minus the delay
+//! direct is what the proxy adds per chunk).
 //!
 //! `cargo run --release --example sseload -- upstream --listen 127.0.0.1:9000 --chunks 20 --gap-ms 40`
 //! `cargo run --release --example sseload -- run --url http://127.0.0.1:8080/v1/chat/completions --streams 200 --seconds 20`
@@ -56,6 +57,9 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value = "bench-stream")]
         model: String,
+        /// Sent as `Authorization: Bearer …` (a proxy that needs a key).
+        #[arg(long)]
+        bearer: Option<String>,
     },
 }
 
@@ -78,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
             streams,
             seconds,
             model,
-        } => run(url, streams, Duration::from_secs(seconds), model).await,
+            bearer,
+        } => run(url, streams, Duration::from_secs(seconds), model, bearer).await,
     }
 }
 
@@ -86,9 +91,6 @@ async fn upstream(listen: SocketAddr, chunks: u32, gap: Duration) -> anyhow::Res
     let app = Router::new().fallback(move |body: Bytes| async move {
         let req: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let usage = req["stream_options"]["include_usage"] == true;
-        let words = [
-            "The", " cache", " holds", " keys", " and", " values", " per", " token",
-        ];
         // Chunk 0 at once (no prefill), then one every `gap`; then the finish chunk, the
         // usage chunk when asked for, and [DONE].
         let events = futures_util::stream::unfold(0u32, move |i| async move {
@@ -102,8 +104,8 @@ async fn upstream(listen: SocketAddr, chunks: u32, gap: Duration) -> anyhow::Res
             let text = match i {
                 i if i < chunks => base(json!({
                     "id": "chatcmpl-bench", "object": "chat.completion.chunk",
-                    "created": 1_700_000_000, "model": "bench-model", "sent_ns": now_ns(),
-                    "choices": [{"index": 0, "delta": {"content": words[i as usize % words.len()]},
+                    "created": 1_700_000_000, "model": "bench-model",
+                    "choices": [{"index": 0, "delta": {"content": format!(" {}", now_ns())},
                                  "finish_reason": null}],
                 })),
                 i if i == chunks => base(json!({
@@ -144,8 +146,22 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
-async fn run(url: String, streams: usize, span: Duration, model: String) -> anyhow::Result<()> {
+async fn run(
+    url: String,
+    streams: usize,
+    span: Duration,
+    model: String,
+    bearer: Option<String>,
+) -> anyhow::Result<()> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = bearer {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {key}").parse()?,
+        );
+    }
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(streams)
         .tcp_nodelay(true)
         .build()?;
@@ -235,7 +251,12 @@ async fn one_stream(
                 continue;
             }
             let v: Value = serde_json::from_slice(data).map_err(|_| "bad chunk".to_owned())?;
-            if let Some(sent) = v["sent_ns"].as_u64() {
+            // The upstream writes its send time as the token; a proxy that re-encodes
+            // chunks (LiteLLM) keeps the content.
+            let sent = v["choices"][0]["delta"]["content"]
+                .as_str()
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            if let Some(sent) = sent {
                 t.chunks += 1;
                 t.delay_us.push(at.saturating_sub(sent) / 1_000);
             }
