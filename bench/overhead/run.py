@@ -12,6 +12,8 @@ Phases (configurations alternated inside every round, medians over rounds):
   streams  200 concurrent streams from a timestamping upstream (a chunk every 40 ms):
            time to first chunk and per-chunk delay (examples/sseload)
   hold     1,000 concurrent streams open through a fresh Candor: its peak RSS
+  overload 512 connections, closed loop, against a Candor limited to 64 requests in flight:
+           what it does beyond capacity (503 with retry-after at once, nothing hangs)
 """
 
 import argparse
@@ -196,7 +198,7 @@ http {{
         for port in (p["timed"], p["slow"]):
             wait_http(f"http://127.0.0.1:{port}/")
 
-    def start_candor(self, name):
+    def start_candor(self, name, server_extra=""):
         p = self.ports
         cfg = self.work / f"{name}.toml"
         db = self.work / f"{name}.db"
@@ -209,6 +211,7 @@ price = {{ input_per_million = 0.15, output_per_million = 0.60 }}
 """ for k, model in (("json", "bench"), ("sse", "bench-stream"), ("timed", "bench-timed"), ("slow", "bench-slow")))
         cfg.write_text(f"""[server]
 listen = "127.0.0.1:{p['candor']}"
+{server_extra}
 [health]
 min_requests = 20
 [request_log]
@@ -256,13 +259,15 @@ path = "{db}"
         return [t for t in TARGETS if not (t == "litellm" and self.a.no_litellm)]
 
     # ---- load -----------------------------------------------------------------------------
-    def oha(self, target, mode, rate, seconds, conns=64):
+    def oha(self, target, mode, rate, seconds, conns=64, timeout_s=None):
         body = REQ_JSON if mode == "json" else REQ_SSE
         args = [str(self.a.oha), "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-c", str(conns),
                 "-w", "-m", "POST", "-H", "content-type: application/json", "-H", f"authorization: Bearer {self.key}",
                 "-d", json.dumps(body), self.url(target, mode)]
         if rate:
             args[1:1] = ["-q", str(rate), "--latency-correction"]
+        if timeout_s:
+            args[1:1] = ["-t", f"{timeout_s}s"]
         before = cpu_s(self.pids(target))
         out = subprocess.run(args, capture_output=True, text=True, timeout=seconds * 20 + 120)
         after = cpu_s(self.pids(target))
@@ -362,6 +367,14 @@ path = "{db}"
         log(f"hold {self.a.hold_streams} streams: candor peak RSS {peak:.1f} MB (idle {base:.1f} MB), {r.get('streams')} streams, errors {r.get('errors')}")
         return {"streams": self.a.hold_streams, "idle_rss_mb": base, "peak_rss_mb": peak, "load": r}
 
+    def phase_overload(self):
+        os.killpg(self.candor.pid, signal.SIGTERM)
+        self.candor.wait(timeout=30)
+        self.candor = self.start_candor("candor-overload", "max_in_flight = 64")
+        r = self.oha("candor", "json", None, 10, conns=512, timeout_s=10)
+        log(f"overload: {r['ok']} answered, {r['error_kinds']}, P99 {r['p99_ms']} ms")
+        return r
+
 
 def med(xs):
     xs = [x for x in xs if x is not None]
@@ -372,7 +385,7 @@ def fmt(x, digits=3):
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def report(a, fixed, lite, mx, streams, hold, rss_main, machine):
+def report(a, fixed, lite, mx, streams, hold, over, rss_main, machine):
     out = []
     w = out.append
     w(f"Machine: {machine}. Rounds: {a.rounds}, {a.seconds} s per fixed-load and streaming cell; medians over rounds; "
@@ -489,6 +502,16 @@ def report(a, fixed, lite, mx, streams, hold, rss_main, machine):
         checks.append((f"peak RSS ≤ 64 MB with {hold['streams']} concurrent streams", hold["peak_rss_mb"] <= 64,
                        f"{hold['peak_rss_mb']:.1f} MB"))
         checks.append((f"{hold['streams']} concurrent streams: none lost", not ld.get("errors"), f"errors {ld.get('errors') or 0}"))
+    if over:
+        kinds = over["error_kinds"]
+        shed = kinds.get("status 503", 0)
+        other = {k: v for k, v in kinds.items() if k != "status 503"}
+        w("\n### Beyond capacity: 512 connections against a Candor limited to 64 in flight (10 s, closed loop)\n")
+        w(f"{over['ok']} answered 200, {shed} shed with 503 + `retry-after`, other outcomes: {other or 'none'}; "
+          f"{over['rps']:.0f} answers/s, P50 {fmt(over['p50_ms'])} ms, P99 {fmt(over['p99_ms'])} ms "
+          f"(every answer, shed ones included), nothing still waiting when the run ended.\n")
+        checks.append(("beyond capacity: sheds with 503, nothing lost or hanging", not other,
+                       f"{shed} shed, other outcomes {other or 'none'}"))
     w(f"\nCandor's peak RSS over the latency phases: {rss_main:.1f} MB.\n")
     w("### Targets (issue 9)\n")
     w("| target | met? | measured |")
@@ -496,7 +519,7 @@ def report(a, fixed, lite, mx, streams, hold, rss_main, machine):
     for name, ok, detail in checks:
         w(f"| {name} | {'met' if ok else '**missed**'} | {detail} |")
     data = {"machine": machine, "settings": vars(a) | {"candor": str(a.candor), "sseload": str(a.sseload), "oha": str(a.oha), "litellm": str(a.litellm)},
-            "fixed": summary, "litellm": lite, "max": mx, "streams": stream_rows, "hold": hold,
+            "fixed": summary, "litellm": lite, "max": mx, "streams": stream_rows, "hold": hold, "overload": over,
             "candor_peak_rss_mb": rss_main, "targets": [{"target": n, "met": ok, "measured": d} for n, ok, d in checks],
             "raw": {"fixed": fixed, "streams": streams}}
     return "\n".join(out) + "\n", data
@@ -523,7 +546,7 @@ def main():
     ap.add_argument("--hold-streams", type=int, default=1000)
     ap.add_argument("--litellm-ladder", type=lambda s: [int(x) for x in s.split()], default=[25, 50, 100, 200, 300, 500])
     ap.add_argument("--candor-workers", type=int, default=1)
-    ap.add_argument("--phases", default="fixed litellm max streams hold")
+    ap.add_argument("--phases", default="fixed litellm max streams hold overload")
     ap.add_argument("--out", type=Path, default=ROOT / "target" / "overhead")
     a = ap.parse_args()
     a.no_litellm = a.no_litellm or a.litellm is None
@@ -538,9 +561,10 @@ def main():
         streams = b.phase_streams() if "streams" in phases else []
         rss_main = rss_mb(b.candor.pid)
         hold = b.phase_hold() if "hold" in phases else None
+        over = b.phase_overload() if "overload" in phases else None
     finally:
         b.stop()
-    text, data = report(a, fixed, lite, mx, streams, hold, rss_main, machine())
+    text, data = report(a, fixed, lite, mx, streams, hold, over, rss_main, machine())
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "report.md").write_text(text)
     (a.out / "report.json").write_text(json.dumps(data, indent=1, default=str))

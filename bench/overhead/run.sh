@@ -4,7 +4,7 @@
 # prints the tables; docs/benchmarks.md explains them).
 #
 # Usage: bench/overhead/run.sh [--docs] [run.py options: --rates "500 2000" --seconds 20
-#        --rounds 3 --streams 200 --hold-streams 1000 --phases "fixed litellm max streams hold"
+#        --rounds 3 --streams 200 --hold-streams 1000 --phases "fixed litellm max streams hold overload"
 #        --no-litellm]
 #   --docs   also replace the overhead section of docs/benchmarks.md with this run's tables
 # Installs what is missing: Debian nginx-light; oha (crates.io) and LiteLLM (PyPI, in a

@@ -28,7 +28,12 @@ pub struct MeteredStream {
     track: RequestTrack,
     strip_usage: bool,
     idle: Duration,
+    /// Fires at the earliest moment the stream could have been idle for `idle`; moved on
+    /// lazily when it fires, not on every chunk (a timer-wheel update per chunk costs more
+    /// than the metering).
     idle_timer: Pin<Box<Sleep>>,
+    /// When the last bytes came from the upstream.
+    last_data: Instant,
     total_deadline: Instant,
     total_timer: Pin<Box<Sleep>>,
     ended: bool,
@@ -70,6 +75,7 @@ impl MeteredStream {
             strip_usage,
             idle,
             idle_timer: Box::pin(sleep_until(Instant::now() + idle)),
+            last_data: Instant::now(),
             total_deadline,
             total_timer: Box::pin(sleep_until(total_deadline)),
             ended: false,
@@ -233,8 +239,7 @@ impl Stream for MeteredStream {
                         }
                         continue;
                     }
-                    let next_idle = (now + this.idle).min(this.total_deadline);
-                    this.idle_timer.as_mut().reset(next_idle);
+                    this.last_data = now;
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let err = transport_error(&e);
@@ -256,6 +261,12 @@ impl Stream for MeteredStream {
                         continue;
                     }
                     if this.idle_timer.as_mut().poll(cx).is_ready() {
+                        let due = (this.last_data + this.idle).min(this.total_deadline);
+                        if due > Instant::now() {
+                            // Data came since the timer was set: wait out the rest.
+                            this.idle_timer.as_mut().reset(due);
+                            continue;
+                        }
                         let msg = format!(
                             "no token from upstream for {}",
                             humantime::format_duration(this.idle)
