@@ -190,3 +190,39 @@ async fn graceful_shutdown_drains_a_stream_and_flushes_the_log() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, 200);
 }
+
+#[tokio::test]
+async fn a_stream_silent_for_the_idle_timeout_is_cut_but_steady_slow_tokens_are_not() {
+    let words = |n| (0..n).map(|i| format!("w{i} ")).collect::<Vec<String>>();
+    // Tokens 200 ms apart under a 300 ms idle timeout: 1.6 s in all, never idle that long.
+    let steady = spawn_mock(Script::Tokens {
+        tokens: words(8),
+        first_delay: Duration::from_millis(5),
+        gap: Duration::from_millis(200),
+    })
+    .await;
+    let mut gw = TestGateway::start(&[&steady], "[timeouts]\nidle = \"300ms\"\n").await;
+    let body = gw.chat(true).await.text().await.unwrap();
+    assert!(body.contains("w7 ") && body.contains("[DONE]"), "{body}");
+    assert!(!body.contains("timeout_idle"), "{body}");
+    gw.stop().await;
+
+    // The first token, then 2 s of silence: cut after the idle timeout with an error event.
+    let stalled = spawn_mock(Script::Tokens {
+        tokens: words(2),
+        first_delay: Duration::from_millis(5),
+        gap: Duration::from_secs(2),
+    })
+    .await;
+    let mut gw = TestGateway::start(&[&stalled], "[timeouts]\nidle = \"300ms\"\n").await;
+    let started = Instant::now();
+    let body = gw.chat(true).await.text().await.unwrap();
+    let took = started.elapsed();
+    assert!(body.contains("w0 ") && !body.contains("w1 "), "{body}");
+    assert!(body.contains("timeout_idle"), "{body}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+        "cut after {took:?}"
+    );
+    gw.stop().await;
+}
