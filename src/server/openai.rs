@@ -75,17 +75,24 @@ fn client_key(gw: &Gateway, req: &Request) -> Result<Option<String>, ApiError> {
 async fn run(gw: Arc<Gateway>, operation: Operation, req: Request) -> Response {
     let arrived = Instant::now();
     let request_id = super::new_request_id();
-    let Some(permit) = gw.admission.try_admit() else {
-        let mut r = ApiError::overloaded(gw.admission.limit()).into_response();
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            r.headers_mut().insert(REQUEST_ID, v);
+    let outcome = match gw.admission.try_admit() {
+        Some(permit) => {
+            answer(
+                Arc::clone(&gw),
+                operation,
+                req,
+                arrived,
+                &request_id,
+                permit,
+            )
+            .await
         }
-        return r;
+        None => Err(ApiError::overloaded(gw.admission.limit())),
     };
-    let mut response = match answer(gw, operation, req, arrived, &request_id, permit).await {
+    let mut response = match outcome {
         Ok(r) => r,
         Err(e) => {
-            if e.status.is_server_error() {
+            if e.status.is_server_error() && e.code != Some("gateway_overloaded") {
                 tracing::warn!(request_id, status = e.status.as_u16(), error = %e.message, "request failed");
             }
             e.into_response()

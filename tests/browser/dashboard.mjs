@@ -138,8 +138,13 @@ await step("the request explorer filters and opens a request", async () => {
   }, healthy);
   const rows = await page.locator("#requests tbody tr[data-id]").count();
   results.explorer_rows = rows;
-  const id = await page.locator("#requests tbody tr[data-id]").first().getAttribute("data-id");
-  await page.locator("#requests tbody tr[data-id]").first().click();
+  // Read the id from the row clicked, in one turn of the page: the explorer refreshes every
+  // 5 s, and a refresh between reading the first row and clicking it would open another.
+  const id = await page.evaluate(() => {
+    const row = document.querySelector("#requests tbody tr[data-id]");
+    row.click();
+    return row.dataset.id;
+  });
   await page.locator("#detail").waitFor({ state: "visible" });
   await page.locator("#detail-body h3", { hasText: "Routing decision" }).waitFor();
   const detail = await page.textContent("#detail-body");
