@@ -21,6 +21,7 @@ use candor::health::report::Windows;
 use candor::health::snapshot::ProviderView;
 use candor::health::state::State;
 use candor::health::window::Sample;
+use candor::observation::{Observation, Operation, Source};
 use candor::proxy::meter::Meter;
 use candor::proxy::sse::{SseSplitter, event_data};
 use candor::quality::descriptors::Ask;
@@ -66,18 +67,29 @@ fn stream(tokens: usize) -> Vec<Vec<u8>> {
     out
 }
 
+/// What the gateway does with each read from the upstream: split it into events and meter
+/// each event's data.
+fn feed(splitter: &mut SseSplitter, meter: &mut Meter, bytes: &[u8], now: Instant) {
+    splitter.push(bytes);
+    while let Some(ev) = splitter.next_event() {
+        if let Some(d) = event_data(&ev) {
+            black_box(meter.on_data(now, &d));
+        }
+    }
+}
+
 /// A splitter and a meter in the middle of a stream (ten tokens in), and the next chunk.
 fn mid_stream() -> (SseSplitter, Meter, Instant, Vec<u8>) {
     let t0 = Instant::now();
     let mut splitter = SseSplitter::default();
     let mut meter = Meter::new(t0).asking(ask());
     for (i, c) in (0..10).map(chunk).enumerate() {
-        splitter.push(&c);
-        while let Some(ev) = splitter.next_event() {
-            if let Some(d) = event_data(&ev) {
-                meter.on_data(t0 + Duration::from_millis(i as u64 * 20), &d);
-            }
-        }
+        feed(
+            &mut splitter,
+            &mut meter,
+            &c,
+            t0 + Duration::from_millis(i as u64 * 20),
+        );
     }
     (splitter, meter, t0 + Duration::from_millis(220), chunk(10))
 }
@@ -87,12 +99,7 @@ fn mid_stream() -> (SseSplitter, Meter, Instant, Vec<u8>) {
 #[bench::one_chunk(args = (), setup = mid_stream, config = limit(13_600))]
 fn sse_chunk(input: (SseSplitter, Meter, Instant, Vec<u8>)) -> (SseSplitter, Meter) {
     let (mut splitter, mut meter, now, bytes) = input;
-    splitter.push(black_box(&bytes));
-    while let Some(ev) = splitter.next_event() {
-        if let Some(d) = event_data(&ev) {
-            black_box(meter.on_data(now, &d));
-        }
-    }
+    feed(&mut splitter, &mut meter, black_box(&bytes), now);
     (splitter, meter)
 }
 
@@ -100,24 +107,24 @@ fn sse_chunk(input: (SseSplitter, Meter, Instant, Vec<u8>)) -> (SseSplitter, Met
 // the output descriptors (repetition, compression ratio, script, refusal).
 #[library_benchmark]
 #[bench::stream_256_tokens(args = (256,), setup = stream, config = limit(4_700_000))]
-fn sse_stream(chunks: Vec<Vec<u8>>) -> candor::observation::Observation {
+fn sse_stream(chunks: Vec<Vec<u8>>) -> Observation {
     let t0 = Instant::now();
     let mut splitter = SseSplitter::default();
     let mut meter = Meter::new(t0).asking(ask());
     for (i, c) in chunks.iter().enumerate() {
-        splitter.push(c);
-        while let Some(ev) = splitter.next_event() {
-            if let Some(d) = event_data(&ev) {
-                meter.on_data(t0 + Duration::from_millis(i as u64 * 20), &d);
-            }
-        }
+        feed(
+            &mut splitter,
+            &mut meter,
+            c,
+            t0 + Duration::from_millis(i as u64 * 20),
+        );
     }
-    let mut obs = candor::observation::Observation::start(
+    let mut obs = Observation::start(
         0,
         Arc::from("p"),
         Arc::from("m"),
-        candor::observation::Operation::Chat,
-        candor::observation::Source::Client,
+        Operation::Chat,
+        Source::Client,
         true,
         t0,
     );

@@ -224,6 +224,12 @@ path = "{db}"
             sys.exit(f"candor did not start: {(self.work / f'{name}.log').read_text()}")
         return proc
 
+    def restart_candor(self, name, server_extra=""):
+        """A fresh Candor process (its peak RSS starts over) on the same port."""
+        os.killpg(self.candor.pid, signal.SIGTERM)
+        self.candor.wait(timeout=30)
+        self.candor = self.start_candor(name, server_extra)
+
     def start_litellm(self):
         p = self.ports
         cfg = self.work / "litellm.yaml"
@@ -243,10 +249,10 @@ path = "{db}"
 
     def url(self, target, mode):
         p = self.ports
-        up = {"json": "json", "sse": "sse", "timed": "timed", "slow": "slow"}[mode]
+        # Each mode has its own upstream port and nginx location, named after it.
         return {
-            "direct": f"http://127.0.0.1:{p[up]}/v1/chat/completions",
-            "nginx": f"http://127.0.0.1:{p['proxy']}/{up}/v1/chat/completions",
+            "direct": f"http://127.0.0.1:{p[mode]}/v1/chat/completions",
+            "nginx": f"http://127.0.0.1:{p['proxy']}/{mode}/v1/chat/completions",
             "candor": f"http://127.0.0.1:{p['candor']}/v1/chat/completions",
             "litellm": f"http://127.0.0.1:{p['litellm']}/v1/chat/completions",
         }[target]
@@ -358,9 +364,7 @@ path = "{db}"
         return res
 
     def phase_hold(self):
-        os.killpg(self.candor.pid, signal.SIGTERM)
-        self.candor.wait(timeout=30)
-        self.candor = self.start_candor("candor-hold")
+        self.restart_candor("candor-hold")
         base = rss_mb(self.candor.pid, "VmRSS")
         r = self.sseload("candor", "slow", self.a.hold_streams, 25)
         peak = rss_mb(self.candor.pid)
@@ -368,9 +372,7 @@ path = "{db}"
         return {"streams": self.a.hold_streams, "idle_rss_mb": base, "peak_rss_mb": peak, "load": r}
 
     def phase_overload(self):
-        os.killpg(self.candor.pid, signal.SIGTERM)
-        self.candor.wait(timeout=30)
-        self.candor = self.start_candor("candor-overload", "max_in_flight = 64")
+        self.restart_candor("candor-overload", "max_in_flight = 64")
         r = self.oha("candor", "json", None, 10, conns=512, timeout_s=10)
         log(f"overload: {r['ok']} answered, {r['error_kinds']}, P99 {r['p99_ms']} ms")
         return r

@@ -23,8 +23,11 @@ LITELLM_VERSION=1.105.7
 CACHE="$HOME/.cache/candor-ci"
 OHA="$CACHE/oha-$OHA_VERSION/bin/oha"
 LITELLM_VENV="$CACHE/litellm-$LITELLM_VERSION"
-if ! command -v nginx >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light python3-venv >/dev/null
+need_apt=()
+command -v nginx >/dev/null 2>&1 || need_apt+=(nginx-light)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)   # LiteLLM's virtualenv
+if ((${#need_apt[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 if [[ ! -x "$OHA" ]]; then
     echo "== building oha $OHA_VERSION (once; cached in $CACHE)" >&2

@@ -63,7 +63,8 @@ impl MeteredStream {
     ) -> MeteredStream {
         let total_deadline = open.deadline;
         let decoding = Some(provider.decoding());
-        provider.progress(Instant::now(), 0);
+        let now = Instant::now();
+        provider.progress(now, 0);
         // Decoding is counted from the first token: the tokens before it are not decode.
         let reported = open.meter.token_chunks();
         let mut s = MeteredStream {
@@ -74,8 +75,8 @@ impl MeteredStream {
             track,
             strip_usage,
             idle,
-            idle_timer: Box::pin(sleep_until(Instant::now() + idle)),
-            last_data: Instant::now(),
+            idle_timer: Box::pin(sleep_until(now + idle)),
+            last_data: now,
             total_deadline,
             total_timer: Box::pin(sleep_until(total_deadline)),
             ended: false,

@@ -2,8 +2,8 @@
 //! status and a message that helps, and never a secret or an internal detail.
 
 use axum::Json;
-use axum::http::StatusCode;
 use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -24,6 +24,8 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// For 502/504: each attempt.
     pub attempts: Vec<AttemptFailure>,
+    /// Seconds sent as `retry-after`, when the client should come back.
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +58,7 @@ impl ApiError {
             code: Some(code),
             param: None,
             attempts: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -117,15 +120,18 @@ impl ApiError {
     /// 503 for a request shed because `limit` requests are already in flight (sent with
     /// `retry-after`).
     pub fn overloaded(limit: usize) -> ApiError {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "gateway_overloaded",
-            format!(
-                "This gateway is at its limit of {limit} requests in flight \
-                 (server.max_in_flight); retry shortly."
-            ),
-        )
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "gateway_overloaded",
+                format!(
+                    "This gateway is at its limit of {limit} requests in flight \
+                     (server.max_in_flight); retry shortly."
+                ),
+            )
+        }
     }
 
     /// 500 for Candor's own failure (details go to the log, not the client).
@@ -198,9 +204,8 @@ impl IntoResponse for ApiError {
             },
         };
         let mut r = (self.status, Json(body)).into_response();
-        if self.code == Some("gateway_overloaded") {
-            r.headers_mut()
-                .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         r
     }

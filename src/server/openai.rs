@@ -75,28 +75,19 @@ fn client_key(gw: &Gateway, req: &Request) -> Result<Option<String>, ApiError> {
 async fn run(gw: Arc<Gateway>, operation: Operation, req: Request) -> Response {
     let arrived = Instant::now();
     let request_id = super::new_request_id();
-    let outcome = match gw.admission.try_admit() {
-        Some(permit) => {
-            answer(
-                Arc::clone(&gw),
-                operation,
-                req,
-                arrived,
-                &request_id,
-                permit,
-            )
-            .await
-        }
-        None => Err(ApiError::overloaded(gw.admission.limit())),
-    };
-    let mut response = match outcome {
-        Ok(r) => r,
-        Err(e) => {
-            if e.status.is_server_error() && e.code != Some("gateway_overloaded") {
-                tracing::warn!(request_id, status = e.status.as_u16(), error = %e.message, "request failed");
+    let admitted = gw.admission.try_admit();
+    let mut response = match admitted {
+        // Shed: counted by the gate, not logged one by one (a flood of them is the overload).
+        None => ApiError::overloaded(gw.admission.limit()).into_response(),
+        Some(permit) => match answer(gw, operation, req, arrived, &request_id, permit).await {
+            Ok(r) => r,
+            Err(e) => {
+                if e.status.is_server_error() {
+                    tracing::warn!(request_id, status = e.status.as_u16(), error = %e.message, "request failed");
+                }
+                e.into_response()
             }
-            e.into_response()
-        }
+        },
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, v);
