@@ -489,8 +489,27 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
         _dir,
     } = pair([2048, 2048], "[health]\nmin_requests = 5\n").await;
     let traffic = Traffic::start(&url, 3);
-    // Healthy traffic first, so each instance learns its baseline at this load.
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Healthy traffic first, until each instance has learned its decode baseline at this
+    // load (at least 30 s; a fixed wait sometimes left llama-2 without one, and a slowdown
+    // with no baseline to fall below cannot be named).
+    let warm = Instant::now();
+    loop {
+        let h = admin(&url, "/api/health").await;
+        let learned = h["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["baseline_decode_tokens_per_s"].is_number());
+        if learned && warm.elapsed() >= Duration::from_secs(30) {
+            break;
+        }
+        assert!(
+            warm.elapsed() < Duration::from_secs(120),
+            "no decode baseline on both instances after 120 s: {}",
+            h["providers"]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // A duty cycle of SIGSTOP/SIGCONT takes 40 % of llama-2's CPU time away, like a GPU
     // held at 60 % of its clocks: slower, no errors.
