@@ -14,7 +14,7 @@ use kv::Tails;
 
 use super::cusum::{Cusum, Since};
 use super::{Clock, Fact, Finding, Mode, Severity};
-use crate::health::baseline::Reference;
+use crate::health::baseline::{Ratios, Reference};
 use crate::health::state::{Signals, State};
 use crate::health::window::{ErrorClass, Slot};
 use crate::scrape::Backend;
@@ -38,8 +38,9 @@ pub struct ProviderInput<'a> {
     pub state: State,
     /// The provider's own baseline at its load.
     pub baseline: Option<Reference>,
-    /// Healthy peers at comparable load.
-    pub peers: Option<Reference>,
+    /// The median of its peers' ratios to their own baselines (what the traffic did to
+    /// every provider of the model at once).
+    pub peers: Option<Ratios>,
     /// The latest fresh scrape.
     pub backend: Option<&'a Backend>,
     /// Whether the provider's own health endpoint answered 2xx at its last check.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::*;
-use crate::health::baseline::Reference;
+use crate::health::baseline::{Ratios, Reference};
 use crate::health::state::{Signals, State};
 use crate::health::window::{ErrorClass, Sample, Slot, Window};
 
@@ -55,7 +55,7 @@ struct Fixture {
     signals: Signals,
     state: State,
     baseline: Option<Reference>,
-    peers: Option<Reference>,
+    peers: Option<Ratios>,
     health_ok: Option<bool>,
     backend: Option<crate::scrape::Backend>,
 }
@@ -76,9 +76,9 @@ impl Fixture {
                 ttft: Some(0.1),
                 decode: Some(80.0),
             }),
-            peers: Some(Reference {
-                ttft: Some(0.1),
-                decode: Some(80.0),
+            peers: Some(Ratios {
+                ttft: Some(1.0),
+                decode: Some(1.0),
             }),
             health_ok: None,
             backend: None,
@@ -274,6 +274,67 @@ fn mid_stream_stalls_with_flat_medians_are_kv_thrashing() {
     let fx = Fixture::new(slot(&one));
     let mut d3 = ProviderDetectors::default();
     assert!(fx.step(&mut d3, now).is_empty());
+}
+
+#[test]
+fn stalls_the_servers_own_cache_contradicts_are_not_kv_thrashing() {
+    // Long prefills stall streams too: the server says its cache stayed a third full and
+    // preempted nothing, so the stalls are not a cache shortage.
+    let t0 = Instant::now();
+    let mut d = learned_on_clean_traffic(t0);
+    let mut samples = vec![ok(0.1, GAPS, 0.02); 32];
+    samples.extend(vec![ok(0.1, GAPS, 3.0); 8]);
+    let mut fx = Fixture::new(slot(&samples));
+    fx.backend = Some(crate::scrape::Backend {
+        reading: crate::scrape::engines::Reading {
+            kv_usage: Some(0.36),
+            ..Default::default()
+        },
+        preemptions_per_s: Some(0.0),
+        ..Default::default()
+    });
+    for i in 0..10 {
+        let f = fx.step(
+            &mut d,
+            t0 + Duration::from_secs(10) + Duration::from_millis(500 * i),
+        );
+        assert!(!modes(&f).contains(&Mode::KvCacheThrashing), "{f:#?}");
+    }
+}
+
+#[test]
+fn a_slowdown_every_peer_shares_is_the_traffic_not_hardware() {
+    // A burst: every provider of the model decodes at 60 % of its baseline at once.
+    let t0 = Instant::now();
+    let mut fx = Fixture::new(clean_slot());
+    let mut d = ProviderDetectors::default();
+    fx.signals.decode = Some(48.0);
+    fx.peers = Some(Ratios {
+        decode: Some(0.6),
+        ttft: Some(1.5),
+    });
+    for i in 0..120 {
+        let f = fx.step(&mut d, t0 + Duration::from_millis(500 * i));
+        assert!(!modes(&f).contains(&Mode::HardwareDegradation), "{f:#?}");
+    }
+    // The peers recover while this one stays slow: now it is the provider.
+    fx.peers = Some(Ratios {
+        decode: Some(0.98),
+        ttft: Some(1.0),
+    });
+    let later = t0 + Duration::from_secs(60);
+    let named = (0..20).find_map(|i| {
+        fx.step(&mut d, later + Duration::from_millis(500 * i))
+            .into_iter()
+            .find(|f| f.mode == Mode::HardwareDegradation)
+    });
+    let f = named.expect("named once the peers are back to normal");
+    assert!(f.summary.contains("peers"), "{}", f.summary);
+    assert!(
+        f.facts.iter().any(|x| x.signal == "peer_decode_ratio"),
+        "{:#?}",
+        f.facts
+    );
 }
 
 #[test]

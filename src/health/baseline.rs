@@ -4,10 +4,16 @@
 
 /// Upper bounds of the load buckets (mean requests in flight).
 const BUCKETS: [f64; 6] = [1.5, 3.0, 6.0, 12.0, 24.0, f64::INFINITY];
+/// Per-stream decode rate allowed per load bucket heavier than the one learned: a batch
+/// twice the size costs a memory-bound decode step well under 25 % more, and the prefills
+/// of twice the arrivals interleave with it.
+const LIGHTER_DECODE: f64 = 0.75;
 /// Ticks of data before a bucket is trusted.
 const MIN_TICKS: u32 = 5;
-/// Slowest learning rate: a half-life of about 350 ticks (three minutes at 0.5 s).
-const MIN_ALPHA: f64 = 0.002;
+/// Slowest learning rate: a half-life of about 3,500 ticks (half an hour at 0.5 s). A fault
+/// that creeps in over ten minutes moves a baseline this slow by a few per cent only, so the
+/// reference the detectors compare with is the last known-good state, not the drift.
+const MIN_ALPHA: f64 = 0.0002;
 
 /// The weight of the `n`-th observation (counting from 1) in a running average that is a
 /// plain mean at first and an exponential one, of weight `floor`, once `1/n` falls below it.
@@ -29,6 +35,72 @@ struct Bucket {
     ttft: f64,
     decode: f64,
     ticks: u32,
+}
+
+/// How far a provider is from its own baseline now: current over baseline, for the decode
+/// rate and the median time to first token. Its peers' median of these is the common-mode
+/// reference: when every provider of a model moves the same way at once, that is the
+/// traffic, not one of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Ratios {
+    /// Decode rate over the baseline's (below 1: slower).
+    pub decode: Option<f64>,
+    /// Median TTFT over the baseline's (above 1: slower).
+    pub ttft: Option<f64>,
+}
+
+impl Ratios {
+    /// `current` against `reference`.
+    pub fn of(current: Reference, reference: Option<Reference>) -> Ratios {
+        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 && a.is_finite() => Some(a / b),
+            _ => None,
+        };
+        Ratios {
+            decode: div(current.decode, reference.and_then(|r| r.decode)),
+            ttft: div(current.ttft, reference.and_then(|r| r.ttft)),
+        }
+    }
+
+    /// The median of each ratio over `all`.
+    pub fn median(all: &[Ratios]) -> Option<Ratios> {
+        let pick = |f: fn(&Ratios) -> Option<f64>| {
+            let mut v: Vec<f64> = all.iter().filter_map(f).collect();
+            median(&mut v)
+        };
+        let r = Ratios {
+            decode: pick(|r| r.decode),
+            ttft: pick(|r| r.ttft),
+        };
+        (r.decode.is_some() || r.ttft.is_some()).then_some(r)
+    }
+
+    /// How much of a drop in decode rate the peers share: their ratio, capped at 1 (peers
+    /// faster than their baselines excuse nothing).
+    pub fn shared_decode_drop(peers: Option<Ratios>) -> f64 {
+        peers
+            .and_then(|p| p.decode)
+            .map_or(1.0, |d| d.clamp(f64::MIN_POSITIVE, 1.0))
+    }
+
+    /// How much of a rise in TTFT the peers share: their ratio, at least 1.
+    pub fn shared_ttft_rise(peers: Option<Ratios>) -> f64 {
+        peers.and_then(|p| p.ttft).map_or(1.0, |t| t.max(1.0))
+    }
+}
+
+/// The median of `v` (sorted in place).
+pub fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 /// The learned baseline, one running average per load bucket.
@@ -59,17 +131,29 @@ impl Baseline {
     }
 
     /// The reference at `load`: this load bucket when learned, else the nearest learned
-    /// bucket of heavier load. Never a lighter one: decode slows and TTFT grows as batches
-    /// grow, so a lighter load's figures would call ordinary load a degradation, while a
-    /// heavier load's figures can only under-call one.
+    /// bucket of heavier load. Failing both, the nearest lighter bucket's decode rate with an
+    /// allowance of `LIGHTER_DECODE` per bucket between (a batch twice the size decodes each
+    /// stream more slowly; the allowance is generous, so a lighter load's figures under-call
+    /// a degradation rather than call ordinary load one), and no TTFT (queueing makes first
+    /// tokens at a heavier load unknowable from a lighter one).
     pub fn at(&self, load: f64) -> Option<Reference> {
-        self.buckets[bucket_of(load)..]
-            .iter()
-            .find(|b| b.ticks >= MIN_TICKS)
-            .map(|b| Reference {
+        let here = bucket_of(load);
+        if let Some(b) = self.buckets[here..].iter().find(|b| b.ticks >= MIN_TICKS) {
+            return Some(Reference {
                 ttft: Some(b.ttft),
                 decode: Some(b.decode),
-            })
+            });
+        }
+        let (below, b) = self.buckets[..here]
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, b)| b.ticks >= MIN_TICKS)?;
+        let steps = i32::try_from(here - below).unwrap_or(i32::MAX);
+        Some(Reference {
+            ttft: None,
+            decode: Some(b.decode * LIGHTER_DECODE.powi(steps)),
+        })
     }
 
     /// True when a peer at load `peer` is a fair reference for a provider at load `mine`:
@@ -94,10 +178,13 @@ mod tests {
         }
         assert_eq!(b.at(1.0).and_then(|r| r.decode), Some(80.0));
         assert_eq!(b.at(20.0).and_then(|r| r.decode), Some(40.0));
-        // 4 in flight was never seen healthy: the heavier bucket stands in, never the
-        // lighter one.
+        // 4 in flight was never seen healthy: the heavier bucket stands in.
         assert_eq!(b.at(4.0).and_then(|r| r.decode), Some(40.0));
-        assert_eq!(b.at(30.0), None);
+        // Heavier than anything learned: the lightest learned bucket below, with an allowance
+        // of a quarter per bucket, and no first-token reference.
+        let heavier = b.at(30.0).unwrap();
+        assert_eq!(heavier.ttft, None);
+        assert!((heavier.decode.unwrap() - 40.0 * 0.75).abs() < 1e-9);
         assert!(Baseline::comparable(2.0, 4.0));
         assert!(
             Baseline::comparable(1.0, 20.0),

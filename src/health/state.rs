@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::baseline::{Baseline, Reference};
+use super::baseline::{Baseline, Ratios, Reference};
 use crate::config::{RoutingConfig, Targets};
 
 /// A provider's state.
@@ -141,8 +141,10 @@ pub struct ProviderHealth {
 
 /// Minimum attempts in the recent window before performance is judged.
 pub const MIN_SAMPLES: u64 = 5;
-/// TTFT differences smaller than this are noise, whatever the ratio.
+/// TTFT differences smaller than this are noise, whatever the ratio…
 const TTFT_FLOOR_S: f64 = 0.05;
+/// …and so are those below this share of the TTFT target.
+const TTFT_FLOOR_SHARE: f64 = 0.25;
 /// Ticks a healthy provider must look worse than its reference before it is degraded: a
 /// burst (say, failed-over requests landing at once) is not a degradation.
 const DEGRADE_AFTER_TICKS: u32 = 3;
@@ -286,8 +288,9 @@ impl ProviderHealth {
         }
     }
 
-    /// Re-judges the provider at a tick from its recent `signals` against `peers` (the
-    /// median of healthy peers at comparable load) and its own baseline. `flagged` is a
+    /// Re-judges the provider at a tick from its recent `signals` against its own baseline
+    /// at this load, less what `peers` (the median of its peers' ratios to their own
+    /// baselines) share. `flagged` is a
     /// detector's finding that should lower the provider's weight to at most its second
     /// element (KV-cache thrashing, hardware degradation: the signals here judge a 30-second
     /// window and flap with the load; the detectors keep their memory). Returns true when the
@@ -297,7 +300,7 @@ impl ProviderHealth {
         &mut self,
         now: Instant,
         s: &Signals,
-        peers: Option<Reference>,
+        peers: Option<Ratios>,
         flagged: Option<(Evidence, f64)>,
         cfg: &RoutingConfig,
         targets: &Targets,
@@ -329,59 +332,61 @@ impl ProviderHealth {
         if s.requests < MIN_SAMPLES {
             return false;
         }
-        // Two references: healthy peers at comparable load (they see the same traffic) and
-        // the provider's own baseline at this load (a fleet may mix fast and slow hardware).
-        // A signal counts only when it is off against every reference there is, and is
-        // reported against the closest one.
-        let refs: Vec<(Reference, &'static str)> = peers
-            .map(|r| (r, "peers"))
-            .into_iter()
-            .chain(self.baseline.at(s.load).map(|r| (r, "baseline")))
-            .collect();
-        let closest = |ratio: &dyn Fn(&Reference) -> Option<f64>| {
-            refs.iter()
-                .filter_map(|(r, against)| ratio(r).map(|x| (x, *r, *against)))
-                .max_by(|a, b| a.0.total_cmp(&b.0))
-        };
+        // The provider against its own baseline at this load (a fleet may mix fast and slow
+        // hardware, so it is compared with itself), less what its peers share: when every
+        // provider of the model moved the same way at once, that is the traffic. With no
+        // baseline at this load there is nothing fair to compare with.
+        let own = self.baseline.at(s.load);
+        let ratios = Ratios::of(
+            Reference {
+                ttft: s.ttft_p50,
+                decode: s.decode,
+            },
+            own,
+        );
         let mut evidence = Vec::new();
         let mut weight: f64 = 1.0;
-        if let Some(d) = s.decode
-            && let Some((ratio, r, against)) = closest(&|r| r.decode.map(|b| d / b))
-            && ratio < cfg.degrade_ratio
-            && let Some(base) = r.decode
+        if let (Some(d), Some(r), Some(base)) =
+            (s.decode, ratios.decode, own.and_then(|o| o.decode))
         {
-            weight = weight.min(ratio);
-            evidence.push(Evidence::new(
-                "decode_rate",
-                d,
-                Some(base),
-                against,
-                format!(
-                    "decoding at {d:.1} tokens/s, {:.0} % below its {against} of {base:.1}",
-                    (1.0 - ratio) * 100.0
-                ),
-            ));
+            let relative = r / Ratios::shared_decode_drop(peers);
+            if r < cfg.degrade_ratio && relative < cfg.degrade_ratio {
+                weight = weight.min(relative);
+                evidence.push(Evidence::new(
+                    "decode_rate",
+                    d,
+                    Some(base),
+                    "baseline",
+                    format!(
+                        "decoding at {d:.1} tokens/s, {:.0} % below its baseline of {base:.1} at this load{}",
+                        (1.0 - r) * 100.0,
+                        peer_words(peers.and_then(|p| p.decode), "decode"),
+                    ),
+                ));
+            }
         }
-        if let Some(t) = s.ttft_p50
-            && let Some((ratio, r, against)) = closest(&|r| {
-                r.ttft
-                    .map(|b| if t - b > TTFT_FLOOR_S { b / t } else { 1.0 })
-            })
-            && ratio < cfg.degrade_ratio
-            && let Some(base) = r.ttft
+        // A first token later by a few tens of milliseconds is the prompt mix, not a fault:
+        // only a difference users feel (a share of the target) counts.
+        let ttft_floor = TTFT_FLOOR_S.max(TTFT_FLOOR_SHARE * targets.ttft.as_secs_f64());
+        if let (Some(t), Some(base)) = (s.ttft_p50, own.and_then(|o| o.ttft))
+            && t - base > ttft_floor
         {
-            weight = weight.min(ratio);
-            evidence.push(Evidence::new(
-                "ttft",
-                t,
-                Some(base),
-                against,
-                format!(
-                    "median time to first token {:.0} ms against its {against} of {:.0} ms",
-                    t * 1000.0,
-                    base * 1000.0
-                ),
-            ));
+            let ratio = base / t * Ratios::shared_ttft_rise(peers);
+            if ratio < cfg.degrade_ratio {
+                weight = weight.min(ratio);
+                evidence.push(Evidence::new(
+                    "ttft",
+                    t,
+                    Some(base),
+                    "baseline",
+                    format!(
+                        "median time to first token {:.0} ms against its baseline of {:.0} ms{}",
+                        t * 1000.0,
+                        base * 1000.0,
+                        peer_words(peers.and_then(|p| p.ttft), "first-token time"),
+                    ),
+                ));
+            }
         }
         if let Some((ev, w)) = flagged {
             weight = weight.min(w);
@@ -399,6 +404,7 @@ impl ProviderHealth {
         // reference it holds against the peers.)
         let decode_outlier = evidence.iter().any(|e| e.signal == "decode_rate")
             && peers.is_some_and(|p| p.decode.is_some());
+        let refs = own.is_some() || peers.is_some();
         match misses_targets(s, targets) {
             Some(miss) if decode_outlier => {
                 self.missed_ticks += 1;
@@ -412,7 +418,7 @@ impl ProviderHealth {
         if evidence.is_empty() {
             // A degraded provider is healthy again only on a fair comparison, never for
             // want of one (it may have lost the traffic that made it comparable).
-            if refs.is_empty() && self.state != State::Healthy {
+            if !refs && self.state != State::Healthy {
                 return false;
             }
             self.suspect_ticks = 0;
@@ -446,6 +452,16 @@ impl ProviderHealth {
         let weight = weight.clamp(MIN_WEIGHT, 1.0);
         self.set(State::Degraded { weight }, evidence, now)
     }
+}
+
+/// How the peers compare with their own baselines, in words (empty without peers).
+fn peer_words(peer_ratio: Option<f64>, what: &str) -> String {
+    peer_ratio.map_or_else(String::new, |r| {
+        format!(
+            "; its peers' {what} is at {:.0} % of their own baselines",
+            r * 100.0
+        )
+    })
 }
 
 /// The stall watchdog: requests in flight with no token for this long is a hang —

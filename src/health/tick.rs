@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::baseline::{Baseline, Reference};
+use super::baseline::{Ratios, Reference};
 use super::snapshot::{ProviderView, Snapshot};
 use super::state::{Evidence, MIN_SAMPLES, Signals, State, stall_limit};
 use super::{HealthTask, Tracked, fresh};
@@ -69,14 +69,14 @@ impl HealthTask {
             .map(|i| self.measure(i, now))
             .collect();
         let pools = self.quality_pools();
-        for i in 0..self.providers.len() {
-            let peers = self.peer_reference(i, &signals);
+        let own = self.own_ratios(&signals);
+        for (i, s) in signals.iter().enumerate() {
+            let peers = self.peer_ratios(i, &own);
             let can_eject = self.can_eject(i);
             let stale = self.scrape.stale_after;
             let (Some(p), Some(t)) = (self.upstreams.get(i), self.providers.get_mut(i)) else {
                 continue;
             };
-            let s = &signals[i];
             t.signals = *s;
             let since_healthy = t.since_healthy.sum(now, RECENT);
             let input = ProviderInput {
@@ -240,29 +240,37 @@ impl HealthTask {
         }
     }
 
-    /// The median TTFT and decode rate of `i`'s healthy peers at comparable load.
-    fn peer_reference(&self, i: usize, signals: &[Signals]) -> Option<Reference> {
-        let mine = signals.get(i)?;
-        let mut ttft = Vec::new();
-        let mut decode = Vec::new();
-        for j in self.upstreams.peers(i) {
-            let (Some(s), Some(t)) = (signals.get(j), self.providers.get(j)) else {
-                continue;
-            };
-            if t.health.state != State::Healthy
-                || s.requests < MIN_SAMPLES
-                || !Baseline::comparable(mine.load, s.load)
-            {
-                continue;
-            }
-            ttft.extend(s.ttft_p50);
-            decode.extend(s.decode);
-        }
-        let r = Reference {
-            ttft: median(&mut ttft),
-            decode: median(&mut decode),
-        };
-        (r.ttft.is_some() || r.decode.is_some()).then_some(r)
+    /// Each provider's signals against its own baseline at its load.
+    fn own_ratios(&self, signals: &[Signals]) -> Vec<Option<Ratios>> {
+        self.providers
+            .iter()
+            .zip(signals)
+            .map(|(t, s)| {
+                // Out of rotation, or too little traffic: its figures say nothing now.
+                let serving = matches!(t.health.state, State::Healthy | State::Degraded { .. });
+                (serving && s.requests >= MIN_SAMPLES).then(|| {
+                    Ratios::of(
+                        Reference {
+                            ttft: s.ttft_p50,
+                            decode: s.decode,
+                        },
+                        t.health.baseline.at(s.load),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// The median of `i`'s peers' ratios to their own baselines: what the traffic did to
+    /// every provider of the model at once.
+    fn peer_ratios(&self, i: usize, own: &[Option<Ratios>]) -> Option<Ratios> {
+        let all: Vec<Ratios> = self
+            .upstreams
+            .peers(i)
+            .into_iter()
+            .filter_map(|j| own.get(j).copied().flatten())
+            .collect();
+        Ratios::median(&all)
     }
 
     /// Publishes what the router needs, by provider index.
@@ -297,17 +305,4 @@ impl HealthTask {
             retry_after_until: t.retry_after_until.filter(|&u| u > now),
         }
     }
-}
-
-fn median(v: &mut [f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
 }

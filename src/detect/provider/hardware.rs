@@ -1,10 +1,12 @@
 //! FM 4, hardware degradation: a CUSUM of the decode rate against the provider's own
-//! baseline at the same load, its peers only to contradict; DCGM clocks and throttle bits
-//! as confirmation.
+//! baseline at the same load, less the drop its peers share (every provider of a model
+//! slowing at once is the traffic); DCGM clocks and throttle bits as confirmation.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::health::baseline::Ratios;
 
 use super::{
     Clock, Fact, Finding, MIN_ATTEMPTS, Mode, ProviderDetectors, ProviderInput, Severity, rate,
@@ -48,14 +50,15 @@ impl ProviderDetectors {
         };
         let peers = p.peers.and_then(|r| r.decode);
         // Against its own baseline at this load (a fleet may mix hardware, so a provider is
-        // compared with itself); its peers must not contradict — they serve comparable or
-        // heavier load, so one slower than they are is slow, one faster is not degraded.
-        let ratio = decode / own;
-        let slower_than_peers = peers.is_none_or(|q| decode < q);
+        // compared with itself), less what its peers share: when they all decode below their
+        // baselines at once, the load did it (a burst, or traffic moved onto them).
+        let own_ratio = decode / own;
+        let ratio = own_ratio / Ratios::shared_decode_drop(p.peers);
         // Winsorised, so one wild tick cannot alarm alone.
         let z = ((1.0 - ratio) / DECODE_SIGMA).clamp(-Z_CAP, Z_CAP);
         let alarm = self.decode.step(now, z);
-        if !alarm || !slower_than_peers || ratio >= 1.0 - (1.0 - DECODE_RATIO) / 2.0 {
+        let half = 1.0 - (1.0 - DECODE_RATIO) / 2.0;
+        if !alarm || ratio >= half || own_ratio >= half {
             self.last_hw = None;
             return None;
         }
@@ -76,23 +79,28 @@ impl ProviderDetectors {
         if let Some(q) = peers {
             facts.push(
                 Fact::new(
-                    "peer_decode_tokens_per_s",
-                    decode,
-                    "tokens/s",
-                    format!("healthy peers serving the same model decode at {q:.1} tokens/s"),
+                    "peer_decode_ratio",
+                    q,
+                    "ratio",
+                    format!(
+                        "its peers serving the same model decode at {:.0} % of their own baselines",
+                        q * 100.0
+                    ),
                 )
-                .baseline(Some(q))
-                .threshold(q * DECODE_RATIO),
+                .baseline(Some(1.0))
+                .threshold(DECODE_RATIO),
             );
         }
+        let errors = rate(s.failures, s.requests);
         facts.push(Fact::new(
             "error_rate",
-            rate(s.failures, s.requests),
+            errors,
             "ratio",
-            format!(
-                "{} of {} attempts failed: no errors to explain it",
-                s.failures, s.requests
-            ),
+            if s.failures == 0 {
+                format!("none of {} attempts failed", s.requests)
+            } else {
+                format!("{} of {} attempts failed", s.failures, s.requests)
+            },
         ));
         let mut confirmed = false;
         if let Some(b) = p.backend {
@@ -129,13 +137,14 @@ impl ProviderDetectors {
             severity,
             onset_unix_ms: clock.ms(onset),
             summary: format!(
-                "{} decodes {:.0} % slower than its baseline{} with no errors{}",
+                "{} decodes {:.0} % slower than its own baseline at this load{}{}",
                 p.id,
-                (1.0 - decode / own) * 100.0,
-                if peers.is_some() {
-                    " and its peers"
-                } else {
-                    ""
+                (1.0 - own_ratio) * 100.0,
+                match peers {
+                    Some(q) if q < 1.0 =>
+                        format!(", while its peers are at {:.0} % of theirs", q * 100.0),
+                    Some(_) => ", while its peers decode as usual".to_owned(),
+                    None => String::new(),
                 },
                 if confirmed {
                     "; the GPU confirms throttling"

@@ -30,6 +30,10 @@ const TAIL_FLOOR: f64 = 10.0;
 const FLAT_TTFT_P50: f64 = 2.0;
 /// KV usage that counts as saturated (GIE's threshold; reference §2, §4.2).
 const KV_FULL: f64 = 0.8;
+/// KV usage that rules a shortage out: a cache that never passed half full over
+/// `KV_MEMORY`, with no preemption, is not thrashing, whatever the stalls look like (long
+/// prefills and bursts stall streams too).
+const KV_CLEAR: f64 = 0.5;
 /// How long a KV-thrashing finding stands after its signature last held.
 const KV_HOLD: Duration = Duration::from_secs(20);
 /// How long a saturated or preempting scrape counts.
@@ -88,6 +92,11 @@ impl ProviderDetectors {
         let preempt_peak = self.preempt_peak.map(|(v, _)| v);
         let backend_confirms =
             kv_peak.is_some_and(|k| k >= KV_FULL) || preempt_peak.is_some_and(|r| r > 0.0);
+        // The server's own account can overrule the gateway's inference: a cache far from
+        // full with nothing preempted has no shortage to thrash on.
+        let backend_contradicts = p.backend.is_some()
+            && kv_peak.is_some_and(|k| k < KV_CLEAR)
+            && preempt_peak.is_none_or(|r| r == 0.0);
         // Mid-stream stalls in a growing share of requests.
         let stalling =
             stalls >= MIN_STALLS && share >= STALL_SHARE.max(STALL_SHARE_MULT * base_share);
@@ -104,6 +113,7 @@ impl ProviderDetectors {
         // median is the same shortage, and the timeouts it causes are its symptom too.
         let queueing = learned && (r_ttft >= tail_ratio || ttft_p50 >= FLAT_TTFT_P50 * t.ttft_p50);
         let thrashing = w.requests >= 2 * MIN_ATTEMPTS
+            && !backend_contradicts
             && flat_itl
             && ((errors < FLAT_ERRORS && (stalling || (tail && stalls >= 2)))
                 || (backend_confirms && (stalling || queueing)));
