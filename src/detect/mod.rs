@@ -4,6 +4,7 @@
 //! the alarm fired), the evidence and a suggested action. Findings become incidents
 //! (`crate::incident`).
 
+mod capacity;
 mod cascade;
 pub mod cusum;
 mod provider;
@@ -12,6 +13,7 @@ mod quality;
 use serde::Serialize;
 use tokio::time::Instant;
 
+pub use capacity::{CapacityWatch, Folding, Member, ModelInput, fold};
 pub use cascade::{DependencyWatch, GatewayDetectors, GatewayInput};
 pub use provider::{ProviderDetectors, ProviderInput};
 pub use quality::{PeerPool, QualityDetector};
@@ -43,6 +45,8 @@ pub enum Mode {
     SloBurn,
     /// Successful completions per minute fell against their baseline.
     CompletionsDrop,
+    /// A model's demand exceeds what its providers in rotation can serve.
+    CapacityExhausted,
 }
 
 impl Mode {
@@ -60,6 +64,7 @@ impl Mode {
             Mode::MidStreamResets => "mid_stream_resets",
             Mode::SloBurn => "slo_burn",
             Mode::CompletionsDrop => "completions_drop",
+            Mode::CapacityExhausted => "capacity_exhausted",
         }
     }
 
@@ -77,11 +82,12 @@ impl Mode {
             Mode::MidStreamResets => "mid-stream resets",
             Mode::SloBurn => "SLO error budget burning",
             Mode::CompletionsDrop => "completions per minute dropped",
+            Mode::CapacityExhausted => "capacity exhausted",
         }
     }
 
     /// Every mode.
-    pub const ALL: [Mode; 11] = [
+    pub const ALL: [Mode; 12] = [
         Mode::SilentQualityDegradation,
         Mode::KvCacheThrashing,
         Mode::BatchQueueDeadlock,
@@ -93,6 +99,7 @@ impl Mode {
         Mode::MidStreamResets,
         Mode::SloBurn,
         Mode::CompletionsDrop,
+        Mode::CapacityExhausted,
     ];
 
     /// The mode named `s`.

@@ -156,6 +156,16 @@ impl Baseline {
         })
     }
 
+    /// The quickest first token learned at any load: what a first token costs with no queue
+    /// in front of it.
+    pub fn unqueued_ttft(&self) -> Option<f64> {
+        self.buckets
+            .iter()
+            .filter(|b| b.ticks >= MIN_TICKS)
+            .map(|b| b.ttft)
+            .min_by(f64::total_cmp)
+    }
+
     /// True when a peer at load `peer` is a fair reference for a provider at load `mine`:
     /// the same or a neighbouring load bucket, or any heavier load (a provider slower than
     /// a busier peer is slow).

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HealthConfig, RoutingConfig, ScrapeConfig, Targets};
 use crate::detect::{
-    DependencyWatch, Finding, GatewayDetectors, ProviderDetectors, QualityDetector,
+    CapacityWatch, DependencyWatch, Finding, GatewayDetectors, ProviderDetectors, QualityDetector,
 };
 use crate::incident::{self, Incidents};
 use crate::metrics::{Gauges, Metrics};
@@ -164,6 +164,8 @@ struct Tracked {
     detectors: ProviderDetectors,
     /// What the detectors found at the last tick.
     findings: Vec<Finding>,
+    /// A model it serves was over capacity at the last tick.
+    overloaded: bool,
     quality: QualityDetector,
     /// The latest result of each canary probe, by probe and model.
     canaries: BTreeMap<(String, String), CanaryResult>,
@@ -202,6 +204,7 @@ impl Tracked {
             health_endpoint_ok: None,
             detectors: ProviderDetectors::default(),
             findings: Vec::new(),
+            overloaded: false,
             quality: QualityDetector::default(),
             canaries: BTreeMap::new(),
         }
@@ -241,6 +244,9 @@ pub struct HealthTask {
     dependencies: Vec<DependencyWatch>,
     slo: Slo,
     slo_findings: Vec<Finding>,
+    /// Per model: whether its demand exceeds its providers' capacity.
+    capacity: BTreeMap<String, CapacityWatch>,
+    capacity_findings: Vec<Finding>,
     incidents: Incidents,
     resolve_after: Duration,
     /// The span of real traffic the quality detector judges.
@@ -295,6 +301,8 @@ impl HealthTask {
                     .collect(),
                 slo: Slo::new(config.slo, now),
                 slo_findings: Vec::new(),
+                capacity: BTreeMap::new(),
+                capacity_findings: Vec::new(),
                 incidents: Incidents::default(),
                 resolve_after: config.alerts.resolve_after,
                 quality_window: config.canaries.traffic_window,
@@ -432,9 +440,16 @@ impl HealthTask {
         if failed && t.minute.1 > 1 && t.minute.2 * 2 > t.minute.1 {
             t.cooldown_until = Some(now + COOLDOWN);
         }
-        let changed = t
-            .health
-            .on_attempt(now, failed, within, obs.probe, &self.routing, can_eject);
+        // While the model is over capacity its failures are timeouts behind a queue: they say
+        // nothing about this provider, and ejecting it would only pile its load on the rest.
+        let changed = t.health.on_attempt(
+            now,
+            failed && !t.overloaded,
+            within,
+            obs.probe,
+            &self.routing,
+            can_eject,
+        );
         if changed {
             t.state_changed(now);
             self.on_state_change(obs.provider);

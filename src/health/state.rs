@@ -119,6 +119,9 @@ pub struct Signals {
     pub backend_stuck: bool,
     /// The GPU exporter's clock-event (throttle) reason bits, when known.
     pub throttle_reasons: Option<u64>,
+    /// A model it serves is over capacity: slow answers and timeouts are the load's, not
+    /// the provider's.
+    pub overloaded: bool,
 }
 
 /// The state machine for one provider.
@@ -336,7 +339,9 @@ impl ProviderHealth {
         // hardware, so it is compared with itself), less what its peers share: when every
         // provider of the model moved the same way at once, that is the traffic. With no
         // baseline at this load there is nothing fair to compare with.
-        let own = self.baseline.at(s.load);
+        // Over capacity, every provider is slow and times out: the load explains it, and
+        // judging (or learning) performance now would only eject the ones carrying it.
+        let own = self.baseline.at(s.load).filter(|_| !s.overloaded);
         let ratios = Ratios::of(
             Reference {
                 ttft: s.ttft_p50,
@@ -424,6 +429,7 @@ impl ProviderHealth {
             self.suspect_ticks = 0;
             if let (Some(t), Some(d)) = (s.ttft_p50, s.decode)
                 && self.state == State::Healthy
+                && !s.overloaded
             {
                 self.baseline.learn(s.load, t, d);
             }
@@ -498,7 +504,7 @@ fn hard_failure(s: &Signals, cfg: &RoutingConfig) -> Option<Evidence> {
         ));
     }
     let rate = s.failures as f64 / s.requests.max(1) as f64;
-    (s.requests >= MIN_SAMPLES && rate >= EJECT_ERROR_RATE).then(|| {
+    (!s.overloaded && s.requests >= MIN_SAMPLES && rate >= EJECT_ERROR_RATE).then(|| {
         Evidence::new(
             "error_rate",
             rate,

@@ -11,7 +11,9 @@ use super::baseline::{Ratios, Reference};
 use super::snapshot::{ProviderView, Snapshot};
 use super::state::{Evidence, MIN_SAMPLES, Signals, State, stall_limit};
 use super::{HealthTask, Tracked, fresh};
-use crate::detect::{Clock, Finding, GatewayInput, Mode, PeerPool, ProviderInput};
+use crate::detect::{
+    Clock, Finding, Folding, GatewayInput, Member, Mode, ModelInput, PeerPool, ProviderInput, fold,
+};
 use crate::observation::unix_ms_now;
 
 /// Span of the recent window.
@@ -120,6 +122,7 @@ impl HealthTask {
                 self.on_state_change(i);
             }
         }
+        self.capacity_findings = self.judge_capacity(&signals, &clock, now);
         let recent = self.overall.fine.sum(now, GATEWAY_RECENT);
         self.gateway_finding = self.gateway.step(
             &GatewayInput { recent: &recent },
@@ -140,7 +143,8 @@ impl HealthTask {
             .iter()
             .flat_map(|t| &t.findings)
             .chain(&self.gateway_finding)
-            .chain(&self.slo_findings);
+            .chain(&self.slo_findings)
+            .chain(&self.capacity_findings);
         for e in self.incidents.step(now_ms, findings, self.resolve_after) {
             if e.kind != crate::incident::EventKind::Updated {
                 tracing::info!(
@@ -236,8 +240,79 @@ impl HealthTask {
                 .quantile(0.95)
                 .map(|p95| Duration::from_secs_f64(p95 * 3.0)),
             backend_stuck: fresh.is_some_and(crate::scrape::Backend::stuck),
+            overloaded: t.overloaded,
             throttle_reasons: fresh.and_then(|b| b.reading.throttle_reasons),
         }
+    }
+
+    /// Judges every model's capacity and folds each model's findings to one per cause (the
+    /// load's consequences into the capacity finding, or the shortfall into the provider
+    /// fault that caused it). Returns the capacity findings that stand on their own.
+    fn judge_capacity(&mut self, signals: &[Signals], clock: &Clock, now: Instant) -> Vec<Finding> {
+        let ttft_target = self.targets.ttft.as_secs_f64();
+        let stale = self.scrape.stale_after;
+        let models: Vec<String> = self.upstreams.models().map(str::to_owned).collect();
+        let mut out = Vec::new();
+        for t in &mut self.providers {
+            t.overloaded = false;
+        }
+        for model in models {
+            let serving = self.upstreams.serving(&model).to_vec();
+            let members: Vec<Member<'_>> = serving
+                .iter()
+                .filter_map(|&j| {
+                    let (t, p, s) = (
+                        self.providers.get(j)?,
+                        self.upstreams.get(j)?,
+                        signals.get(j)?,
+                    );
+                    let recent = t.recent.sum(now, RECENT);
+                    Some(Member {
+                        id: &p.config.id,
+                        serving: matches!(t.health.state, State::Healthy | State::Degraded { .. }),
+                        waiting: t
+                            .fresh_backend(stale, now)
+                            .and_then(|(b, _)| b.reading.queue),
+                        in_flight: p.in_flight(),
+                        ttft_p50: s.ttft_p50,
+                        ttft_baseline: t.health.baseline.unqueued_ttft(),
+                        requests: recent.requests,
+                        within_targets: recent.within_targets,
+                        completed: recent.completed,
+                    })
+                })
+                .collect();
+            let queueing: Vec<bool> = members.iter().map(|m| m.queueing(ttft_target)).collect();
+            let input = ModelInput {
+                model: &model,
+                members,
+                ttft_target,
+                window: RECENT,
+            };
+            let found = self
+                .capacity
+                .entry(model.clone())
+                .or_default()
+                .step(&input, clock, now);
+            let over = found.is_some();
+            let mut folding: Vec<Folding<'_>> = self
+                .providers
+                .iter_mut()
+                .enumerate()
+                .filter(|(j, _)| serving.contains(j))
+                .zip(&queueing)
+                .map(|((_, t), &queueing)| {
+                    t.overloaded |= over;
+                    Folding {
+                        serving: matches!(t.health.state, State::Healthy | State::Degraded { .. }),
+                        findings: &mut t.findings,
+                        queueing,
+                    }
+                })
+                .collect();
+            out.extend(fold(found, &mut folding));
+        }
+        out
     }
 
     /// Each provider's signals against its own baseline at its load.

@@ -30,6 +30,7 @@ fn clean() -> Signals {
         slow_first_token: None,
         backend_stuck: false,
         throttle_reasons: Some(0),
+        overloaded: false,
     }
 }
 
@@ -450,4 +451,35 @@ fn a_slow_first_token_alone_degrades_but_never_ejects() {
     }
     assert_eq!(h.state, State::Degraded { weight: 0.05 });
     assert_eq!(h.evidence[0].signal, "ttft");
+}
+
+#[test]
+fn over_capacity_timeouts_and_slowness_neither_eject_nor_degrade() {
+    let now = Instant::now();
+    let mut h = learned(now);
+    // Half the attempts time out behind a queue and decoding is at a third of the baseline.
+    let loaded = Signals {
+        failures: 25,
+        decode: Some(15.0),
+        ttft_p50: Some(4.0),
+        ttft_p95: Some(6.0),
+        overloaded: true,
+        ..clean()
+    };
+    for _ in 0..10 {
+        assert!(!h.on_tick(now, &loaded, None, None, &cfg(), &targets(), true));
+    }
+    assert_eq!(h.state, State::Healthy);
+    for _ in 0..10 {
+        assert!(!h.on_attempt(now, false, false, false, &cfg(), true));
+    }
+    // What was learned is not what overload looks like.
+    assert_eq!(h.baseline.at(4.0).unwrap().decode, Some(50.0));
+    // The same signals without the overload are a fault.
+    let faulty = Signals {
+        overloaded: false,
+        ..loaded
+    };
+    assert!(h.on_tick(now, &faulty, None, None, &cfg(), &targets(), true));
+    assert!(matches!(h.state, State::Ejected { .. }));
 }
