@@ -25,6 +25,8 @@ const GW_ALPHA: f64 = 0.02;
 const E2E_RISE: f64 = 1.5;
 const TIMEOUT_SHARE: f64 = 0.05;
 const MIN_TIMEOUTS: u64 = 3;
+/// A dependency this many times its learned latency is a leading indicator on its own.
+const LEADING_MULT: f64 = 3.0;
 /// Requests in the gateway window before its symptoms are judged.
 const MIN_REQUESTS: u64 = 10;
 
@@ -185,7 +187,7 @@ impl GatewayDetectors {
     ) -> Option<Finding> {
         let w = g.recent;
         if w.requests < MIN_REQUESTS {
-            return None;
+            return self.leading(w, deps, clock);
         }
         let mut symptoms = Vec::new();
         // Remaining client deadline on arrival: shrinking means time is lost before the
@@ -238,7 +240,7 @@ impl GatewayDetectors {
         }
         if symptoms.is_empty() {
             self.episode = None;
-            return None;
+            return self.leading(w, deps, clock);
         }
         let now_onset = symptoms.iter().map(|s| s.onset).min().unwrap_or(now);
         // One episode keeps its first onset and the root cause named in it, even when the
@@ -348,6 +350,89 @@ impl GatewayDetectors {
             facts,
             action,
             root_cause,
+        })
+    }
+}
+
+impl GatewayDetectors {
+    /// The leading indicator: a watched dependency far off its learned latency before any
+    /// client runs out of deadline. A warning under the cascade's name (it becomes the
+    /// cascade, in the same incident, when deadlines are hit), with how much of the
+    /// clients' budget the dependency now takes.
+    fn leading(&self, w: &Slot, deps: &[DependencyWatch], clock: &Clock) -> Option<Finding> {
+        let (onset, d, latency, base) = deps
+            .iter()
+            .filter_map(|d| {
+                let onset = d.anomalous_since()?;
+                let base = d.baseline()?;
+                let latency = d.last?.0;
+                (latency >= LEADING_MULT * base).then_some((onset, d, latency, base))
+            })
+            .min_by_key(|(t, ..)| *t)?;
+        let ms = |s: f64| s * 1000.0;
+        // The clients' budget: what they still had on arrival plus what the dependency took.
+        let remaining = w.deadline.quantile(0.5).filter(|_| w.deadline.count() > 0);
+        let budget = remaining.map(|r| latency / (latency + r));
+        let mut facts = vec![
+            Fact::new(
+                "dependency_latency_ms",
+                ms(latency),
+                "ms",
+                format!(
+                    "{} answers in {:.0} ms against {:.0} ms normally ({:.0}x) since {}",
+                    d.name,
+                    ms(latency),
+                    ms(base),
+                    latency / base,
+                    clock.hms(onset)
+                ),
+            )
+            .baseline(Some(ms(base)))
+            .threshold(ms(LEADING_MULT * base)),
+        ];
+        if let Some(share) = budget {
+            facts.push(Fact::new(
+                "deadline_budget_share",
+                share,
+                "ratio",
+                format!(
+                    "it takes {:.0} % of the clients' deadline budget before they reach Candor",
+                    share * 100.0
+                ),
+            ));
+        }
+        facts.push(Fact::new(
+            "gateway_timeouts",
+            w.timed_out as f64,
+            "requests",
+            "no client has run out of deadline at the gateway yet".into(),
+        ));
+        Some(Finding {
+            mode: Mode::CascadingTimeouts,
+            subject: "gateway".into(),
+            provider: None,
+            severity: Severity::Warning,
+            onset_unix_ms: clock.ms(onset),
+            summary: format!(
+                "leading indicator of cascading timeouts: {} is {:.0}x slower than normal{};                  no client deadline missed yet",
+                d.name,
+                latency / base,
+                budget.map_or_else(String::new, |s| format!(
+                    " and takes {:.0} % of the clients' deadline budget",
+                    s * 100.0
+                ))
+            ),
+            facts,
+            action: format!(
+                "look at {} now, before clients run out of deadline: the providers are                  healthy. Candor forwards the remaining deadline upstream and answers 504 at                  once when a request cannot finish in time",
+                d.name
+            ),
+            root_cause: Some(RootCause {
+                component: d.name.clone(),
+                onset_unix_ms: clock.ms(onset),
+                lead_s: 0.0,
+                detail: format!("{} latency rose at {}", d.name, clock.hms(onset)),
+            }),
         })
     }
 }

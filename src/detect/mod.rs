@@ -47,6 +47,8 @@ pub enum Mode {
     CompletionsDrop,
     /// A model's demand exceeds what its providers in rotation can serve.
     CapacityExhausted,
+    /// A share of a provider's requests delayed by seconds, its median and errors flat.
+    TailLatency,
 }
 
 impl Mode {
@@ -65,6 +67,7 @@ impl Mode {
             Mode::SloBurn => "slo_burn",
             Mode::CompletionsDrop => "completions_drop",
             Mode::CapacityExhausted => "capacity_exhausted",
+            Mode::TailLatency => "tail_latency",
         }
     }
 
@@ -83,11 +86,12 @@ impl Mode {
             Mode::SloBurn => "SLO error budget burning",
             Mode::CompletionsDrop => "completions per minute dropped",
             Mode::CapacityExhausted => "capacity exhausted",
+            Mode::TailLatency => "intermittent tail latency",
         }
     }
 
     /// Every mode.
-    pub const ALL: [Mode; 12] = [
+    pub const ALL: [Mode; 13] = [
         Mode::SilentQualityDegradation,
         Mode::KvCacheThrashing,
         Mode::BatchQueueDeadlock,
@@ -100,6 +104,7 @@ impl Mode {
         Mode::SloBurn,
         Mode::CompletionsDrop,
         Mode::CapacityExhausted,
+        Mode::TailLatency,
     ];
 
     /// The mode named `s`.

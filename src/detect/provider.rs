@@ -1,5 +1,5 @@
-//! Per-provider detectors: batch-queue deadlock, hardware degradation, KV-cache thrashing and
-//! the ordinary failures (error bursts, rate limiting, connection failures, mid-stream
+//! Per-provider detectors: batch-queue deadlock, hardware degradation, KV-cache thrashing,
+//! intermittent tail latency and the ordinary failures (error bursts, rate limiting, connection failures, mid-stream
 //! resets). Pure: the health task hands each provider's recent window, signals, references
 //! and scrape in; state that spans ticks (CUSUM sums, learned tails, onsets) lives here.
 
@@ -9,8 +9,10 @@ use tokio::time::Instant;
 
 mod hardware;
 mod kv;
+mod tail;
 
 use kv::Tails;
+use tail::FirstTokens;
 
 use super::cusum::{Cusum, Since};
 use super::{Clock, Fact, Finding, Mode, Severity};
@@ -66,6 +68,9 @@ pub struct ProviderDetectors {
     kv_peak: Option<(f64, Instant)>,
     preempt_peak: Option<(f64, Instant)>,
     kv_last: Option<(Finding, Instant)>,
+    first_tokens: FirstTokens,
+    tail_since: Since,
+    tail_last: Option<(Finding, Instant)>,
 }
 
 impl Default for ProviderDetectors {
@@ -81,6 +86,9 @@ impl Default for ProviderDetectors {
             kv_peak: None,
             preempt_peak: None,
             kv_last: None,
+            first_tokens: FirstTokens::default(),
+            tail_since: Since::default(),
+            tail_last: None,
         }
     }
 }
@@ -94,7 +102,12 @@ impl ProviderDetectors {
         let out_of_rotation = matches!(p.state, State::Ejected { .. } | State::Recovering { .. });
         if !out_of_rotation {
             found.extend(self.hardware(p, clock, now));
-            found.extend(self.kv_thrashing(p, clock, now));
+            let kv = self.kv_thrashing(p, clock, now);
+            // A late first token with streams stalling and a full cache is the cache's.
+            if kv.is_none() {
+                found.extend(self.tail_latency(p, clock, now));
+            }
+            found.extend(kv);
         }
         let explained = found
             .iter()

@@ -338,6 +338,32 @@ fn a_slowdown_every_peer_shares_is_the_traffic_not_hardware() {
 }
 
 #[test]
+fn a_fifth_of_first_tokens_seconds_late_with_a_flat_median_is_tail_latency() {
+    let t0 = Instant::now();
+    let mut d = learned_on_clean_traffic(t0);
+    let learned = d.clone();
+    // 8 of 40 requests wait 3 s before their first token; no stream stalls mid-answer.
+    let mut samples = vec![ok(0.1, GAPS, 0.02); 32];
+    samples.extend(vec![ok(3.1, GAPS, 0.02); 8]);
+    let fx = Fixture::new(slot(&samples));
+    let now = t0 + Duration::from_secs(10);
+    let f = fx.step(&mut d, now);
+    assert_eq!(modes(&f), [Mode::TailLatency]);
+    assert_eq!(f[0].facts[0].signal, "slow_first_token_share");
+    assert!((f[0].facts[0].value - 0.2).abs() < 1e-9);
+    assert!(f[0].summary.contains("median"), "{}", f[0].summary);
+    // Every first token slower (the median moved) is not an intermittent tail.
+    let fx = Fixture::new(slot(&vec![ok(3.1, GAPS, 0.02); 40]));
+    let f = fx.step(&mut learned.clone(), now);
+    assert!(!modes(&f).contains(&Mode::TailLatency), "{f:#?}");
+    // Nor is the same tail under overload: that is the queue's.
+    let mut fx = Fixture::new(slot(&samples));
+    fx.signals.overloaded = true;
+    let f = fx.step(&mut learned.clone(), now);
+    assert!(!modes(&f).contains(&Mode::TailLatency), "{f:#?}");
+}
+
+#[test]
 fn a_saturated_cache_explains_a_blown_first_token_time_and_its_timeouts() {
     let t0 = Instant::now();
     let mut d = learned_on_clean_traffic(t0);
@@ -494,6 +520,53 @@ fn steady_deadlines_and_a_quiet_dependency_find_nothing() {
         );
         assert!(dep.anomalous_since().is_none(), "tick {i}");
     }
+}
+
+#[test]
+fn a_dependency_ten_times_slower_is_a_warning_before_any_deadline_is_missed() {
+    let t0 = Instant::now();
+    let c = clock(t0);
+    let mut dep = DependencyWatch::new("vector-db");
+    let mut g = GatewayDetectors::default();
+    let step = |g: &mut GatewayDetectors, dep: &DependencyWatch, slot: &Slot, t: Instant| {
+        g.step(
+            &GatewayInput { recent: slot },
+            std::slice::from_ref(dep),
+            &c,
+            t,
+        )
+    };
+    for i in 0..60u64 {
+        let t = t0 + Duration::from_millis(500 * i);
+        dep.observe(t, Some(0.015), 2.0);
+        assert!(step(&mut g, &dep, &gateway_slot(3.9, 0), t).is_none());
+    }
+    // Twice as slow: off its baseline, but not yet far enough to be worth a finding.
+    let t1 = t0 + Duration::from_secs(30);
+    for i in 0..10u64 {
+        let t = t1 + Duration::from_millis(500 * i);
+        dep.observe(t, Some(0.03), 2.0);
+        assert!(step(&mut g, &dep, &gateway_slot(3.9, 0), t).is_none());
+    }
+    // Ten times: a leading indicator, while the clients still arrive with all their deadline.
+    let t2 = t0 + Duration::from_secs(40);
+    let mut found = None;
+    for i in 0..6u64 {
+        let t = t2 + Duration::from_millis(500 * i);
+        dep.observe(t, Some(0.15), 2.0);
+        found = found.or(step(&mut g, &dep, &gateway_slot(3.9, 0), t));
+    }
+    let f = found.expect("named before any deadline is missed");
+    assert_eq!(f.mode, Mode::CascadingTimeouts);
+    assert_eq!(f.severity, Severity::Warning);
+    assert!(f.summary.contains("leading indicator"), "{}", f.summary);
+    assert!(f.summary.contains("vector-db"), "{}", f.summary);
+    assert!(
+        f.facts.iter().any(|x| x.signal == "deadline_budget_share"),
+        "{:#?}",
+        f.facts
+    );
+    assert_eq!(f.root_cause.unwrap().component, "vector-db");
 }
 
 #[test]

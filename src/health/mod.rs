@@ -629,7 +629,13 @@ impl HealthTask {
                 .gateway_finding
                 .iter()
                 .chain(&self.slo_findings)
+                .chain(&self.capacity_findings)
                 .cloned()
+                .collect(),
+            overloaded: self
+                .capacity_findings
+                .iter()
+                .map(|f| f.subject.clone())
                 .collect(),
             dependencies: self
                 .dependencies

@@ -346,8 +346,11 @@ pub struct HealthReport {
     pub providers: Vec<ProviderReport>,
     /// Open incidents (their history is at `/api/incidents`).
     pub incidents: Vec<crate::incident::Incident>,
-    /// Gateway-level findings of the last tick (cascades, SLO burn).
+    /// Gateway-level findings of the last tick (cascades, SLO burn, capacity).
     pub findings: Vec<crate::detect::Finding>,
+    /// Models whose demand exceeds what their providers in rotation can serve now: the
+    /// providers are loaded, not broken.
+    pub overloaded: Vec<String>,
     /// Watched dependencies.
     pub dependencies: Vec<DependencyReport>,
 }

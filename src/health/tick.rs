@@ -28,6 +28,8 @@ fn flag(f: &Finding) -> Option<(Evidence, f64)> {
     let weight = match f.mode {
         Mode::KvCacheThrashing => KV_THRASH_WEIGHT,
         Mode::SilentQualityDegradation => QUALITY_WEIGHT,
+        // Fewer requests into the tail: the slower the share, the less traffic.
+        Mode::TailLatency => (1.0 - TAIL_WEIGHT_PER_SHARE * first.value).max(QUALITY_WEIGHT),
         // Traffic in proportion to measured speed.
         Mode::HardwareDegradation => first
             .baseline
@@ -46,6 +48,10 @@ fn flag(f: &Finding) -> Option<(Evidence, f64)> {
         weight,
     ))
 }
+
+/// Weight a provider with an intermittent tail loses per unit of its slow share (a fifth of
+/// its first tokens late: 0.4).
+const TAIL_WEIGHT_PER_SHARE: f64 = 3.0;
 
 /// Highest weight of a provider whose outputs are degraded: as little traffic as routing
 /// allows (it still answers when nothing better is left).

@@ -133,14 +133,31 @@ pub fn walk(report: &HealthReport, incidents: &[Incident], provider: Option<&str
             .unwrap_or(Verdict::WithinBounds),
         None => report.verdict,
     };
-    let (verdict, exit_code) =
-        if verdict == Verdict::Failing || open.iter().any(|d| d.severity == "critical") {
-            ("failing", 2)
-        } else if verdict == Verdict::Degraded || !open.is_empty() {
-            ("degraded", 1)
-        } else {
-            ("healthy", 0)
-        };
+    // Over capacity with no provider fault open: the truth is "overloaded", not a degraded
+    // or failing provider.
+    let provider_fault = relevant
+        .iter()
+        .any(|i| i.state == "open" && i.provider.is_some());
+    let overloaded = !report.overloaded.is_empty()
+        || open
+            .iter()
+            .any(|d| d.mode == Mode::CapacityExhausted.as_str());
+    let (verdict, exit_code) = if overloaded && !provider_fault {
+        (
+            "overloaded",
+            if open.iter().any(|d| d.severity == "critical") {
+                2
+            } else {
+                1
+            },
+        )
+    } else if verdict == Verdict::Failing || open.iter().any(|d| d.severity == "critical") {
+        ("failing", 2)
+    } else if verdict == Verdict::Degraded || !open.is_empty() {
+        ("degraded", 1)
+    } else {
+        ("healthy", 0)
+    };
     Triage {
         verdict: verdict.into(),
         exit_code,
@@ -191,6 +208,7 @@ fn synthetic(providers: &[&ProviderReport], incidents: &[&Incident]) -> Step {
         }
     }
     let hung = has(incidents, &[Mode::BatchQueueDeadlock], None);
+    let over = has(incidents, &[Mode::CapacityExhausted], None);
     let wrong = has(incidents, &[Mode::SilentQualityDegradation], None);
     let mut conclusions = Vec::new();
     if !hung.is_empty() {
@@ -298,10 +316,16 @@ fn queue_vs_gpu(providers: &[&ProviderReport], incidents: &[&Incident]) -> Step 
         }
     }
     let hung = has(incidents, &[Mode::BatchQueueDeadlock], None);
+    let over = has(incidents, &[Mode::CapacityExhausted], None);
     let kv = has(incidents, &[Mode::KvCacheThrashing], None);
     let hw = has(incidents, &[Mode::HardwareDegradation], None);
     let conclusion = if !hung.is_empty() {
         format!("queue up, progress 0: {} (FM 3)", hung.join(", "))
+    } else if !over.is_empty() {
+        format!(
+            "queues up on every provider while they generate: {} over capacity (demand, not a fault)",
+            over.join(", ")
+        )
     } else if !kv.is_empty() {
         format!("queue up with KV full: {} (FM 2)", kv.join(", "))
     } else if !hw.is_empty() {
@@ -350,6 +374,7 @@ fn baselines(
         ));
     }
     let cascade = has(incidents, &[Mode::CascadingTimeouts], None);
+    let over = has(incidents, &[Mode::CapacityExhausted], None);
     let outliers: Vec<&str> = providers
         .iter()
         .filter(|p| p.state != "healthy")
@@ -358,6 +383,12 @@ fn baselines(
     let conclusion = if !cascade.is_empty() {
         "all providers affected and a dependency moved first: fix the dependency, not the model (FM 5)"
             .into()
+    } else if !over.is_empty() {
+        format!(
+            "every provider loaded at once: {} over capacity; add capacity or shed load, the \
+             providers are not broken",
+            over.join(", ")
+        )
     } else if outliers.is_empty() {
         "every provider matches its baseline and peers".into()
     } else if outliers.len() == report.providers.len() && report.providers.len() > 1 {
