@@ -359,7 +359,8 @@ fn a_fifth_of_first_tokens_seconds_late_with_a_flat_median_is_tail_latency() {
     // Nor is the same tail under overload: that is the queue's.
     let mut fx = Fixture::new(slot(&samples));
     fx.signals.overloaded = true;
-    let f = fx.step(&mut learned.clone(), now);
+    let mut learned = learned;
+    let f = fx.step(&mut learned, now);
     assert!(!modes(&f).contains(&Mode::TailLatency), "{f:#?}");
 }
 

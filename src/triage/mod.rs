@@ -208,7 +208,6 @@ fn synthetic(providers: &[&ProviderReport], incidents: &[&Incident]) -> Step {
         }
     }
     let hung = has(incidents, &[Mode::BatchQueueDeadlock], None);
-    let over = has(incidents, &[Mode::CapacityExhausted], None);
     let wrong = has(incidents, &[Mode::SilentQualityDegradation], None);
     let mut conclusions = Vec::new();
     if !hung.is_empty() {
@@ -250,6 +249,8 @@ fn tokens_vs_errors(providers: &[&ProviderReport], incidents: &[&Incident]) -> S
     }
     let slow = has(incidents, &[Mode::HardwareDegradation], None);
     let tails = has(incidents, &[Mode::KvCacheThrashing], None);
+    let late = has(incidents, &[Mode::TailLatency], None);
+    let over = has(incidents, &[Mode::CapacityExhausted], None);
     let errors = has(
         incidents,
         &[
@@ -266,6 +267,16 @@ fn tokens_vs_errors(providers: &[&ProviderReport], incidents: &[&Incident]) -> S
         format!(
             "only the tails move, errors flat: {} (FM 2)",
             tails.join(", ")
+        )
+    } else if !late.is_empty() {
+        format!(
+            "some first tokens seconds late, the median flat: {} (intermittent tail)",
+            late.join(", ")
+        )
+    } else if !over.is_empty() {
+        format!(
+            "every provider slower and timing out at once: {} (overload, not a fault)",
+            over.join(", ")
         )
     } else if !errors.is_empty() {
         format!(
