@@ -273,7 +273,8 @@ impl GatewayDetectors {
         // traffic's (longer answers), not a cascade.
         if current.is_none() && !symptoms.iter().any(|s| s.upstream_of_gateway) {
             self.episode = None;
-            return None;
+            // A dependency that moved after them may still be far off on its own.
+            return self.leading(w, deps, clock);
         }
         let root = episode.root.clone();
         let mut facts: Vec<Fact> = symptoms.into_iter().map(|s| s.fact).collect();
@@ -414,7 +415,8 @@ impl GatewayDetectors {
             severity: Severity::Warning,
             onset_unix_ms: clock.ms(onset),
             summary: format!(
-                "leading indicator of cascading timeouts: {} is {:.0}x slower than normal{};                  no client deadline missed yet",
+                "leading indicator of cascading timeouts: {} is {:.0}x slower than normal{}; \
+                 no client deadline missed yet",
                 d.name,
                 latency / base,
                 budget.map_or_else(String::new, |s| format!(
@@ -424,7 +426,9 @@ impl GatewayDetectors {
             ),
             facts,
             action: format!(
-                "look at {} now, before clients run out of deadline: the providers are                  healthy. Candor forwards the remaining deadline upstream and answers 504 at                  once when a request cannot finish in time",
+                "look at {} now, before clients run out of deadline: the providers are \
+                 healthy. Candor forwards the remaining deadline upstream and answers 504 at \
+                 once when a request cannot finish in time",
                 d.name
             ),
             root_cause: Some(RootCause {

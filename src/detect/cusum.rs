@@ -50,6 +50,12 @@ impl Cusum {
         self.s > self.h
     }
 
+    /// True while the sum is away from rest: an excursion is under way (an alarm that fell
+    /// back under the limit but not to rest is the same excursion, for hysteresis).
+    pub fn excursion(&self) -> bool {
+        self.s > self.k.max(self.h / 4.0)
+    }
+
     /// When the current excursion began.
     pub fn onset(&self) -> Option<Instant> {
         self.zero_at

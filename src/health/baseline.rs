@@ -8,6 +8,8 @@ const BUCKETS: [f64; 6] = [1.5, 3.0, 6.0, 12.0, 24.0, f64::INFINITY];
 /// twice the size costs a memory-bound decode step well under 25 % more, and the prefills
 /// of twice the arrivals interleave with it.
 const LIGHTER_DECODE: f64 = 0.75;
+/// Ticks (a minute at 0.5 s) of a plain mean that anchor a load bucket's baseline.
+const ANCHOR_TICKS: u32 = 120;
 /// Ticks of data before a bucket is trusted.
 const MIN_TICKS: u32 = 5;
 /// Slowest learning rate: a half-life of about 3,500 ticks (half an hour at 0.5 s). A fault
@@ -75,12 +77,14 @@ impl Ratios {
         (r.decode.is_some() || r.ttft.is_some()).then_some(r)
     }
 
-    /// How much of a drop in decode rate the peers share: their ratio, capped at 1 (peers
-    /// faster than their baselines excuse nothing).
+    /// How much of a drop in decode rate the peers share: their ratio over `SHARED_NOISE`,
+    /// capped at 1 (peers within the ordinary tick-to-tick spread of their baselines, or
+    /// faster, excuse nothing; a median of noisy ratios would otherwise excuse a few per cent
+    /// of every real slowdown).
     pub fn shared_decode_drop(peers: Option<Ratios>) -> f64 {
         peers
             .and_then(|p| p.decode)
-            .map_or(1.0, |d| d.clamp(f64::MIN_POSITIVE, 1.0))
+            .map_or(1.0, |d| (d / SHARED_NOISE).clamp(f64::MIN_POSITIVE, 1.0))
     }
 
     /// How much of a rise in TTFT the peers share: their ratio, at least 1.
@@ -88,6 +92,9 @@ impl Ratios {
         peers.and_then(|p| p.ttft).map_or(1.0, |t| t.max(1.0))
     }
 }
+
+/// The spread of a provider's decode ratio around its baseline from one tick to the next.
+const SHARED_NOISE: f64 = 0.9;
 
 /// The median of `v` (sorted in place).
 pub fn median(v: &mut [f64]) -> Option<f64> {
@@ -124,8 +131,14 @@ impl Baseline {
         }
         let b = &mut self.buckets[bucket_of(load)];
         b.ticks = b.ticks.saturating_add(1);
-        // A plain mean at first, then an exponential average.
-        let alpha = learning_rate(b.ticks, MIN_ALPHA);
+        // A plain mean over the first minute of data at this load, then an average so slow
+        // that the first minute stays the anchor: a plain mean over everything would take in
+        // a fault that creeps in over minutes as fast as it creeps.
+        let alpha = if b.ticks <= ANCHOR_TICKS {
+            1.0 / f64::from(b.ticks)
+        } else {
+            MIN_ALPHA
+        };
         b.ttft += alpha * (ttft - b.ttft);
         b.decode += alpha * (decode - b.decode);
     }

@@ -13,10 +13,11 @@ use super::{
 };
 
 /// Decode-rate CUSUM: σ of a window's decode ratio, allowance and limit. Within one load
-/// bucket the decode rate itself moves by up to 20 %, so a ratio of 0.8 adds nothing
-/// (k = 2σ); 0.6 alarms in five ticks, 0.7 in ten, 0.75 in twenty.
+/// bucket the decode rate itself moves by 10–20 %, so a ratio of 0.85 adds nothing
+/// (k = 1.5σ); 0.6 alarms in four ticks, 0.7 in seven, 0.75 in ten (a 25 % slowdown is the
+/// documented sensitivity).
 const DECODE_SIGMA: f64 = 0.1;
-pub(super) const DECODE_K: f64 = 2.0;
+pub(super) const DECODE_K: f64 = 1.5;
 pub(super) const DECODE_H: f64 = 10.0;
 /// Largest standardised step one tick may add to a CUSUM.
 const Z_CAP: f64 = 4.0;
@@ -56,7 +57,9 @@ impl ProviderDetectors {
         let ratio = own_ratio / Ratios::shared_decode_drop(p.peers);
         // Winsorised, so one wild tick cannot alarm alone.
         let z = ((1.0 - ratio) / DECODE_SIGMA).clamp(-Z_CAP, Z_CAP);
-        let alarm = self.decode.step(now, z);
+        // Once named, the finding stands until the sum is back at rest: a noisy ratio around
+        // the limit is one slowdown, not a string of them.
+        let alarm = self.decode.step(now, z) || (self.last_hw.is_some() && self.decode.excursion());
         let half = 1.0 - (1.0 - DECODE_RATIO) / 2.0;
         if !alarm || ratio >= half || own_ratio >= half {
             self.last_hw = None;
