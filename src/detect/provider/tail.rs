@@ -62,8 +62,14 @@ impl ProviderDetectors {
         let errors = rate(w.failed, w.requests);
         let threshold = SHARE.max(SHARE_MULT * l.slow_share);
         let flat = learned && median <= FLAT_MEDIAN * l.median;
+        // Late first tokens behind a queue at the server are the queue's.
+        let queued = p
+            .backend
+            .and_then(|b| b.reading.queue)
+            .is_some_and(|q| q >= 1.0);
         let tail = flat
             && errors < FLAT_ERRORS
+            && !queued
             && !p.signals.overloaded
             && slow >= MIN_SLOW
             && share >= threshold;
