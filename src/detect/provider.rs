@@ -326,6 +326,14 @@ impl ProviderDetectors {
     }
 }
 
+/// The last finding of a detector, while younger than `hold`: once Candor moves traffic away
+/// the symptoms fade while the cause may remain, so a finding stands until the provider has
+/// carried its (reduced) share cleanly for a while.
+fn held(last: Option<&(Finding, Instant)>, hold: Duration, now: Instant) -> Option<Finding> {
+    last.filter(|(_, at)| now.saturating_duration_since(*at) <= hold)
+        .map(|(f, _)| f.clone())
+}
+
 fn rate(n: u64, of: u64) -> f64 {
     if of == 0 { 0.0 } else { n as f64 / of as f64 }
 }

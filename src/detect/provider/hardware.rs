@@ -71,12 +71,12 @@ impl ProviderDetectors {
             .is_some_and(|q| q >= 1.0);
         let load = (s.overloaded || queued)
             && (p.peers.is_none() || Ratios::shared_decode_drop(p.peers) < 1.0);
-        if !alarm || load || (!named && (ratio >= half || own_ratio >= half)) {
+        if !alarm || (!named && (load || ratio >= half || own_ratio >= half)) {
             self.last_hw = None;
             return None;
         }
-        if named && (ratio >= half || own_ratio >= half) {
-            // Recovering, the sum not yet at rest: the finding stands as it was named.
+        if named && (load || ratio >= half || own_ratio >= half) {
+            // Recovering (or loaded), the sum not yet at rest: the finding stands as named.
             return self.last_hw.clone();
         }
         let onset = self.decode.onset().unwrap_or(now);

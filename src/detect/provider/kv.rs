@@ -11,7 +11,7 @@ use crate::health::state::State;
 
 use super::{
     Clock, FLAT_ERRORS, Fact, Finding, MIN_ATTEMPTS, Mode, ProviderDetectors, ProviderInput,
-    Severity, rate,
+    Severity, held, rate,
 };
 
 /// Stall: a gap longer than max(1 s, 10 × median ITL) (reference §4.3).
@@ -243,14 +243,10 @@ impl ProviderDetectors {
         Some(f)
     }
 
-    /// The last KV-thrashing finding, for `KV_HOLD` after its signature last held: once
-    /// Candor moves traffic away the symptoms fade while the cache shortage remains, so the
-    /// finding stands until the provider has carried its (reduced) share cleanly for a while.
+    /// The last KV-thrashing finding, for `KV_HOLD` after its signature last held (the cache
+    /// shortage outlasts the symptoms once traffic moves away).
     pub(super) fn kv_held(&self, now: Instant) -> Option<Finding> {
-        self.kv_last
-            .as_ref()
-            .filter(|(_, at)| now.saturating_duration_since(*at) <= KV_HOLD)
-            .map(|(f, _)| f.clone())
+        held(self.kv_last.as_ref(), KV_HOLD, now)
     }
 }
 

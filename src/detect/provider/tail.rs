@@ -13,7 +13,7 @@ use crate::health::state::State;
 
 use super::{
     Clock, FLAT_ERRORS, Fact, Finding, MIN_ATTEMPTS, Mode, ProviderDetectors, ProviderInput,
-    Severity, rate,
+    Severity, held, rate,
 };
 
 /// A first token later than max(`SLOW_FLOOR_S`, `SLOW_MULT` × the learned median) is slow.
@@ -144,9 +144,6 @@ impl ProviderDetectors {
     }
 
     fn tail_held(&self, now: Instant) -> Option<Finding> {
-        self.tail_last
-            .as_ref()
-            .filter(|(_, at)| now.saturating_duration_since(*at) <= HOLD)
-            .map(|(f, _)| f.clone())
+        held(self.tail_last.as_ref(), HOLD, now)
     }
 }
