@@ -43,6 +43,11 @@ impl State {
         }
     }
 
+    /// In rotation: gets traffic (healthy or degraded), as opposed to ejected or probed.
+    pub fn in_rotation(&self) -> bool {
+        matches!(self, State::Healthy | State::Degraded { .. })
+    }
+
     /// Routing weight: 1 healthy, the degraded weight, 0 otherwise.
     pub fn weight(&self) -> f64 {
         match self {
@@ -98,6 +103,10 @@ impl Evidence {
 pub struct Signals {
     /// Attempts in the recent window.
     pub requests: u64,
+    /// Of which answered within the targets.
+    pub within_targets: u64,
+    /// Of which completed.
+    pub completed: u64,
     /// Of which failed upstream.
     pub failures: u64,
     /// Median TTFT, s.

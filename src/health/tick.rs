@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::baseline::{Ratios, Reference};
 use super::snapshot::{ProviderView, Snapshot};
-use super::state::{Evidence, MIN_SAMPLES, Signals, State, stall_limit};
+use super::state::{Evidence, MIN_SAMPLES, Signals, stall_limit};
 use super::{HealthTask, Tracked, fresh};
 use crate::detect::{
     Clock, Finding, Folding, GatewayInput, Member, Mode, ModelInput, PeerPool, ProviderInput, fold,
@@ -233,6 +233,8 @@ impl HealthTask {
         let fresh = t.fresh_backend(stale, now).map(|(b, _)| b);
         Signals {
             requests: recent.requests,
+            within_targets: recent.within_targets,
+            completed: recent.completed,
             failures: recent.failed,
             ttft_p50: recent.ttft.quantile(0.5),
             ttft_p95: recent.ttft.quantile(0.95),
@@ -272,19 +274,18 @@ impl HealthTask {
                         self.upstreams.get(j)?,
                         signals.get(j)?,
                     );
-                    let recent = t.recent.sum(now, RECENT);
                     Some(Member {
                         id: &p.config.id,
-                        serving: matches!(t.health.state, State::Healthy | State::Degraded { .. }),
+                        serving: t.health.state.in_rotation(),
                         waiting: t
                             .fresh_backend(stale, now)
                             .and_then(|(b, _)| b.reading.queue),
                         in_flight: p.in_flight(),
                         ttft_p50: s.ttft_p50,
                         ttft_baseline: t.health.baseline.unqueued_ttft(),
-                        requests: recent.requests,
-                        within_targets: recent.within_targets,
-                        completed: recent.completed,
+                        requests: s.requests,
+                        within_targets: s.within_targets,
+                        completed: s.completed,
                     })
                 })
                 .collect();
@@ -310,7 +311,7 @@ impl HealthTask {
                 .map(|((_, t), &queueing)| {
                     t.overloaded |= over;
                     Folding {
-                        serving: matches!(t.health.state, State::Healthy | State::Degraded { .. }),
+                        serving: t.health.state.in_rotation(),
                         findings: &mut t.findings,
                         queueing,
                     }
@@ -328,7 +329,7 @@ impl HealthTask {
             .zip(signals)
             .map(|(t, s)| {
                 // Out of rotation, or too little traffic: its figures say nothing now.
-                let serving = matches!(t.health.state, State::Healthy | State::Degraded { .. });
+                let serving = t.health.state.in_rotation();
                 (serving && s.requests >= MIN_SAMPLES).then(|| {
                     Ratios::of(
                         Reference {

@@ -56,6 +56,12 @@ impl Backend {
         }
     }
 
+    /// The server reports requests waiting for a slot: first tokens and per-stream decode
+    /// are the queue's and the batch's, not a fault's.
+    pub fn queued(&self) -> bool {
+        self.reading.queue.is_some_and(|q| q >= 1.0)
+    }
+
     /// Work waiting and running, yet neither tokens nor engine steps advance: a stuck
     /// batch loop (reference §5.2).
     pub fn stuck(&self) -> bool {

@@ -59,18 +59,15 @@ impl ProviderDetectors {
         let z = ((1.0 - ratio) / DECODE_SIGMA).clamp(-Z_CAP, Z_CAP);
         // Once named, the finding stands until the sum is back at rest: a noisy ratio around
         // the limit is one slowdown, not a string of them.
-        let alarm = self.decode.step(now, z) || (self.last_hw.is_some() && self.decode.excursion());
-        let half = 1.0 - (1.0 - DECODE_RATIO) / 2.0;
         let named = self.last_hw.is_some();
-        // Over capacity, or with work queued at the server, a drop the peers share (or that
-        // has no peer to compare) is the load: a loaded server queues and decodes each
-        // stream more slowly; a slowed one does too, but then its peers decode as usual.
-        let queued = p
-            .backend
-            .and_then(|b| b.reading.queue)
-            .is_some_and(|q| q >= 1.0);
-        let load = (s.overloaded || queued)
-            && (p.peers.is_none() || Ratios::shared_decode_drop(p.peers) < 1.0);
+        let alarm = self.decode.step(now, z) || (named && self.decode.excursion());
+        let half = 1.0 - (1.0 - DECODE_RATIO) / 2.0;
+        // Over capacity, or with work queued at the server, a slowdown is the load unless its
+        // peers decode as usual: a loaded server queues and decodes each stream more slowly;
+        // a slowed one does too, but then its peers do not.
+        let peers_as_usual = p.peers.is_some() && Ratios::shared_decode_drop(p.peers) >= 1.0;
+        let load = (s.overloaded || p.backend.is_some_and(crate::scrape::Backend::queued))
+            && !peers_as_usual;
         if !alarm || (!named && (load || ratio >= half || own_ratio >= half)) {
             self.last_hw = None;
             return None;

@@ -63,10 +63,7 @@ impl ProviderDetectors {
         let threshold = SHARE.max(SHARE_MULT * l.slow_share);
         let flat = learned && median <= FLAT_MEDIAN * l.median;
         // Late first tokens behind a queue at the server are the queue's.
-        let queued = p
-            .backend
-            .and_then(|b| b.reading.queue)
-            .is_some_and(|q| q >= 1.0);
+        let queued = p.backend.is_some_and(crate::scrape::Backend::queued);
         let tail = flat
             && errors < FLAT_ERRORS
             && !queued

@@ -20,6 +20,8 @@ fn targets() -> Targets {
 fn clean() -> Signals {
     Signals {
         requests: 40,
+        within_targets: 40,
+        completed: 40,
         failures: 0,
         ttft_p50: Some(0.10),
         ttft_p95: Some(0.20),
