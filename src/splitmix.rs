@@ -31,6 +31,30 @@ impl SplitMix {
     }
 }
 
+/// A SplitMix64 stream shared between threads: one atomic add per draw, so concurrent callers
+/// never see the same value, and a single-threaded run sees the same sequence every time.
+#[derive(Debug)]
+pub struct SharedSplitMix(std::sync::atomic::AtomicU64);
+
+impl SharedSplitMix {
+    /// Seeds the stream.
+    pub fn new(seed: u64) -> SharedSplitMix {
+        SharedSplitMix(std::sync::atomic::AtomicU64::new(seed))
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&self) -> u64 {
+        mix(self
+            .0
+            .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// One SplitMix64 output for `seed`: well-mixed bits from any number.
 pub fn mix(seed: u64) -> u64 {
     SplitMix::new(seed).next_u64()

@@ -91,6 +91,9 @@ pub struct RoutingConfig {
     pub price_weight: f64,
     /// Hedging, per model.
     pub hedge: BTreeMap<String, Hedge>,
+    /// Seed of the random tie-breaks and backoff jitter (absent: drawn at start). Fixed, a
+    /// scenario run in virtual time routes the same way every time.
+    pub seed: Option<u64>,
 }
 
 impl Default for RoutingConfig {
@@ -110,6 +113,7 @@ impl Default for RoutingConfig {
             degrade_ratio: 0.8,
             price_weight: 0.1,
             hedge: BTreeMap::new(),
+            seed: None,
         }
     }
 }
@@ -158,6 +162,7 @@ pub(crate) struct RawRouting {
     price_weight: Option<f64>,
     #[serde(default)]
     hedge: Vec<RawHedge>,
+    seed: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +221,7 @@ impl RawRouting {
             probe_successes: self.probe_successes.unwrap_or(d.probe_successes),
             stall_after: self.stall_after.unwrap_or(d.stall_after),
             hedge: BTreeMap::new(),
+            seed: self.seed,
         };
         if cfg.consecutive_failures == 0 || cfg.probe_successes == 0 {
             problems

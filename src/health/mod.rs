@@ -249,6 +249,10 @@ pub struct HealthTask {
     capacity_findings: Vec<Finding>,
     incidents: Incidents,
     resolve_after: Duration,
+    /// Monotonic time to Unix ms, anchored once when the task was created: incident times and
+    /// report stamps follow the same clock as the windows (wall-clock steps do not bend them,
+    /// and a paused clock in virtual time moves them too).
+    epoch: crate::detect::Clock,
     /// The span of real traffic the quality detector judges.
     quality_window: Duration,
     canary_interval: Duration,
@@ -305,6 +309,10 @@ impl HealthTask {
                 capacity_findings: Vec::new(),
                 incidents: Incidents::default(),
                 resolve_after: config.alerts.resolve_after,
+                epoch: crate::detect::Clock {
+                    at: now,
+                    unix_ms: unix_ms_now(),
+                },
                 quality_window: config.canaries.traffic_window,
                 canary_interval: config.canaries.interval,
                 log,
@@ -313,6 +321,14 @@ impl HealthTask {
             HealthHandle { tx, dropped },
             snapshot,
         )
+    }
+
+    /// The clock anchored at `now`.
+    fn clock(&self, now: Instant) -> crate::detect::Clock {
+        crate::detect::Clock {
+            at: now,
+            unix_ms: self.epoch.ms(now),
+        }
     }
 
     /// Runs until `stop` is cancelled (then drains what is queued) or every handle is gone.
@@ -614,10 +630,7 @@ impl HealthTask {
         {
             verdict = Verdict::Failing;
         }
-        let clock = crate::detect::Clock {
-            at: now,
-            unix_ms: unix_ms_now(),
-        };
+        let clock = self.clock(now);
         HealthReport {
             verdict,
             generated_at_unix_ms: clock.unix_ms,
@@ -659,10 +672,7 @@ impl HealthTask {
                 SeriesSpan::Hour => &w.hour,
             }
         }
-        let clock = crate::detect::Clock {
-            at: now,
-            unix_ms: unix_ms_now(),
-        };
+        let clock = self.clock(now);
         Series::build(
             &clock,
             pick(&self.overall, span),

@@ -14,7 +14,6 @@ use super::{HealthTask, Tracked, fresh};
 use crate::detect::{
     Clock, Finding, Folding, GatewayInput, Member, Mode, ModelInput, PeerPool, ProviderInput, fold,
 };
-use crate::observation::unix_ms_now;
 
 /// Span of the recent window.
 const RECENT: Duration = Duration::from_secs(30);
@@ -69,10 +68,7 @@ impl HealthTask {
     /// detector's finding can lower a provider's weight), updates the incidents, and
     /// republishes the snapshot.
     pub(super) fn tick(&mut self, now: Instant) {
-        let clock = Clock {
-            at: now,
-            unix_ms: unix_ms_now(),
-        };
+        let clock = self.clock(now);
         let signals: Vec<Signals> = (0..self.providers.len())
             .map(|i| self.measure(i, now))
             .collect();

@@ -59,7 +59,7 @@ pub(super) fn plan(
         deadline_left: deadline.map(|d| d.saturating_duration_since(now)),
         now,
         turn: gw.rotation.fetch_add(1, Ordering::Relaxed),
-        random: rand::random(),
+        random: gw.dice.next_u64(),
     })
 }
 

@@ -27,6 +27,7 @@ use crate::health::snapshot::SharedSnapshot;
 use crate::observation::{Operation, Source, unix_ms_now};
 use crate::request_log::{LogSender, RequestRecord};
 use crate::route::budget::Budget;
+use crate::splitmix::SharedSplitMix;
 use crate::upstream::Upstreams;
 use body::RequestHead;
 pub use stream::MeteredStream;
@@ -54,6 +55,8 @@ pub struct Gateway {
     /// The limit on client requests in flight.
     pub admission: Arc<admission::Admission>,
     rotation: AtomicUsize,
+    /// Random tie-breaks and jitter (`routing.seed`).
+    dice: SharedSplitMix,
     epoch: Instant,
 }
 
@@ -80,6 +83,7 @@ impl Gateway {
                 .map(|(m, h)| (m.clone(), Budget::new(h.budget, 0.0, 10.0)))
                 .collect(),
             admission: admission::Admission::new(config.server.max_in_flight),
+            dice: SharedSplitMix::new(r.seed.unwrap_or_else(rand::random)),
             config,
             upstreams,
             client,

@@ -196,7 +196,7 @@ async fn backoff(ctx: &Ctx<'_>, n: u32) {
         .backoff_base
         .saturating_mul(1 << n.saturating_sub(1).min(16))
         .min(r.backoff_max);
-    let wait = cap.mul_f64(rand::random::<f64>());
+    let wait = cap.mul_f64(ctx.gw.dice.unit());
     let until = Instant::now() + wait;
     let until = ctx.req.deadline.map_or(until, |d| until.min(d));
     tokio::time::sleep_until(until).await;
