@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{out, until_signal};
 use crate::config::Policy;
-use crate::scenario::{self, Scenario};
+use crate::scenario::{self, Scenario, truth};
 
 /// `candor scenario …`
 #[derive(Debug, Args)]
@@ -34,6 +34,28 @@ enum Action {
         /// Routing policy, overriding the scenario's.
         #[arg(long, value_parser = parse_policy)]
         policy: Option<Policy>,
+        /// Run in virtual time: every part on one paused clock that jumps to the next timer
+        /// when all wait, so the run takes the CPU time it needs, not the scenario's duration.
+        #[arg(long = "virtual")]
+        virtual_time: bool,
+    },
+    /// Print the scenario drawn from a seed (TOML, runnable with `scenario run`).
+    Draw {
+        /// Seed.
+        seed: u64,
+    },
+    /// Draw a scenario per seed, run each in virtual time, and print the scorecard: recall,
+    /// time to detect, wrong names and providers, false incidents per simulated hour.
+    Truth {
+        /// Seeds: `A..B` (B excluded) or a comma-separated list.
+        #[arg(long, value_parser = parse_seeds)]
+        seeds: Seeds,
+        /// Runs at once (each on a thread of its own).
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Print every run's outcome as JSON lines instead of the scorecard.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a scenario once per routing policy and compare them.
     Compare {
@@ -49,6 +71,28 @@ enum Action {
     },
 }
 
+/// Seeds for `scenario truth`.
+#[derive(Debug, Clone)]
+struct Seeds(Vec<u64>);
+
+fn parse_seeds(s: &str) -> Result<Seeds, String> {
+    let bad = |e: std::num::ParseIntError| format!("seeds {s:?}: {e}");
+    if let Some((a, b)) = s.split_once("..") {
+        let (a, b) = (
+            a.parse::<u64>().map_err(bad)?,
+            b.parse::<u64>().map_err(bad)?,
+        );
+        if a >= b {
+            return Err(format!("seeds {s:?}: an empty range"));
+        }
+        return Ok(Seeds((a..b).collect()));
+    }
+    s.split(',')
+        .map(|x| x.trim().parse::<u64>().map_err(bad))
+        .collect::<Result<_, _>>()
+        .map(Seeds)
+}
+
 fn parse_policy(s: &str) -> Result<Policy, String> {
     Policy::ALL
         .into_iter()
@@ -60,22 +104,41 @@ fn parse_policy(s: &str) -> Result<Policy, String> {
 }
 
 pub(super) async fn run(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
-    let (file, port, json, policy) = match args.action {
+    let (file, port, json, policy, virtual_time) = match args.action {
         Action::Run {
             file,
             port,
             json,
             policy,
-        } => (file, port, json, policy),
+            virtual_time,
+        } => (file, port, json, policy, virtual_time),
         Action::Compare {
             file,
             policies,
             json,
         } => return compare(&file, &policies, json).await,
+        Action::Draw { seed } => {
+            let d = truth::draw(seed)?;
+            out(&format!(
+                "# {}\n# expected: {}\n{}",
+                d.scenario.description,
+                serde_json::to_string(&d.faults)?,
+                toml::to_string(&d.scenario)?
+            ));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Action::Truth { seeds, jobs, json } => {
+            return tokio::task::spawn_blocking(move || run_truth(&seeds.0, jobs, json)).await?;
+        }
     };
     let mut s = Scenario::load(&file)?;
     if let Some(p) = policy {
         s.set_policy(p);
+    }
+    if virtual_time {
+        let report = tokio::task::spawn_blocking(move || scenario::run_virtual(&s)).await??;
+        print_report(&report, json)?;
+        return Ok(ExitCode::SUCCESS);
     }
     let started = scenario::start(&s, port).await?;
     if !json {
@@ -94,12 +157,54 @@ pub(super) async fn run(args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     started.stop().await?;
+    print_report(&report, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the seeds on `jobs` threads, printing progress to stderr and the result to stdout.
+fn run_truth(seeds: &[u64], jobs: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&seed) = seeds.get(i) else { break };
+                    let outcome = truth::run_seed(seed);
+                    if let Ok(r) = &outcome {
+                        tracing::info!(seed, incidents = ?r.incidents, "truth run done");
+                    }
+                    if let Ok(mut all) = results.lock() {
+                        all.push((seed, outcome));
+                    }
+                }
+            });
+        }
+    });
+    let mut all = results.into_inner().unwrap_or_default();
+    all.sort_by_key(|(seed, _)| *seed);
+    let mut runs = Vec::new();
+    for (seed, outcome) in all {
+        runs.push(outcome.map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?);
+    }
     if json {
-        out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+        for r in &runs {
+            out(&format!("{}\n", serde_json::to_string(r)?));
+        }
+    } else {
+        out(&truth::scorecard(&runs));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(report: &scenario::ScenarioReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        out(&format!("{}\n", serde_json::to_string_pretty(report)?));
     } else {
         out(&report.table());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn compare(

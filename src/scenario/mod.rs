@@ -4,6 +4,7 @@
 //! injected can be set beside what Candor saw.
 
 mod report;
+pub mod truth;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +28,7 @@ pub use report::{FaultWindow, ProviderSample, Sample, ScenarioReport, Verdicts, 
 pub const DEMO: &str = include_str!("../../scenarios/demo.toml");
 
 /// A scenario file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Short name.
@@ -61,7 +62,7 @@ fn default_model() -> String {
 }
 
 /// One simulated provider.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioProvider {
     /// Provider id at the gateway.
@@ -78,7 +79,7 @@ pub struct ScenarioProvider {
 }
 
 /// The simulated dependency.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioDependency {
     /// Healthy median latency.
@@ -101,7 +102,7 @@ fn default_deadline() -> Duration {
 }
 
 /// The trace replay.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioLoad {
     /// `azure-conv`, `azure-code`, `mooncake`, or a file path.
@@ -284,6 +285,14 @@ pub async fn start(s: &Scenario, port: u16) -> Result<Started, ScenarioError> {
             dir.path().join("candor.db").display().to_string().into(),
         );
         root.insert("request_log".into(), log.into());
+        // A fixed routing seed: run in virtual time, the same scenario routes the same way.
+        if let Some(t) = root
+            .entry("routing")
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+        {
+            t.entry("seed").or_insert_with(|| 1.into());
+        }
         root.insert("providers".into(), toml::Value::Array(providers.clone()));
         // The gateway watches the vector DB through the latency histogram it exports.
         if let Some((_, bg)) = &dependency
@@ -405,6 +414,32 @@ pub async fn run(
             load
         },
         samples,
+    })
+}
+
+/// Runs `s` start to finish in virtual time: on a runtime of its own, one thread, whose clock
+/// is paused and jumps to the next timer whenever every task waits. The simulators, the
+/// dependency, the gateway and the load all read that clock, so a scenario takes the CPU time
+/// its traffic needs rather than its duration. Blocks the calling thread, which must not be a
+/// runtime worker (use `spawn_blocking`).
+pub fn run_virtual(s: &Scenario) -> Result<ScenarioReport, ScenarioError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .map_err(|e| ScenarioError::Start(AppError::Serve(e)))?;
+    runtime.block_on(async {
+        let started = start(s, 0).await?;
+        let report = run(
+            s,
+            &started,
+            Duration::from_secs(1),
+            CancellationToken::new(),
+            |_| {},
+        )
+        .await;
+        started.stop().await?;
+        report
     })
 }
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::fault::Effects;
 
 /// Engine parameters (part of a simulator profile).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// Sequences decoded together at most (vLLM's `max_num_seqs`).

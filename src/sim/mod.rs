@@ -26,7 +26,7 @@ use text::SplitMix;
 pub use server::router;
 
 /// A simulated provider: its model, engine and fault timeline.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Profile {
     /// Model name served.
