@@ -124,7 +124,7 @@ const MAX_PROMPT: u32 = 4096;
 const MAX_OUTPUT: u32 = 256;
 /// Streamed tokens per simulated second at most: bounds a run's CPU time (every token crosses
 /// the simulator, the gateway and the load generator).
-const TOKEN_BUDGET: f64 = 900.0;
+const TOKEN_BUDGET: f64 = 1_500.0;
 /// Faults start after the baselines have had this long to learn.
 const EARLIEST_ONSET: f64 = 90.0;
 
@@ -178,24 +178,33 @@ fn between(r: &mut SplitMix, lo: f64, hi: f64) -> f64 {
 }
 
 fn engine(r: &mut SplitMix) -> EngineConfig {
-    let slots = pick(r, &[8, 16, 32, 48]);
+    let slots = pick(r, &[16, 32, 48, 64]);
     EngineConfig {
         slots,
         kv_capacity_tokens: (slots as f64
             * f64::from(MAX_PROMPT + MAX_OUTPUT)
             * between(r, 1.0, 1.5)) as u64,
-        prefill_tokens_per_s: between(r, 6_000.0, 30_000.0),
+        prefill_tokens_per_s: between(r, 8_000.0, 40_000.0),
         decode_step: Duration::from_secs_f64(between(r, 0.006, 0.020)),
         decode_step_per_seq: Duration::from_secs_f64(between(r, 0.000_15, 0.000_6)),
+        chunked_prefill: r.unit() < 0.5,
+        max_batched_tokens: pick(r, &[8_192, 16_384]),
     }
 }
 
-/// Slows every engine by `k` (longer steps, slower prefill): fewer tokens per simulated second
-/// for the same utilisation.
-fn slow_down(e: &mut EngineConfig, k: f64) {
-    e.decode_step = e.decode_step.mul_f64(k);
-    e.decode_step_per_seq = e.decode_step_per_seq.mul_f64(k);
-    e.prefill_tokens_per_s /= k;
+/// Makes an engine `k` times smaller: fewer slots first (a smaller deployment, each stream
+/// as fast), then slower decode steps once at sixteen slots (fewer would queue at loads a
+/// production server carries without one). Prefill keeps its rate: a slow prefill would
+/// stall every stream for seconds, which is a fault, not a smaller engine.
+fn shrink(e: &mut EngineConfig, k: f64) {
+    let slots = ((e.slots as f64 / k).round() as usize).max(16).min(e.slots);
+    let left = k * slots as f64 / e.slots as f64;
+    e.kv_capacity_tokens = e.kv_capacity_tokens * slots as u64 / e.slots.max(1) as u64;
+    e.slots = slots;
+    if left > 1.0 {
+        e.decode_step = e.decode_step.mul_f64(left);
+        e.decode_step_per_seq = e.decode_step_per_seq.mul_f64(left);
+    }
 }
 
 /// Draws the scenario for `seed`.
@@ -217,7 +226,7 @@ pub fn draw(seed: u64) -> Result<Drawn, ScenarioError> {
     let tokens = utilisation * cap * t.output / t.busy;
     if tokens > TOKEN_BUDGET {
         let k = tokens / TOKEN_BUDGET;
-        engines.iter_mut().for_each(|e| slow_down(e, k));
+        engines.iter_mut().for_each(|e| shrink(e, k));
     }
     let cap: f64 = engines.iter().map(|e| capacity(e, &t)).sum();
     // The mean demand whose busy minutes load the providers to `utilisation`.

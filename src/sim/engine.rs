@@ -1,6 +1,7 @@
 //! A continuous-batching engine model: sequence slots, a KV cache measured in tokens, a
-//! prefill rate, a decode step that grows with batch size, a waiting queue, and
-//! preemption with recompute when the KV cache is full. Pure: `step` takes `now`.
+//! prefill rate, a decode step that grows with batch size, a per-step token budget, prefill
+//! whole or in chunks, a waiting queue, and preemption with recompute when the KV cache is
+//! full. Pure: `step` takes `now`.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -27,6 +28,12 @@ pub struct EngineConfig {
     /// Extra step time per additional running sequence.
     #[serde(with = "humantime_serde")]
     pub decode_step_per_seq: Duration,
+    /// Tokens one step processes at most, prefill and decode together (vLLM's
+    /// `max_num_batched_tokens`). Without chunking, a prompt longer than this still runs, alone.
+    pub max_batched_tokens: u32,
+    /// Split long prompts across steps, decodes first (vLLM's chunked prefill, its default
+    /// scheduling); off, a step prefills whole prompts and every running stream waits for it.
+    pub chunked_prefill: bool,
 }
 
 impl Default for EngineConfig {
@@ -37,6 +44,8 @@ impl Default for EngineConfig {
             prefill_tokens_per_s: 20_000.0,
             decode_step: Duration::from_millis(12),
             decode_step_per_seq: Duration::from_micros(400),
+            max_batched_tokens: 16_384,
+            chunked_prefill: false,
         }
     }
 }
@@ -78,6 +87,8 @@ struct Seq {
     job: Job,
     generated: usize,
     kv: u64,
+    /// Prompt (and recompute) tokens still to prefill before it decodes.
+    prefill_left: u64,
     arrived: Instant,
     last_token: Option<Instant>,
 }
@@ -164,6 +175,7 @@ impl Engine {
             job,
             generated: 0,
             kv: 0,
+            prefill_left: 0,
             arrived: now,
             last_token: None,
         });
@@ -204,41 +216,28 @@ impl Engine {
         self.waiting.retain(|s| !s.job.tx.is_closed());
         self.kv_used = self.running.iter().map(|s| s.kv).sum();
         let capacity = self.capacity(effects);
-        // Admit while there are slots and room for the prompt (plus what a preempted
-        // sequence had generated: recompute).
-        let mut prefill = 0u64;
-        let mut admitted = Vec::new();
-        while self.running.len() < self.config.slots {
-            let Some(seq) = self.waiting.front() else {
-                break;
-            };
-            let need = u64::from(seq.job.prompt_tokens) + seq.generated as u64;
-            if self.kv_used + need + 1 > capacity && !self.running.is_empty() {
-                break;
-            }
-            let Some(mut seq) = self.waiting.pop_front() else {
-                break;
-            };
-            seq.kv = need;
-            self.kv_used += need;
-            prefill += need;
-            admitted.push(self.running.len());
-            self.running.push(seq);
-        }
+        let prefill = self.schedule_prefill(capacity);
         if self.running.is_empty() {
             return None;
         }
-        // Each running sequence needs one more KV slot for its next token; evict the newest
+        // Each decoding sequence needs one more KV slot for its next token; evict the newest
         // until they fit (vLLM's recompute preemption).
-        while self.kv_used + self.running.len() as u64 > capacity && self.running.len() > 1 {
+        while self.kv_used + self.decoding() as u64 > capacity && self.running.len() > 1 {
             let Some(seq) = self.running.pop() else { break };
             self.kv_used -= seq.kv;
             self.stats.preemptions += 1;
-            self.waiting.push_front(Seq { kv: 0, ..seq });
+            self.waiting.push_front(Seq {
+                kv: 0,
+                prefill_left: 0,
+                ..seq
+            });
         }
         self.stats.prompt_tokens += prefill;
-        let batch = self.running.len();
+        let batch = self.decoding();
         for (i, seq) in self.running.iter_mut().enumerate() {
+            if seq.prefill_left > 0 {
+                continue;
+            }
             if let Some(tok) = seq.job.output.get(seq.generated) {
                 self.pending.push((i, Event::Token(tok.clone())));
             }
@@ -258,6 +257,58 @@ impl Engine {
         let base = self.config.step_time(batch).as_secs_f64()
             + prefill as f64 / self.config.prefill_tokens_per_s.max(1.0);
         Some(Duration::from_secs_f64(base / effects.speed.max(0.01)))
+    }
+
+    /// Sequences that decode this step (their prompt is in).
+    fn decoding(&self) -> usize {
+        self.running.iter().filter(|s| s.prefill_left == 0).count()
+    }
+
+    /// Spends the step's token budget: decodes first, then (chunked) the prompts part-way in,
+    /// then admits waiting sequences while there are slots, KV room for the whole prompt (plus
+    /// what a preempted sequence had generated: recompute) and budget. Unchunked, a prompt is
+    /// prefilled whole in one step, and one longer than the budget is the step's only prefill.
+    /// Returns the prefill tokens of this step.
+    fn schedule_prefill(&mut self, capacity: u64) -> u64 {
+        let chunked = self.config.chunked_prefill;
+        let mut budget =
+            u64::from(self.config.max_batched_tokens).saturating_sub(self.decoding() as u64);
+        let mut prefill = 0u64;
+        for seq in self.running.iter_mut().filter(|s| s.prefill_left > 0) {
+            let chunk = seq.prefill_left.min(budget);
+            seq.prefill_left -= chunk;
+            prefill += chunk;
+            budget -= chunk;
+        }
+        while self.running.len() < self.config.slots {
+            let Some(seq) = self.waiting.front() else {
+                break;
+            };
+            let need = u64::from(seq.job.prompt_tokens) + seq.generated as u64;
+            if self.kv_used + need + 1 > capacity && !self.running.is_empty() {
+                break;
+            }
+            let chunk = if chunked {
+                need.min(budget)
+            } else if need <= budget || prefill == 0 {
+                need
+            } else {
+                0
+            };
+            if chunk == 0 {
+                break;
+            }
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            seq.kv = need;
+            seq.prefill_left = need - chunk;
+            self.kv_used += need;
+            prefill += chunk;
+            budget = budget.saturating_sub(chunk);
+            self.running.push(seq);
+        }
+        prefill
     }
 
     /// Delivers the tokens of the step that just ended at `now` and retires finished sequences.

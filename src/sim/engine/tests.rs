@@ -44,6 +44,7 @@ fn cfg() -> EngineConfig {
         prefill_tokens_per_s: 10_000.0,
         decode_step: Duration::from_millis(10),
         decode_step_per_seq: Duration::from_millis(1),
+        ..EngineConfig::default()
     }
 }
 
@@ -150,4 +151,60 @@ fn a_closed_receiver_cancels_the_sequence() {
     drop(rx);
     assert!(e.step(&fx).is_none(), "nothing left to run");
     assert_eq!(e.running(), 0);
+}
+
+/// The longest gap between two tokens of stream 0, and its first token's time.
+fn longest_gap_while_prompts_arrive(chunked: bool) -> (f64, f64) {
+    let t0 = Instant::now();
+    let mut e = Engine::new(EngineConfig {
+        max_batched_tokens: 2_048,
+        chunked_prefill: chunked,
+        ..cfg()
+    });
+    let (j, rx) = job(100, 200);
+    e.submit(j, t0);
+    let mut rxs = vec![rx];
+    let fx = Effects::of(&[]);
+    // The first stream is decoding when seven 8,000-token prompts arrive.
+    let mut now = t0;
+    for _ in 0..5 {
+        let d = e.step(&fx).unwrap();
+        now += d;
+        e.finish_step(now);
+    }
+    for _ in 0..7 {
+        let (j, rx) = job(8_000, 5);
+        e.submit(j, now);
+        rxs.push(rx);
+    }
+    let times = run(&mut e, &fx, &mut rxs, now);
+    let gap = times[0]
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_secs_f64())
+        .fold(0.0, f64::max);
+    (gap, times[1][0].duration_since(now).as_secs_f64())
+}
+
+#[test]
+fn unchunked_a_step_prefills_whole_prompts_and_every_stream_waits() {
+    // 8,000 tokens at 10,000/s: each long prompt is a step of its own (over the 2,048
+    // budget, alone), 0.8 s during which the running stream gets nothing.
+    let (gap, first) = longest_gap_while_prompts_arrive(false);
+    assert!((0.8..1.0).contains(&gap), "gap {gap}");
+    assert!(
+        first < 1.0,
+        "the first long prompt's first token after {first} s"
+    );
+}
+
+#[test]
+fn chunked_prefill_keeps_streams_decoding_between_chunks() {
+    // At most 2,048 tokens a step, decodes first: a running stream waits about 0.2 s at a
+    // time, never a whole prompt's prefill.
+    let (gap, first) = longest_gap_while_prompts_arrive(true);
+    assert!(gap < 0.25, "gap {gap}");
+    assert!(
+        first > 0.8,
+        "a chunked 8,000-token prompt takes four steps: {first} s"
+    );
 }
