@@ -49,6 +49,9 @@ pub struct ProviderInput<'a> {
     pub health_endpoint_ok: Option<bool>,
     /// Requests in flight now.
     pub in_flight: i64,
+    /// A scrape within the detectors' recent window showed requests waiting at the server
+    /// (a burst can queue and drain between two scrapes; its late first tokens stay in view).
+    pub queued_recently: bool,
     /// The stall watchdog: no token for this long with requests in flight is a hang.
     pub stall_limit: Duration,
     /// The latest canary that got no first token (sent at, reason), if recent.

@@ -67,6 +67,7 @@ impl Fixture {
                 requests: recent.requests,
                 failures: recent.failed,
                 decode: Some(80.0),
+                decode_live: true,
                 load: 4.0,
                 ..Signals::default()
             },
@@ -75,10 +76,12 @@ impl Fixture {
             baseline: Some(Reference {
                 ttft: Some(0.1),
                 decode: Some(80.0),
+                decode_spread: None,
             }),
             peers: Some(Ratios {
                 ttft: Some(1.0),
                 decode: Some(1.0),
+                late: None,
             }),
             health_ok: None,
             backend: None,
@@ -96,6 +99,7 @@ impl Fixture {
             backend: self.backend.as_ref(),
             health_endpoint_ok: self.health_ok,
             in_flight: 6,
+            queued_recently: false,
             stall_limit: Duration::from_secs(2),
             canary_stuck: None,
         };
@@ -211,6 +215,7 @@ fn a_40_percent_slowdown_is_hardware_degradation_within_seconds() {
     slow_hw.baseline = Some(Reference {
         ttft: Some(0.1),
         decode: Some(52.0),
+        decode_spread: None,
     });
     let mut d = ProviderDetectors::default();
     for i in 0..100 {
@@ -303,6 +308,55 @@ fn stalls_the_servers_own_cache_contradicts_are_not_kv_thrashing() {
 }
 
 #[test]
+fn a_slow_stretch_counts_once_however_long_the_idle_after_it() {
+    let t0 = Instant::now();
+    let mut fx = Fixture::new(clean_slot());
+    let mut d = ProviderDetectors::default();
+    // The window's median says 40 % slow, but no stream has run since: the same figure
+    // repeated for a minute is one observation, not 120.
+    fx.signals.decode = Some(48.0);
+    fx.signals.decode_live = false;
+    for i in 0..120 {
+        let f = fx.step(&mut d, t0 + Duration::from_millis(500 * i));
+        assert!(!modes(&f).contains(&Mode::HardwareDegradation), "{f:#?}");
+    }
+    // Streams running that slow are evidence.
+    fx.signals.decode_live = true;
+    let later = t0 + Duration::from_secs(60);
+    let named = (0..20).any(|i| {
+        modes(&fx.step(&mut d, later + Duration::from_millis(500 * i)))
+            .contains(&Mode::HardwareDegradation)
+    });
+    assert!(named);
+}
+
+#[test]
+fn a_provider_whose_rate_swings_needs_a_deeper_drop() {
+    let t0 = Instant::now();
+    let mut fx = Fixture::new(clean_slot());
+    // Healthy at this load its rate spreads by 30 % from tick to tick (short answers, whole
+    // prompts prefilled between its decode steps): 30 % below its mean is within its noise.
+    fx.baseline = fx.baseline.map(|r| Reference {
+        decode_spread: Some(0.3),
+        ..r
+    });
+    fx.signals.decode = Some(56.0);
+    let mut d = ProviderDetectors::default();
+    for i in 0..60 {
+        let f = fx.step(&mut d, t0 + Duration::from_millis(500 * i));
+        assert!(!modes(&f).contains(&Mode::HardwareDegradation), "{f:#?}");
+    }
+    // Cut to a third it is named.
+    fx.signals.decode = Some(26.0);
+    let later = t0 + Duration::from_secs(30);
+    let named = (0..20).any(|i| {
+        modes(&fx.step(&mut d, later + Duration::from_millis(500 * i)))
+            .contains(&Mode::HardwareDegradation)
+    });
+    assert!(named);
+}
+
+#[test]
 fn a_slowdown_every_peer_shares_is_the_traffic_not_hardware() {
     // A burst: every provider of the model decodes at 60 % of its baseline at once.
     let t0 = Instant::now();
@@ -312,6 +366,7 @@ fn a_slowdown_every_peer_shares_is_the_traffic_not_hardware() {
     fx.peers = Some(Ratios {
         decode: Some(0.6),
         ttft: Some(1.5),
+        late: None,
     });
     for i in 0..120 {
         let f = fx.step(&mut d, t0 + Duration::from_millis(500 * i));
@@ -321,6 +376,7 @@ fn a_slowdown_every_peer_shares_is_the_traffic_not_hardware() {
     fx.peers = Some(Ratios {
         decode: Some(0.98),
         ttft: Some(1.0),
+        late: None,
     });
     let later = t0 + Duration::from_secs(60);
     let named = (0..20).find_map(|i| {
@@ -341,7 +397,7 @@ fn a_slowdown_every_peer_shares_is_the_traffic_not_hardware() {
 fn a_fifth_of_first_tokens_seconds_late_with_a_flat_median_is_tail_latency() {
     let t0 = Instant::now();
     let mut d = learned_on_clean_traffic(t0);
-    let learned = d.clone();
+    let mut learned = d.clone();
     // 8 of 40 requests wait 3 s before their first token; no stream stalls mid-answer.
     let mut samples = vec![ok(0.1, GAPS, 0.02); 32];
     samples.extend(vec![ok(3.1, GAPS, 0.02); 8]);
@@ -359,9 +415,24 @@ fn a_fifth_of_first_tokens_seconds_late_with_a_flat_median_is_tail_latency() {
     // Nor is the same tail under overload: that is the queue's.
     let mut fx = Fixture::new(slot(&samples));
     fx.signals.overloaded = true;
-    let mut learned = learned;
-    let f = fx.step(&mut learned, now);
+    let mut overloaded = learned.clone();
+    let f = fx.step(&mut overloaded, now);
     assert!(!modes(&f).contains(&Mode::TailLatency), "{f:#?}");
+    // Nor when its peers show the same share of late first tokens: a burst queued them all.
+    let mut fx = Fixture::new(slot(&samples));
+    fx.peers = Some(Ratios {
+        late: Some(0.15),
+        ..fx.peers.unwrap_or_default()
+    });
+    let f = fx.step(&mut learned.clone(), now);
+    assert!(!modes(&f).contains(&Mode::TailLatency), "{f:#?}");
+    // Peers with a few late ones of their own excuse nothing.
+    fx.peers = Some(Ratios {
+        late: Some(0.02),
+        ..fx.peers.unwrap_or_default()
+    });
+    let f = fx.step(&mut learned, now);
+    assert_eq!(modes(&f), [Mode::TailLatency]);
 }
 
 #[test]

@@ -30,13 +30,27 @@ pub struct Reference {
     pub ttft: Option<f64>,
     /// Per-stream decode rate, tokens/s.
     pub decode: Option<f64>,
+    /// How much the decode rate spreads from tick to tick when healthy at this load, as a
+    /// share of its mean (its coefficient of variation). Short answers, bursts and whole
+    /// prompts prefilled between decode steps make some providers' rates far noisier than
+    /// others'; a drop is judged in units of this spread.
+    pub decode_spread: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Bucket {
     ttft: f64,
     decode: f64,
+    /// Mean of the squared decode rate (for its spread).
+    decode_sq: f64,
     ticks: u32,
+}
+
+impl Bucket {
+    fn spread(&self) -> Option<f64> {
+        let var = (self.decode_sq - self.decode * self.decode).max(0.0);
+        (self.decode > 0.0).then(|| var.sqrt() / self.decode)
+    }
 }
 
 /// How far a provider is from its own baseline now: current over baseline, for the decode
@@ -49,6 +63,9 @@ pub struct Ratios {
     pub decode: Option<f64>,
     /// Median TTFT over the baseline's (above 1: slower).
     pub ttft: Option<f64>,
+    /// The share of first tokens seconds late (not a ratio: a burst queues first tokens at
+    /// every provider at once, a flaky one delays its own).
+    pub late: Option<f64>,
 }
 
 impl Ratios {
@@ -61,6 +78,7 @@ impl Ratios {
         Ratios {
             decode: div(current.decode, reference.and_then(|r| r.decode)),
             ttft: div(current.ttft, reference.and_then(|r| r.ttft)),
+            late: None,
         }
     }
 
@@ -73,8 +91,9 @@ impl Ratios {
         let r = Ratios {
             decode: pick(|r| r.decode),
             ttft: pick(|r| r.ttft),
+            late: pick(|r| r.late),
         };
-        (r.decode.is_some() || r.ttft.is_some()).then_some(r)
+        (r.decode.is_some() || r.ttft.is_some() || r.late.is_some()).then_some(r)
     }
 
     /// How much of a drop in decode rate the peers share: their ratio over `SHARED_NOISE`,
@@ -110,10 +129,68 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
-/// The learned baseline, one running average per load bucket.
+/// The learned baseline: one running average per load bucket, and the time a stream spends
+/// per token fitted as a line against the load.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Baseline {
     buckets: [Bucket; BUCKETS.len()],
+    step: StepFit,
+}
+
+/// Ticks of data before the step-time line is trusted.
+const FIT_TICKS: u32 = 20;
+/// The line predicts up to this multiple of the heaviest load it was fitted on.
+const FIT_REACH: f64 = 1.5;
+
+/// A continuous-batching engine's decode step costs a fixed part plus a part per sequence in
+/// the batch, so the time a stream waits per token is close to a line in the load:
+/// `a + b·load`. Fitted by least squares on running means (a plain mean over the first
+/// minute, then learned as slowly as the buckets), it predicts the decode rate at any load
+/// it has seen, where a bucket holds one figure for loads that decode 25 % apart.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct StepFit {
+    ticks: u32,
+    x: f64,
+    y: f64,
+    xx: f64,
+    xy: f64,
+    yy: f64,
+    max_x: f64,
+}
+
+impl StepFit {
+    fn learn(&mut self, load: f64, step: f64) {
+        self.ticks = self.ticks.saturating_add(1);
+        let a = if self.ticks <= ANCHOR_TICKS {
+            1.0 / f64::from(self.ticks)
+        } else {
+            MIN_ALPHA
+        };
+        self.x += a * (load - self.x);
+        self.y += a * (step - self.y);
+        self.xx += a * (load * load - self.xx);
+        self.xy += a * (load * step - self.xy);
+        self.yy += a * (step * step - self.yy);
+        self.max_x = self.max_x.max(load);
+    }
+
+    /// The step time predicted at `load` and the spread around the line (as a share of the
+    /// mean step time), when the line has seen enough and reaches that far.
+    fn predict(&self, load: f64) -> Option<(f64, f64)> {
+        if self.ticks < FIT_TICKS || load > FIT_REACH * self.max_x.max(1.0) {
+            return None;
+        }
+        let var_x = self.xx - self.x * self.x;
+        // A heavier batch never decodes faster; with one load only, the line is flat.
+        let b = if var_x > 1e-6 {
+            ((self.xy - self.x * self.y) / var_x).max(0.0)
+        } else {
+            0.0
+        };
+        let step = self.y + b * (load - self.x);
+        let resid = (self.yy - self.y * self.y - b * b * var_x).max(0.0);
+        (step > 0.0 && self.y > 0.0).then(|| (step, resid.sqrt() / self.y))
+    }
 }
 
 fn bucket_of(load: f64) -> usize {
@@ -141,31 +218,39 @@ impl Baseline {
         };
         b.ttft += alpha * (ttft - b.ttft);
         b.decode += alpha * (decode - b.decode);
+        b.decode_sq += alpha * (decode * decode - b.decode_sq);
+        self.step.learn(load, 1.0 / decode);
     }
 
-    /// The reference at `load`: this load bucket when learned, else the nearest learned
-    /// bucket of heavier load. Failing both, the nearest lighter bucket's decode rate with an
-    /// allowance of `LIGHTER_DECODE` per bucket between (a batch twice the size decodes each
-    /// stream more slowly; the allowance is generous, so a lighter load's figures under-call
-    /// a degradation rather than call ordinary load one), and no TTFT (queueing makes first
+    /// The reference at `load`. The decode rate from the step-time line where it reaches
+    /// (see [`StepFit`]); else, as for the first token, this load bucket when learned, or the
+    /// nearest learned bucket of heavier load. Failing those, the next lighter bucket's decode
+    /// rate with an allowance of `LIGHTER_DECODE` (a batch twice the size decodes each stream
+    /// more slowly; the allowance is generous, so a lighter load's figures under-call a
+    /// degradation rather than call ordinary load one), and no TTFT (queueing makes first
     /// tokens at a heavier load unknowable from a lighter one).
     pub fn at(&self, load: f64) -> Option<Reference> {
+        let fitted = self.step.predict(load);
         let here = bucket_of(load);
-        if let Some(b) = self.buckets[here..].iter().find(|b| b.ticks >= MIN_TICKS) {
-            return Some(Reference {
-                ttft: Some(b.ttft),
-                decode: Some(b.decode),
-            });
-        }
-        let (below, b) = self.buckets[..here]
-            .iter()
-            .enumerate()
-            .rev()
-            .find(|(_, b)| b.ticks >= MIN_TICKS)?;
-        let steps = i32::try_from(here - below).unwrap_or(i32::MAX);
-        Some(Reference {
-            ttft: None,
-            decode: Some(b.decode * LIGHTER_DECODE.powi(steps)),
+        let learned = self.buckets[here..].iter().find(|b| b.ticks >= MIN_TICKS);
+        // One bucket lighter at most: twice the load is a batch the same server still
+        // decodes at a predictable cost; four times or more may be a batch it never ran, or
+        // a queue, and what a stream decodes there is unknown.
+        let lighter = here
+            .checked_sub(1)
+            .map(|i| self.buckets[i])
+            .filter(|b| b.ticks >= MIN_TICKS);
+        let (decode, decode_spread) = match (fitted, learned, lighter) {
+            (Some((step, spread)), ..) => (Some(1.0 / step), Some(spread)),
+            (None, Some(b), _) => (Some(b.decode), b.spread()),
+            (None, None, Some(b)) => (Some(b.decode * LIGHTER_DECODE), b.spread()),
+            (None, None, None) => (None, None),
+        };
+        let ttft = learned.map(|b| b.ttft);
+        (ttft.is_some() || decode.is_some()).then_some(Reference {
+            ttft,
+            decode,
+            decode_spread,
         })
     }
 
@@ -193,9 +278,10 @@ mod tests {
 
     #[test]
     fn learns_per_load_bucket_and_never_borrows_another_load() {
+        // Fewer ticks than the step-time line needs: the buckets answer.
         let mut b = Baseline::default();
         assert_eq!(b.at(1.0), None);
-        for _ in 0..10 {
+        for _ in 0..5 {
             b.learn(1.0, 0.1, 80.0);
             b.learn(20.0, 0.3, 40.0);
         }
@@ -203,16 +289,49 @@ mod tests {
         assert_eq!(b.at(20.0).and_then(|r| r.decode), Some(40.0));
         // 4 in flight was never seen healthy: the heavier bucket stands in.
         assert_eq!(b.at(4.0).and_then(|r| r.decode), Some(40.0));
-        // Heavier than anything learned: the lightest learned bucket below, with an allowance
-        // of a quarter per bucket, and no first-token reference.
+        // Heavier than anything learned: the next lighter bucket, with an allowance of a
+        // quarter, and no first-token reference; further than one bucket, nothing.
         let heavier = b.at(30.0).unwrap();
         assert_eq!(heavier.ttft, None);
         assert!((heavier.decode.unwrap() - 40.0 * 0.75).abs() < 1e-9);
+        let mut light = Baseline::default();
+        for _ in 0..10 {
+            light.learn(1.0, 0.1, 80.0);
+        }
+        assert!(light.at(2.0).is_some());
+        assert_eq!(light.at(4.0), None, "four times the load is not judged");
         assert!(Baseline::comparable(2.0, 4.0));
         assert!(
             Baseline::comparable(1.0, 20.0),
             "a busier peer is a fair reference"
         );
         assert!(!Baseline::comparable(20.0, 1.0), "an idle peer is not");
+    }
+
+    #[test]
+    fn the_step_time_line_predicts_the_decode_rate_between_learned_loads() {
+        // An engine whose step costs 10 ms plus 1 ms per sequence, seen at 4 and 16 in flight.
+        let mut b = Baseline::default();
+        for i in 0..40 {
+            let load = if i % 2 == 0 { 4.0 } else { 16.0 };
+            b.learn(load, 0.1, 1.0 / (0.010 + 0.001 * load));
+        }
+        let at = |load: f64| b.at(load).and_then(|r| r.decode).unwrap();
+        // 10 in flight (a bucket never learned): 50 tokens/s, not either bucket's figure.
+        assert!((at(10.0) - 50.0).abs() < 1e-6, "{}", at(10.0));
+        assert!(
+            (at(24.0) - 1.0 / 0.034).abs() < 1e-6,
+            "reaches 1.5x the heaviest"
+        );
+        // Beyond that the buckets answer again (here: none heavier, one lighter).
+        assert!((at(30.0) - 1.0 / 0.026 * 0.75).abs() < 1e-6, "{}", at(30.0));
+        // An exact line has no spread; one rate alternating 60/100 spreads by a quarter.
+        assert!(b.at(10.0).and_then(|r| r.decode_spread).unwrap() < 1e-6);
+        let mut noisy = Baseline::default();
+        for i in 0..100 {
+            noisy.learn(1.0, 0.1, if i % 2 == 0 { 60.0 } else { 100.0 });
+        }
+        let spread = noisy.at(1.0).and_then(|r| r.decode_spread).unwrap();
+        assert!((spread - 0.25).abs() < 1e-6, "{spread}");
     }
 }

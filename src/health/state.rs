@@ -117,6 +117,9 @@ pub struct Signals {
     pub decode: Option<f64>,
     /// Median end to end, s.
     pub e2e_p50: Option<f64>,
+    /// `decode` was measured on this tick's own streams (not the recent window's median,
+    /// which repeats itself tick after tick while no stream runs).
+    pub decode_live: bool,
     /// Mean in-flight (the load the signals were measured at).
     pub load: f64,
     /// How long requests have been in flight with no token from anyone.
@@ -124,6 +127,9 @@ pub struct Signals {
     /// Three times the recent P95 TTFT: a provider whose first tokens normally take long
     /// (long prompts) is not called stalled before that.
     pub slow_first_token: Option<Duration>,
+    /// The share of the recent window's first tokens later than max(1 s, 5 × the quickest
+    /// first token learned): how much of a late tail the provider shows now.
+    pub late_share: Option<f64>,
     /// The server's own metrics say it has work but makes no progress.
     pub backend_stuck: bool,
     /// The GPU exporter's clock-event (throttle) reason bits, when known.
@@ -355,6 +361,7 @@ impl ProviderHealth {
             Reference {
                 ttft: s.ttft_p50,
                 decode: s.decode,
+                decode_spread: None,
             },
             own,
         );
@@ -436,7 +443,9 @@ impl ProviderHealth {
                 return false;
             }
             self.suspect_ticks = 0;
-            if let (Some(t), Some(d)) = (s.ttft_p50, s.decode)
+            // Learned from this tick's own streams only (evidence once: while none run, the
+            // window's median would be learned again and again, and its spread would shrink).
+            if let (Some(t), Some(d)) = (s.ttft_p50, s.decode.filter(|_| s.decode_live))
                 && self.state == State::Healthy
                 && !s.overloaded
             {

@@ -93,6 +93,9 @@ impl HealthTask {
                 backend: fresh(t.backend.as_ref(), t.backend_failed, stale, now).map(|(b, _)| b),
                 health_endpoint_ok: t.health_endpoint_ok,
                 in_flight: p.in_flight(),
+                queued_recently: t
+                    .queued_at
+                    .is_some_and(|at| now.saturating_duration_since(at) <= RECENT),
                 stall_limit: stall_limit(s, &self.routing),
                 canary_stuck: t
                     .canaries
@@ -235,6 +238,7 @@ impl HealthTask {
             ttft_p50: recent.ttft.quantile(0.5),
             ttft_p95: recent.ttft.quantile(0.95),
             decode: t.live_decode.or_else(|| recent.decode.quantile(0.5)),
+            decode_live: t.live_decode.is_some(),
             e2e_p50: recent.e2e.quantile(0.5),
             // The load now (a short average), matching the live decode rate it qualifies.
             load: t.load.unwrap_or(live.in_flight as f64),
@@ -243,6 +247,7 @@ impl HealthTask {
                 .ttft
                 .quantile(0.95)
                 .map(|p95| Duration::from_secs_f64(p95 * 3.0)),
+            late_share: late_share(&recent.ttft, t.health.baseline.unqueued_ttft()),
             backend_stuck: fresh.is_some_and(crate::scrape::Backend::stuck),
             overloaded: t.overloaded,
             throttle_reasons: fresh.and_then(|b| b.reading.throttle_reasons),
@@ -326,11 +331,13 @@ impl HealthTask {
             .map(|(t, s)| {
                 // Out of rotation, or too little traffic: its figures say nothing now.
                 let serving = t.health.state.in_rotation();
-                (serving && s.requests >= MIN_SAMPLES).then(|| {
-                    Ratios::of(
+                (serving && s.requests >= MIN_SAMPLES).then(|| Ratios {
+                    late: s.late_share,
+                    ..Ratios::of(
                         Reference {
                             ttft: s.ttft_p50,
                             decode: s.decode,
+                            decode_spread: None,
                         },
                         t.health.baseline.at(s.load),
                     )
@@ -383,4 +390,16 @@ impl HealthTask {
             retry_after_until: t.retry_after_until.filter(|&u| u > now),
         }
     }
+}
+
+/// A first token later than max(`LATE_FLOOR_S`, `LATE_MULT` × the quickest learned) is late.
+const LATE_FLOOR_S: f64 = 1.0;
+const LATE_MULT: f64 = 5.0;
+
+/// The share of `ttft`'s first tokens that are late against `unqueued` (or the window's own
+/// median while nothing is learned).
+fn late_share(ttft: &super::window::LogHistogram, unqueued: Option<f64>) -> Option<f64> {
+    let n = ttft.count();
+    let reference = unqueued.or_else(|| ttft.quantile(0.5))?;
+    (n > 0).then(|| ttft.count_above(LATE_FLOOR_S.max(LATE_MULT * reference)) as f64 / n as f64)
 }

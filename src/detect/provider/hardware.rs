@@ -12,10 +12,11 @@ use super::{
     Clock, Fact, Finding, MIN_ATTEMPTS, Mode, ProviderDetectors, ProviderInput, Severity, rate,
 };
 
-/// Decode-rate CUSUM: σ of a window's decode ratio, allowance and limit. Within one load
-/// bucket the decode rate itself moves by 10–20 %, so a ratio of 0.85 adds nothing
-/// (k = 1.5σ); 0.6 alarms in four ticks, 0.7 in seven, 0.75 in ten (a 25 % slowdown is the
-/// documented sensitivity).
+/// Decode-rate CUSUM: σ of a window's decode ratio (at least; a provider's own learned
+/// spread when larger), allowance and limit. Within one load bucket the decode rate itself
+/// moves by 10–20 %, so a ratio of 0.85 adds nothing (k = 1.5σ); at σ = 0.1, 0.6 alarms in
+/// four ticks, 0.7 in seven, 0.75 in ten (a 25 % slowdown is the documented sensitivity for
+/// a provider whose rate spreads by 10 % or less).
 const DECODE_SIGMA: f64 = 0.1;
 pub(super) const DECODE_K: f64 = 1.5;
 pub(super) const DECODE_H: f64 = 10.0;
@@ -40,12 +41,15 @@ impl ProviderDetectors {
         if s.stalled_for.is_some_and(|d| d >= NO_PROGRESS) {
             return None;
         }
-        // Too little traffic to judge (a state change just cleared the window, or the
-        // router sends it little): what was found stands while the CUSUM is in alarm.
+        // Too little traffic to judge (a state change just cleared the window, the router
+        // sends it little, or no stream ran this tick): what was found stands while the CUSUM
+        // is in alarm.
+        // Each tick's own streams are evidence once: while none decode, the window's median
+        // would add the same figure to the sum tick after tick.
         let (Some(own), Some(decode)) = (
             p.baseline.and_then(|r| r.decode),
             s.decode
-                .filter(|_| p.since_healthy.requests >= MIN_ATTEMPTS),
+                .filter(|_| s.decode_live && p.since_healthy.requests >= MIN_ATTEMPTS),
         ) else {
             return self.last_hw.clone().filter(|_| self.decode.excursion());
         };
@@ -55,8 +59,14 @@ impl ProviderDetectors {
         // baselines at once, the load did it (a burst, or traffic moved onto them).
         let own_ratio = decode / own;
         let ratio = own_ratio / Ratios::shared_decode_drop(p.peers);
-        // Winsorised, so one wild tick cannot alarm alone.
-        let z = ((1.0 - ratio) / DECODE_SIGMA).clamp(-Z_CAP, Z_CAP);
+        // In units of the spread this provider's rate shows when healthy at this load (at
+        // least `DECODE_SIGMA`): a provider whose rate swings with its traffic needs a deeper
+        // drop to alarm. Winsorised, so one wild tick cannot alarm alone.
+        let sigma = p
+            .baseline
+            .and_then(|r| r.decode_spread)
+            .map_or(DECODE_SIGMA, |s| s.max(DECODE_SIGMA));
+        let z = ((1.0 - ratio) / sigma).clamp(-Z_CAP, Z_CAP);
         // Once named, the finding stands until the sum is back at rest: a noisy ratio around
         // the limit is one slowdown, not a string of them.
         let named = self.last_hw.is_some();

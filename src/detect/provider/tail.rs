@@ -60,10 +60,15 @@ impl ProviderDetectors {
         let slow = w.ttft.count_above(limit);
         let share = slow as f64 / measured.max(1) as f64;
         let errors = rate(w.failed, w.requests);
-        let threshold = SHARE.max(SHARE_MULT * l.slow_share);
+        // A tail its peers show too is the traffic's (a burst queues first tokens everywhere
+        // at once); a flaky provider's is its own.
+        let shared = p.peers.and_then(|r| r.late).unwrap_or(0.0);
+        let threshold = SHARE
+            .max(SHARE_MULT * l.slow_share)
+            .max(SHARE_MULT * shared);
         let flat = learned && median <= FLAT_MEDIAN * l.median;
         // Late first tokens behind a queue at the server are the queue's.
-        let queued = p.backend.is_some_and(crate::scrape::Backend::queued);
+        let queued = p.queued_recently || p.backend.is_some_and(crate::scrape::Backend::queued);
         let tail = flat
             && errors < FLAT_ERRORS
             && !queued

@@ -26,10 +26,12 @@ fn clean() -> Signals {
         ttft_p50: Some(0.10),
         ttft_p95: Some(0.20),
         decode: Some(50.0),
+        decode_live: true,
         e2e_p50: Some(3.0),
         load: 4.0,
         stalled_for: None,
         slow_first_token: None,
+        late_share: None,
         backend_stuck: false,
         throttle_reasons: Some(0),
         overloaded: false,
@@ -50,6 +52,7 @@ fn steady_peers() -> Ratios {
     Ratios {
         decode: Some(1.0),
         ttft: Some(1.0),
+        late: None,
     }
 }
 
@@ -149,6 +152,7 @@ fn a_drop_every_peer_shares_is_the_traffic_and_one_they_do_not_is_the_provider()
     let loaded = Ratios {
         decode: Some(0.6),
         ttft: Some(1.0),
+        late: None,
     };
     let mut h = learned(now);
     for _ in 0..10 {
