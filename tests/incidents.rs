@@ -2,9 +2,10 @@
 //! and provider within its bound and resolves it after the fault is removed; clean traffic
 //! and a 20-minute (compressed) replay of a real trace open none.
 //!
-//! Its own test binary: cargo runs test binaries one after another, so these scenarios never
-//! share the 2-core machine with the rest of the suite (a provider's baseline learned while
-//! the machine is busy with other tests would measure the machine, not the provider).
+//! Every scenario runs in virtual time (`start_paused`): the simulators, the gateway and the
+//! load share one paused clock that jumps to the next timer whenever every task waits, so a
+//! two-minute scenario takes seconds, a busy machine cannot slow a provider down, and a run
+//! is the same every time.
 #![expect(
     clippy::unwrap_used,
     clippy::panic,
@@ -89,12 +90,8 @@ impl Run {
     }
 }
 
-/// One scenario at a time within this binary, for the same reason.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Runs `s` to its end and reads every incident (with history) from the request log.
 async fn run(s: &Scenario) -> Run {
-    let _turn = ONE_AT_A_TIME.lock().await;
     let started = scenario::start(s, 0).await.unwrap();
     let origin_ms = unix_ms_now() - i64::try_from(started.started.elapsed().as_millis()).unwrap();
     scenario::run(
@@ -188,7 +185,7 @@ fn quiet(id: &str) -> String {
     provider(id, "10ms", "")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_deadlock_is_named_within_15_s_and_resolves_after_recovery() {
     let s = scenario(
         "deadlock",
@@ -219,7 +216,7 @@ async fn a_deadlock_is_named_within_15_s_and_resolves_after_recovery() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_0_6x_slowdown_is_hardware_degradation_within_60_s() {
     // The fault starts at 25 s: a provider is judged against its own baseline, which needs
     // some healthy traffic at its load first.
@@ -248,7 +245,7 @@ async fn a_0_6x_slowdown_is_hardware_degradation_within_60_s() {
     r.only_on("hardware_degradation", "sim-b");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn kv_pressure_is_kv_thrashing_within_60_s() {
     // The fault starts at 25 s, once the provider's ordinary tails are learned; 98 % of the
     // cache is lost (at 96 % this part of the trace barely queues: P99 TTFT 0.7 s, within
@@ -272,7 +269,7 @@ async fn kv_pressure_is_kv_thrashing_within_60_s() {
     r.only_on("kv_cache_thrashing", "sim-a");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_slow_vector_db_is_named_as_the_root_cause_of_cascading_timeouts() {
     let s = scenario(
         "cascade",
@@ -299,7 +296,7 @@ faults = [{ at = "15s", duration = "30s", kind = "dependency_slow", factor = 100
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn each_quality_fault_is_named_by_its_signal_within_three_canary_intervals() {
     // Five providers each get one quality fault at 20 s for 20 s; two stay clean. The trace
     // runs at 1x: degraded providers get almost no traffic, so the clean ones take it all
@@ -367,7 +364,7 @@ async fn each_quality_fault_is_named_by_its_signal_within_three_canary_intervals
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn clean_traffic_opens_no_incident() {
     let s = scenario(
         "clean",
@@ -383,7 +380,7 @@ async fn clean_traffic_opens_no_incident() {
     assert!(r.incidents.is_empty(), "{:#?}", r.incidents);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_20_minute_replay_of_a_real_trace_opens_no_incident() {
     // Twenty minutes of the Azure conversation trace at 8x: 150 s.
     let text = r#"
@@ -444,9 +441,11 @@ fn nothing_else(r: &Run, allowed: &[&str], on: &[&str]) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "passes on the release build; in the debug build a hardware_degradation still \
-            opens on one provider before the capacity incident (issue 17, next session)"]
+#[tokio::test(start_paused = true)]
+#[ignore = "fails, deterministically: the run starts overloaded, so the providers learn their \
+            baselines in the first seconds under different queues, and one of them is later \
+            judged 40 % below its own while its peers sit at their (equally loaded) baselines; \
+            issue 17"]
 async fn an_overload_is_one_capacity_incident_and_no_provider_fault() {
     // Three healthy 16-slot providers under three times the load they can carry: a third of
     // the requests time out. The truth is one condition of the model.
@@ -476,7 +475,7 @@ async fn an_overload_is_one_capacity_incident_and_no_provider_fault() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_demos_slowdown_is_named_where_it_is_not_where_the_traffic_went() {
     // The shipped demo's first 95 s: mid-b slows to 0.6x from 30 s to 90 s; the router moves
     // its traffic onto fast-a, whose per-stream decode drops with the extra load. Only mid-b
@@ -491,9 +490,7 @@ async fn the_demos_slowdown_is_named_where_it_is_not_where_the_traffic_went() {
     nothing_else(&r, &["hardware_degradation"], &["mid-b"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails in the debug build: the hang is named, but the incident's resolution or a \
-            peer's finding does not meet the assertions yet (issue 17, next session)"]
+#[tokio::test(start_paused = true)]
 async fn a_deadlock_during_a_burst_is_one_incident_on_the_hung_provider() {
     // Four 16-slot providers near their capacity; the first hangs from 25 s to 50 s and the
     // other three carry its share. They are loaded, not broken.
@@ -523,14 +520,14 @@ async fn a_deadlock_during_a_burst_is_one_incident_on_the_hung_provider() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails in the debug build: the tail is named in the release build's run of the \
-            same scenario, not yet within this test's assertions (issue 17, next session)"]
+#[tokio::test(start_paused = true)]
 async fn a_fifth_of_requests_three_seconds_late_is_tail_latency() {
-    // Medians stay healthy; P95 TTFT goes from ~0.1 s to 3 s.
+    // Medians stay healthy; P95 TTFT goes from ~0.1 s to 3 s. The finding stands while the
+    // late first tokens are in the detector's 30 s window and 20 s after, so the run lasts
+    // long enough to see it resolve.
     let s = scenario(
         "flaky",
-        "100s",
+        "130s",
         "",
         &[
             quiet("sim-a"),
@@ -547,9 +544,7 @@ async fn a_fifth_of_requests_three_seconds_late_is_tail_latency() {
     nothing_else(&r, &["tail_latency"], &["sim-b"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "named in time, but passed once and flapped into several incidents in another \
-            debug-build run; needs the scorecard's repeated runs (issue 17, next session)"]
+#[tokio::test(start_paused = true)]
 async fn a_slowdown_creeping_in_over_a_minute_is_named_once_it_passes_25_percent() {
     // 0.95x at 30 s, then 5 % more every 15 s down to 0.75x from 90 s: the baseline must not
     // learn the drift.
@@ -583,7 +578,7 @@ async fn a_slowdown_creeping_in_over_a_minute_is_named_once_it_passes_25_percent
     nothing_else(&r, &["hardware_degradation"], &["sim-b"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_vector_db_ramping_up_is_named_before_any_deadline_is_missed() {
     // 3x, then 10x, then 40x (15 ms → 600 ms) against a 20 s client deadline: never enough
     // to time a client out, and named all the same, with the root cause.
