@@ -23,6 +23,17 @@ pub fn learning_rate(n: u32, floor: f64) -> f64 {
     (1.0 / f64::from(n.max(1))).max(floor)
 }
 
+/// The weight of the `ticks`-th observation in a baseline: a plain mean over the first minute
+/// of data, then an average so slow that the first minute stays the anchor (a plain mean over
+/// everything would take in a fault that creeps in over minutes as fast as it creeps).
+fn anchored(ticks: u32) -> f64 {
+    if ticks <= ANCHOR_TICKS {
+        1.0 / f64::from(ticks.max(1))
+    } else {
+        MIN_ALPHA
+    }
+}
+
 /// Reference values to compare a provider with.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Reference {
@@ -161,11 +172,7 @@ struct StepFit {
 impl StepFit {
     fn learn(&mut self, load: f64, step: f64) {
         self.ticks = self.ticks.saturating_add(1);
-        let a = if self.ticks <= ANCHOR_TICKS {
-            1.0 / f64::from(self.ticks)
-        } else {
-            MIN_ALPHA
-        };
+        let a = anchored(self.ticks);
         self.x += a * (load - self.x);
         self.y += a * (step - self.y);
         self.xx += a * (load * load - self.xx);
@@ -208,14 +215,7 @@ impl Baseline {
         }
         let b = &mut self.buckets[bucket_of(load)];
         b.ticks = b.ticks.saturating_add(1);
-        // A plain mean over the first minute of data at this load, then an average so slow
-        // that the first minute stays the anchor: a plain mean over everything would take in
-        // a fault that creeps in over minutes as fast as it creeps.
-        let alpha = if b.ticks <= ANCHOR_TICKS {
-            1.0 / f64::from(b.ticks)
-        } else {
-            MIN_ALPHA
-        };
+        let alpha = anchored(b.ticks);
         b.ttft += alpha * (ttft - b.ttft);
         b.decode += alpha * (decode - b.decode);
         b.decode_sq += alpha * (decode * decode - b.decode_sq);
