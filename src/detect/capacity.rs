@@ -19,8 +19,8 @@ use super::{Clock, Fact, Finding, Mode, Severity};
 /// arrivals that the queue absorbs in a few seconds is not.
 const SUSTAIN: Duration = Duration::from_secs(3);
 /// Once called, the condition holds while users still feel it and at least this share of
-/// the providers in rotation still queue, or some are out of rotation (ejections and drained queues come and go under
-/// overload; the shortfall does not).
+/// the providers in rotation still queue, or some are out of rotation (ejections and drained
+/// queues come and go under overload; the shortfall does not).
 const HOLD_QUEUEING: f64 = 0.5;
 /// A first token this many times its baseline is a queue…
 const QUEUE_TTFT_MULT: f64 = 2.0;

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 pub use capacity::{CapacityWatch, Folding, Member, ModelInput, fold};
 pub use cascade::{DependencyWatch, GatewayDetectors, GatewayInput};
-pub use provider::{ProviderDetectors, ProviderInput};
+pub use provider::{ProviderDetectors, ProviderInput, late_after};
 pub use quality::{PeerPool, QualityDetector};
 
 /// The failure modes Candor names (DESIGN §2), the ordinary failures, and the business-metric

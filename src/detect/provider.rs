@@ -11,6 +11,8 @@ mod hardware;
 mod kv;
 mod tail;
 
+pub use tail::late_after;
+
 use kv::Tails;
 use tail::FirstTokens;
 

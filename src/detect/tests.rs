@@ -88,6 +88,12 @@ impl Fixture {
         }
     }
 
+    /// Steps `ticks` ticks of 500 ms from `from`; true when any of them found `mode`.
+    fn finds(&self, d: &mut ProviderDetectors, from: Instant, ticks: u64, mode: Mode) -> bool {
+        (0..ticks)
+            .any(|i| modes(&self.step(d, from + Duration::from_millis(500 * i))).contains(&mode))
+    }
+
     fn step(&self, d: &mut ProviderDetectors, now: Instant) -> Vec<Finding> {
         let input = ProviderInput {
             id: "p",
@@ -316,18 +322,11 @@ fn a_slow_stretch_counts_once_however_long_the_idle_after_it() {
     // repeated for a minute is one observation, not 120.
     fx.signals.decode = Some(48.0);
     fx.signals.decode_live = false;
-    for i in 0..120 {
-        let f = fx.step(&mut d, t0 + Duration::from_millis(500 * i));
-        assert!(!modes(&f).contains(&Mode::HardwareDegradation), "{f:#?}");
-    }
+    assert!(!fx.finds(&mut d, t0, 120, Mode::HardwareDegradation));
     // Streams running that slow are evidence.
     fx.signals.decode_live = true;
     let later = t0 + Duration::from_secs(60);
-    let named = (0..20).any(|i| {
-        modes(&fx.step(&mut d, later + Duration::from_millis(500 * i)))
-            .contains(&Mode::HardwareDegradation)
-    });
-    assert!(named);
+    assert!(fx.finds(&mut d, later, 20, Mode::HardwareDegradation));
 }
 
 #[test]
@@ -342,18 +341,11 @@ fn a_provider_whose_rate_swings_needs_a_deeper_drop() {
     });
     fx.signals.decode = Some(56.0);
     let mut d = ProviderDetectors::default();
-    for i in 0..60 {
-        let f = fx.step(&mut d, t0 + Duration::from_millis(500 * i));
-        assert!(!modes(&f).contains(&Mode::HardwareDegradation), "{f:#?}");
-    }
+    assert!(!fx.finds(&mut d, t0, 60, Mode::HardwareDegradation));
     // Cut to a third it is named.
     fx.signals.decode = Some(26.0);
     let later = t0 + Duration::from_secs(30);
-    let named = (0..20).any(|i| {
-        modes(&fx.step(&mut d, later + Duration::from_millis(500 * i)))
-            .contains(&Mode::HardwareDegradation)
-    });
-    assert!(named);
+    assert!(fx.finds(&mut d, later, 20, Mode::HardwareDegradation));
 }
 
 #[test]

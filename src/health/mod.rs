@@ -44,9 +44,6 @@ use window::{ErrorClass, Sample, Window};
 /// How often states are re-judged and the snapshot republished.
 pub const TICK: Duration = Duration::from_millis(500);
 /// The recent window the state machine judges: slot width and count (30 s).
-/// Requests waiting at the server that make a queue: one waiting is a request the next step
-/// admits (a per-step token budget holds new prompts back a step at a time).
-const QUEUE: f64 = 2.0;
 const RECENT_SLOT: Duration = Duration::from_secs(2);
 const RECENT_SLOTS: usize = 15;
 /// LiteLLM's cooldown time (reference gateway anchors).
@@ -158,7 +155,7 @@ struct Tracked {
     signals: state::Signals,
     backend: Option<(Backend, Instant)>,
     backend_failed: bool,
-    /// When a scrape last showed a queue (`QUEUE` or more waiting) at the server.
+    /// When a scrape last showed a queue formed at the server (`Backend::queue_formed`).
     queued_at: Option<Instant>,
     /// (minute, requests, failures) for the error-cooldown policy.
     minute: (u64, u64, u64),
@@ -364,7 +361,7 @@ impl HealthTask {
                 if let Some(t) = self.providers.get_mut(i) {
                     t.backend_failed = b.is_none();
                     if let Some(b) = b {
-                        if b.reading.queue.is_some_and(|q| q >= QUEUE) {
+                        if b.queue_formed() {
                             t.queued_at = Some(now);
                         }
                         t.backend = Some((b, now));

@@ -392,14 +392,10 @@ impl HealthTask {
     }
 }
 
-/// A first token later than max(`LATE_FLOOR_S`, `LATE_MULT` × the quickest learned) is late.
-const LATE_FLOOR_S: f64 = 1.0;
-const LATE_MULT: f64 = 5.0;
-
-/// The share of `ttft`'s first tokens that are late against `unqueued` (or the window's own
-/// median while nothing is learned).
+/// The share of `ttft`'s first tokens that are late (the tail detector's definition) against
+/// `unqueued` (or the window's own median while nothing is learned).
 fn late_share(ttft: &super::window::LogHistogram, unqueued: Option<f64>) -> Option<f64> {
     let n = ttft.count();
     let reference = unqueued.or_else(|| ttft.quantile(0.5))?;
-    (n > 0).then(|| ttft.count_above(LATE_FLOOR_S.max(LATE_MULT * reference)) as f64 / n as f64)
+    (n > 0).then(|| ttft.count_above(crate::detect::late_after(reference)) as f64 / n as f64)
 }

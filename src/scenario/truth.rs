@@ -261,12 +261,13 @@ pub fn draw(seed: u64) -> Result<Drawn, ScenarioError> {
     let providers = ids
         .iter()
         .zip(engines)
-        .map(|(id, engine)| ScenarioProvider {
+        .zip(0u64..)
+        .map(|((id, engine), i)| ScenarioProvider {
             id: id.clone(),
             input_per_million: 0.1,
             output_per_million: 0.3,
             profile: Profile {
-                seed: mix(seed ^ mix(id.len() as u64 + engine.slots as u64)),
+                seed: mix(seed ^ mix(i)),
                 engine,
                 faults: faults
                     .iter()
@@ -367,27 +368,33 @@ fn draw_fault(
 ) -> Option<(Injected, Vec<Scheduled>)> {
     let kinds = if dependency_taken { 9 } else { 10 };
     let kind = r.below(kinds);
+    let held = between(r, 45.0, 90.0).round();
     if kind == 9 {
         let factor = pick(r, &[3.0, 10.0, 40.0, 100.0]);
-        let held = between(r, 45.0, 90.0).round();
-        return Some(step(
-            "vector-db",
-            Fault::DependencySlow { factor },
-            format!("{factor}x"),
-            Mode::CascadingTimeouts,
-            "gateway",
-            onset,
-            held,
-            45.0,
-        ));
+        let step = Step {
+            target: "vector-db",
+            subject: "gateway",
+            fault: Fault::DependencySlow { factor },
+            severity: format!("{factor}x"),
+            expected: Mode::CascadingTimeouts,
+            bound: 45.0,
+        };
+        return Some(step.at(onset, held));
     }
-    let target = (*free.get(r.below(free.len() as u64) as usize)?).clone();
-    let held = between(r, 45.0, 90.0).round();
-    let one = |fault: Fault, severity: String, mode: Mode, bound: f64| {
-        step(&target, fault, severity, mode, &target, onset, held, bound)
+    let target = free.get(r.below(free.len() as u64) as usize)?.as_str();
+    let one = |fault: Fault, severity: String, expected: Mode, bound: f64| {
+        Step {
+            target,
+            subject: target,
+            fault,
+            severity,
+            expected,
+            bound,
+        }
+        .at(onset, held)
     };
     Some(match kind {
-        0 if r.unit() < 0.5 => creeping_slowdown(r, &target, onset),
+        0 if r.unit() < 0.5 => creeping_slowdown(r, target, onset),
         0 => {
             let factor = pick(r, &[0.75, 0.6, 0.4]);
             one(
@@ -464,35 +471,38 @@ fn draw_fault(
     })
 }
 
-#[expect(clippy::too_many_arguments, reason = "one row of the fault table")]
-fn step(
-    target: &str,
+/// A fault switched on at once, and what should name it.
+struct Step<'a> {
+    target: &'a str,
+    subject: &'a str,
     fault: Fault,
     severity: String,
     expected: Mode,
-    subject: &str,
-    onset: f64,
-    held: f64,
     bound: f64,
-) -> (Injected, Vec<Scheduled>) {
-    let injected = Injected {
-        target: target.to_owned(),
-        fault: fault.name().to_owned(),
-        severity,
-        gradual: false,
-        expected,
-        subject: subject.to_owned(),
-        onset_s: onset,
-        sensitive_from_s: Some(onset),
-        end_s: onset + held,
-        bound_s: bound,
-    };
-    let scheduled = Scheduled {
-        at: Duration::from_secs_f64(onset),
-        duration: Some(Duration::from_secs_f64(held)),
-        fault,
-    };
-    (injected, vec![scheduled])
+}
+
+impl Step<'_> {
+    /// The fault from `onset`, for `held` seconds.
+    fn at(self, onset: f64, held: f64) -> (Injected, Vec<Scheduled>) {
+        let injected = Injected {
+            target: self.target.to_owned(),
+            fault: self.fault.name().to_owned(),
+            severity: self.severity,
+            gradual: false,
+            expected: self.expected,
+            subject: self.subject.to_owned(),
+            onset_s: onset,
+            sensitive_from_s: Some(onset),
+            end_s: onset + held,
+            bound_s: self.bound,
+        };
+        let scheduled = Scheduled {
+            at: Duration::from_secs_f64(onset),
+            duration: Some(Duration::from_secs_f64(held)),
+            fault: self.fault,
+        };
+        (injected, vec![scheduled])
+    }
 }
 
 /// A decode slowdown creeping from 0.95x to 0.7x or 0.6x in 15 s steps over one to three
@@ -607,7 +617,7 @@ pub fn score(d: &Drawn, report: &super::ScenarioReport) -> RunOutcome {
                 .iter()
                 .filter(|(m, s, at)| *m == f.expected && *s == f.subject && window(*at))
                 .map(|(.., at)| *at)
-                .fold(None, |a: Option<f64>, b| Some(a.map_or(b, |a| a.min(b))));
+                .min_by(f64::total_cmp);
             FaultOutcome {
                 named: hit.is_some(),
                 detect_s: hit.map(|at| (at - f.sensitive_from_s.unwrap_or(f.onset_s)).max(0.0)),

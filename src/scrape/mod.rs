@@ -59,7 +59,17 @@ impl Backend {
     /// The server reports requests waiting for a slot: first tokens and per-stream decode
     /// are the queue's and the batch's, not a fault's.
     pub fn queued(&self) -> bool {
-        self.reading.queue.is_some_and(|q| q >= 1.0)
+        self.waiting_at_least(1.0)
+    }
+
+    /// Two or more waiting: a queue has formed. One waiting may be a request the next step
+    /// admits (a per-step token budget holds new prompts back a step at a time).
+    pub fn queue_formed(&self) -> bool {
+        self.waiting_at_least(2.0)
+    }
+
+    fn waiting_at_least(&self, n: f64) -> bool {
+        self.reading.queue.is_some_and(|q| q >= n)
     }
 
     /// Work waiting and running, yet neither tokens nor engine steps advance: a stuck

@@ -42,10 +42,9 @@ impl ProviderDetectors {
             return None;
         }
         // Too little traffic to judge (a state change just cleared the window, the router
-        // sends it little, or no stream ran this tick): what was found stands while the CUSUM
-        // is in alarm.
-        // Each tick's own streams are evidence once: while none decode, the window's median
-        // would add the same figure to the sum tick after tick.
+        // sends it little), or no stream ran this tick (each tick's streams are evidence once;
+        // the window's median would add the same figure tick after tick): what was found
+        // stands while the CUSUM is in alarm.
         let (Some(own), Some(decode)) = (
             p.baseline.and_then(|r| r.decode),
             s.decode

@@ -19,6 +19,12 @@ use super::{
 /// A first token later than max(`SLOW_FLOOR_S`, `SLOW_MULT` × the learned median) is slow.
 const SLOW_FLOOR_S: f64 = 1.0;
 const SLOW_MULT: f64 = 5.0;
+
+/// The time past which a first token is late for a provider whose first tokens normally take
+/// `typical` seconds.
+pub fn late_after(typical: f64) -> f64 {
+    SLOW_FLOOR_S.max(SLOW_MULT * typical)
+}
 /// A tail: at least this share of first tokens slow, `SHARE_MULT` times the learned share,
 /// and `MIN_SLOW` of them.
 const SHARE: f64 = 0.05;
@@ -55,7 +61,7 @@ impl ProviderDetectors {
         let (Some(median), true) = (w.ttft.quantile(0.5), w.requests >= 2 * MIN_ATTEMPTS) else {
             return self.tail_held(now);
         };
-        let limit = SLOW_FLOOR_S.max(SLOW_MULT * if learned { l.median } else { median });
+        let limit = late_after(if learned { l.median } else { median });
         let measured = w.ttft.count();
         let slow = w.ttft.count_above(limit);
         let share = slow as f64 / measured.max(1) as f64;
