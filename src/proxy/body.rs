@@ -67,28 +67,79 @@ struct FormatHead {
     kind: Option<String>,
 }
 
-/// Characters of text in a JSON string, an array of strings, or an array of content parts
-/// (only their `text`: images and audio are not prompt text).
-fn text_chars(raw: &RawValue) -> u64 {
+/// Deepest nesting of arrays and objects accepted in a request body. The API's own shapes
+/// need a few levels (content parts, tool schemas a dozen or so); serde_json refuses to
+/// re-encode past 128, and a parser that recursed without a bound could be made to
+/// overflow its stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// Checks, in one pass over the bytes and before any parser recurses into them, that the
+/// body is a JSON object nested at most `MAX_DEPTH` deep. Well-formedness is the parser's
+/// business; this only bounds what it will be asked to walk.
+fn check_shape(body: &[u8]) -> Result<(), BodyError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(BodyError::Malformed(
+            "We could not parse the JSON body of your request: the body must be a JSON object."
+                .into(),
+        ));
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(BodyError::TooDeep);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Characters of a JSON string less its quotes (escapes count as written), if `raw` is one.
+fn string_chars(raw: &RawValue) -> Option<u64> {
     let s = raw.get().trim_start();
-    if s.starts_with('"') {
-        // The JSON string's characters less its quotes (escapes count as written).
-        return (s.chars().count() as u64).saturating_sub(2);
+    s.starts_with('"')
+        .then(|| (s.chars().count() as u64).saturating_sub(2))
+}
+
+/// Characters of prompt text in a message's `content` or a completion's `prompt`: a
+/// string, or an array of strings or content parts (only their `text`: images and audio
+/// are not prompt text; token-id arrays count nothing). The API nests no deeper, so
+/// neither does this: each byte is read once by the array parse and once by its element's.
+fn text_chars(raw: &RawValue) -> u64 {
+    if let Some(n) = string_chars(raw) {
+        return n;
     }
-    if s.starts_with('[')
-        && let Ok(parts) = serde_json::from_str::<Vec<&RawValue>>(s)
-    {
-        return parts
-            .iter()
-            .map(|p| match serde_json::from_str::<PartHead<'_>>(p.get()) {
-                Ok(PartHead { text: Some(t) }) => text_chars(t),
-                Ok(_) => 0,
-                Err(_) if p.get().starts_with('"') => text_chars(p),
-                Err(_) => 0,
+    let Ok(parts) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else {
+        return 0;
+    };
+    parts
+        .iter()
+        .map(|p| {
+            string_chars(p).unwrap_or_else(|| {
+                serde_json::from_str::<PartHead<'_>>(p.get())
+                    .ok()
+                    .and_then(|h| h.text)
+                    .and_then(string_chars)
+                    .unwrap_or(0)
             })
-            .sum();
-    }
-    0
+        })
+        .sum()
 }
 
 #[derive(Deserialize)]
@@ -106,11 +157,17 @@ pub enum BodyError {
     /// No `model`, or not a string.
     #[error("you must provide a model parameter")]
     MissingModel,
+    /// Arrays and objects nested deeper than `MAX_DEPTH`.
+    #[error(
+        "We could not parse the JSON body of your request: arrays and objects are nested more than {MAX_DEPTH} deep."
+    )]
+    TooDeep,
 }
 
 impl RequestHead {
     /// Parses the head of a request body.
     pub fn parse(body: &[u8]) -> Result<RequestHead, BodyError> {
+        check_shape(body)?;
         let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
             BodyError::Malformed(format!(
                 "We could not parse the JSON body of your request ({e}). The body must be a JSON object."
@@ -251,10 +308,49 @@ mod tests {
             RequestHead::parse(b"[1,2]"),
             Err(BodyError::Malformed(_))
         ));
+        assert!(matches!(
+            RequestHead::parse(br#"["m", true]"#),
+            Err(BodyError::Malformed(_))
+        ));
         assert_eq!(RequestHead::parse(b"{}"), Err(BodyError::MissingModel));
         assert_eq!(
             RequestHead::parse(br#"{"model":3}"#),
             Err(BodyError::MissingModel)
+        );
+    }
+
+    #[test]
+    fn bounds_nesting_in_one_pass() {
+        let nested = |n: usize| {
+            format!(
+                r#"{{"model":"m","messages":[{{"content":{}"x"{}}}]}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        // Depth counts the body's own object and the messages array.
+        assert!(RequestHead::parse(nested(MAX_DEPTH - 3).as_bytes()).is_ok());
+        assert_eq!(
+            RequestHead::parse(nested(MAX_DEPTH).as_bytes()),
+            Err(BodyError::TooDeep)
+        );
+        assert_eq!(
+            RequestHead::parse(nested(25_000).as_bytes()),
+            Err(BodyError::TooDeep)
+        );
+        // Brackets inside strings are text, not nesting.
+        let text = format!(
+            r#"{{"model":"m","prompt":"{}\\\"{}"}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        let h = parse(&text);
+        assert_eq!(h.prompt_chars, 1004);
+        // Arrays nested inside content count no text, and the API's shapes still do.
+        assert_eq!(parse(&nested(3)).prompt_chars, 0);
+        assert_eq!(
+            parse(r#"{"model":"m","prompt":[[1,2],[3]]}"#).prompt_chars,
+            0
         );
     }
 

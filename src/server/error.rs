@@ -117,6 +117,16 @@ impl ApiError {
         )
     }
 
+    /// 405 for a known path asked with a method it does not serve.
+    pub fn method_not_allowed(what: String) -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            "method_not_allowed",
+            what,
+        )
+    }
+
     /// 503 for a request shed because `limit` requests are already in flight (sent with
     /// `retry-after`).
     pub fn overloaded(limit: usize) -> ApiError {
@@ -158,7 +168,9 @@ impl From<ProxyError> for ApiError {
                     message,
                 )
             },
-            ProxyError::BadRequest(BodyError::Malformed(_)) => ApiError::bad_request(message),
+            ProxyError::BadRequest(BodyError::Malformed(_) | BodyError::TooDeep) => {
+                ApiError::bad_request(message)
+            }
             ProxyError::UnknownModel { .. } => ApiError {
                 param: Some("model"),
                 ..ApiError::new(

@@ -55,6 +55,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/assets/{file}", get(dashboard::asset))
         .merge(api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::map_response(ensure_request_id))
         .with_state(gw)
 }
@@ -76,6 +77,14 @@ async fn ensure_request_id(mut r: Response) -> Response {
 async fn not_found(req: Request) -> ApiError {
     ApiError::not_found(format!(
         "Unknown path {} {}. Candor serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models, /health, /metrics, /api/* and the dashboard at /.",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::method_not_allowed(format!(
+        "{} is not served on {}: the proxy API takes POST, the health, metrics and admin paths GET.",
         req.method(),
         req.uri().path()
     ))

@@ -15,6 +15,7 @@ mod cli;
 mod errors;
 mod failover;
 mod health;
+mod hostile;
 mod prometheus;
 mod routing;
 mod rules;

@@ -1,8 +1,6 @@
 //! Provider keys, client keys and the admin token appear in no log line, request-log row,
 //! error body or API response — checked on the real binary with debug logging on.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::json;
@@ -18,24 +16,15 @@ async fn secrets_never_leak() {
     })
     .await;
     let good = spawn_mock(Script::words(3)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.path().join("candor.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[server]
-listen = "127.0.0.1:{port}"
+    let mut gw = Served::start(&format!(
+        r#"[server]
+listen = "{{listen}}"
 admin_token_env = "TEST_ADMIN_TOKEN"
 [[server.client_keys]]
 id = "team-a"
 key_env = "TEST_CLIENT_KEY"
 [request_log]
-path = "{}"
+path = "{{dir}}/log.db"
 flush_interval = "10ms"
 [[providers]]
 id = "p0"
@@ -48,31 +37,11 @@ base_url = "{}"
 api_key_env = "TEST_PROVIDER_KEY"
 models = ["m"]
 "#,
-            dir.path().join("log.db").display(),
-            echo.url,
-            good.url
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_candor"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("TEST_PROVIDER_KEY", PROVIDER_KEY)
-        .env("TEST_CLIENT_KEY", CLIENT_KEY)
-        .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("CANDOR_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+        echo.url, good.url
+    ))
+    .await;
+    let base = gw.url.clone();
     let http = reqwest::Client::new();
-    for _ in 0..100 {
-        if http.get(format!("{base}/livez")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let mut seen_by_client = String::new();
     let collect = |r: reqwest::Response| async move {
@@ -160,23 +129,8 @@ models = ["m"]
     );
 
     // Stop the gateway and read everything it wrote.
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "candor serve exited with {status}");
-    let mut logs = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
+    let logs = gw.stop();
+    let dir = &gw.dir;
     assert!(
         logs.contains("candor listening"),
         "logs were captured: {logs}"

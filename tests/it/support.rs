@@ -396,3 +396,95 @@ pub(crate) async fn start_sim(model: &str, step: Duration) -> (app::Background, 
     let url = format!("http://{}", bg.addr);
     (bg, url)
 }
+
+/// The real `candor serve` binary on a free loopback port, with the tests' secrets in its
+/// environment and its output captured.
+pub(crate) struct Served {
+    pub(crate) url: String,
+    pub(crate) dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Served {
+    /// Starts `candor serve` on `config`, where `{listen}` stands for the address and
+    /// `{dir}` for a fresh temporary directory; waits until `/livez` answers.
+    pub(crate) async fn start(config: &str) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.path().join("candor.toml");
+        let text = config
+            .replace("{listen}", &format!("127.0.0.1:{port}"))
+            .replace("{dir}", &dir.path().display().to_string());
+        std::fs::write(&cfg, text).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_candor"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .env("TEST_PROVIDER_KEY", PROVIDER_KEY)
+            .env("TEST_CLIENT_KEY", CLIENT_KEY)
+            .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("CANDOR_LOG", "debug")
+            // Files, not pipes: a pipe nobody drains would stall a gateway that logs a lot.
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let served = Served {
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            child,
+        };
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http.get(served.at("/livez")).send().await.is_ok() {
+                return served;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("candor serve did not answer /livez within 10 s");
+    }
+
+    pub(crate) fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// True while the process runs.
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Stops the process with SIGTERM, asserts a clean exit, and returns what it wrote.
+    pub(crate) fn stop(&mut self) -> String {
+        assert!(self.alive(), "candor serve died: {}", self.output());
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = self.child.wait().unwrap();
+        let logs = self.output();
+        assert!(
+            status.success(),
+            "candor serve exited with {status}: {logs}"
+        );
+        logs
+    }
+
+    /// Everything the process wrote so far (stderr, then stdout).
+    pub(crate) fn output(&self) -> String {
+        ["stderr.log", "stdout.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.path().join(f)).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
