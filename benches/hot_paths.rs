@@ -71,7 +71,7 @@ fn stream(tokens: usize) -> Vec<Vec<u8>> {
 /// each event's data.
 fn feed(splitter: &mut SseSplitter, meter: &mut Meter, bytes: &[u8], now: Instant) {
     splitter.push(bytes);
-    while let Some(ev) = splitter.next_event() {
+    while let Ok(Some(ev)) = splitter.next_event() {
         if let Some(d) = event_data(&ev) {
             black_box(meter.on_data(now, &d));
         }

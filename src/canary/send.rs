@@ -134,7 +134,10 @@ async fn once(
                 let chunk = chunk.map_err(|e| ("error", format!("stream broke: {e}")))?;
                 splitter.push(&chunk);
                 let now = Instant::now();
-                while let Some(event) = splitter.next_event() {
+                while let Some(event) = splitter
+                    .next_event()
+                    .map_err(|e| ("error", e.to_string()))?
+                {
                     if let Some(data) = event_data(&event)
                         && reader.chunk(&data, &mut out)?
                     {

@@ -318,11 +318,23 @@ async fn one(client: &reqwest::Client, cfg: &LoadConfig, r: TraceRequest, index:
             Ok(bytes) => {
                 let now = Instant::now();
                 splitter.push(&bytes);
-                while let Some(ev) = splitter.next_event() {
-                    if let Some(data) = event_data(&ev) {
-                        non_ascii |= has_non_ascii(&data);
-                        meter.on_data(now, &data);
+                loop {
+                    match splitter.next_event() {
+                        Ok(Some(ev)) => {
+                            if let Some(data) = event_data(&ev) {
+                                non_ascii |= has_non_ascii(&data);
+                                meter.on_data(now, &data);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            broken = Some("too_large");
+                            break;
+                        }
                     }
+                }
+                if broken.is_some() {
+                    break;
                 }
             }
             Err(e) => {

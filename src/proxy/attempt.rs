@@ -11,7 +11,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use tokio::time::{Instant, timeout_at};
 
 use super::meter::{DataKind, Meter, truncate};
-use super::sse::{SseSplitter, event_data};
+use super::sse::{EventTooLarge, SseSplitter, complete_tail, event_data};
 use crate::config::Timeouts;
 use crate::observation::{Blame, Observation, Outcome};
 use crate::quality::descriptors::Ask;
@@ -100,6 +100,8 @@ pub struct AttemptRequest<'a> {
     pub timeouts: Timeouts,
     /// What output descriptors need (none for embeddings).
     pub ask: Option<Ask>,
+    /// Largest SSE event accepted from the upstream.
+    pub max_event: usize,
 }
 
 /// A stream whose first token has arrived: ready to commit to the client.
@@ -214,7 +216,7 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
     }
 
     let mut rest = response.bytes_stream().boxed();
-    let mut splitter = SseSplitter::default();
+    let mut splitter = SseSplitter::with_limit(req.max_event);
     let mut meter = Meter::new(started).asking(req.ask);
     let mut first_events = Vec::new();
     loop {
@@ -225,7 +227,7 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
             Some(Ok(bytes)) => splitter.push(&bytes),
             Some(Err(e)) => return Err(transport_error(&e)),
             None => {
-                if let Some(tail) = splitter.remainder() {
+                if let Some(tail) = splitter.remainder().as_deref().and_then(complete_tail) {
                     let kind = event_data(&tail)
                         .map_or(DataKind::Other, |d| meter.on_data(Instant::now(), &d));
                     first_events.push((tail, kind));
@@ -243,7 +245,7 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
         let now = Instant::now();
         // Stop at the first token: what follows belongs to the committed stream.
         while !meter.saw_token()
-            && let Some(event) = splitter.next_event()
+            && let Some(event) = splitter.next_event().map_err(too_large)?
         {
             let kind = event_data(&event).map_or(DataKind::Other, |d| meter.on_data(now, &d));
             if kind == DataKind::Error {
@@ -270,6 +272,11 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
         meter,
         deadline: total_deadline,
     })))
+}
+
+/// An upstream event over the limit: the upstream's failure.
+pub fn too_large(e: EventTooLarge) -> CallError {
+    CallError::upstream("too_large", e.to_string())
 }
 
 fn timeout(kind: &'static str, limit: Duration) -> CallError {

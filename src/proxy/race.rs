@@ -262,6 +262,7 @@ async fn attempt_on(
         forward,
         timeouts,
         ask: (ctx.req.operation != Operation::Embeddings).then(|| ctx.head.ask()),
+        max_event: gw.config.server.connections.max_sse_event_bytes,
     };
     let result = if gw.config.routing.policy == Policy::Candor {
         // Candor's policy: if the health model ejects this provider while the attempt still

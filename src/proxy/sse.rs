@@ -5,21 +5,65 @@ use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
 
-/// Splits a byte stream into complete SSE events (each ending with its blank line).
-#[derive(Debug, Default)]
+/// Largest SSE event held by default (`[server] max_sse_event_bytes`): a chat chunk is
+/// well under a kilobyte, a tool call's arguments in one event some kilobytes.
+pub const DEFAULT_MAX_EVENT: usize = 1 << 20;
+
+/// An event grew past the splitter's limit without ending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("upstream sent an SSE event longer than {limit} bytes")]
+pub struct EventTooLarge {
+    /// The limit in bytes.
+    pub limit: usize,
+}
+
+/// Splits a byte stream into complete SSE events (each ending with its blank line), holding
+/// at most one event of `limit` bytes (plus the read that overflowed it).
+#[derive(Debug)]
 pub struct SseSplitter {
     buf: BytesMut,
     scanned: usize,
+    limit: usize,
+}
+
+impl Default for SseSplitter {
+    fn default() -> SseSplitter {
+        SseSplitter::with_limit(DEFAULT_MAX_EVENT)
+    }
 }
 
 impl SseSplitter {
+    /// A splitter refusing events over `limit` bytes.
+    pub fn with_limit(limit: usize) -> SseSplitter {
+        SseSplitter {
+            buf: BytesMut::new(),
+            scanned: 0,
+            limit,
+        }
+    }
+
     /// Appends bytes received from upstream.
     pub fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
 
-    /// The next complete event, including its terminating blank line.
-    pub fn next_event(&mut self) -> Option<Bytes> {
+    /// The next complete event, including its terminating blank line; an error once an
+    /// event is over the limit (complete or not: the bytes are not kept either way).
+    pub fn next_event(&mut self) -> Result<Option<Bytes>, EventTooLarge> {
+        let found = self.scan();
+        let too_large = match &found {
+            Some(event) => event.len() > self.limit,
+            None => self.buf.len() > self.limit,
+        };
+        if too_large {
+            self.buf = BytesMut::new();
+            self.scanned = 0;
+            return Err(EventTooLarge { limit: self.limit });
+        }
+        Ok(found)
+    }
+
+    fn scan(&mut self) -> Option<Bytes> {
         let buf = &self.buf[..];
         let mut i = self.scanned;
         while let Some(off) = memchr(b'\n', &buf[i..]) {
@@ -49,6 +93,24 @@ impl SseSplitter {
         self.scanned = 0;
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
+}
+
+/// A last event the upstream ended without its blank line, made whole when it is one — its
+/// data `[DONE]` or a JSON value — and `None` when it is a fragment cut off mid-event (the
+/// SSE standard drops an unterminated event; a client given a fragment and then an error
+/// event would fail to parse both).
+pub fn complete_tail(tail: &[u8]) -> Option<Bytes> {
+    let data = event_data(tail)?;
+    let whole =
+        &data[..] == b"[DONE]" || serde_json::from_slice::<serde::de::IgnoredAny>(&data).is_ok();
+    if !whole {
+        return None;
+    }
+    let body = tail.trim_ascii_end();
+    let mut event = BytesMut::with_capacity(body.len() + 2);
+    event.extend_from_slice(body);
+    event.extend_from_slice(b"\n\n");
+    Some(event.freeze())
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
@@ -116,7 +178,7 @@ mod tests {
     use super::*;
 
     fn all(s: &mut SseSplitter) -> Vec<Bytes> {
-        std::iter::from_fn(|| s.next_event()).collect()
+        std::iter::from_fn(|| s.next_event().unwrap()).collect()
     }
 
     #[test]
@@ -128,7 +190,7 @@ mod tests {
             vec![Bytes::from_static(b"data: {\"a\":1}\n\n")]
         );
         s.push(b"ta: [DONE]\n");
-        assert!(s.next_event().is_none());
+        assert!(s.next_event().unwrap().is_none());
         s.push(b"\n");
         assert_eq!(all(&mut s), vec![Bytes::from_static(b"data: [DONE]\n\n")]);
         assert!(s.remainder().is_none());
@@ -144,6 +206,39 @@ mod tests {
         s.push(b"\r\n");
         let ev = all(&mut s);
         assert_eq!(event_data(&ev[0]).as_deref(), Some(&b"x"[..]));
+    }
+
+    #[test]
+    fn refuses_an_event_over_the_limit_and_keeps_nothing_of_it() {
+        let mut s = SseSplitter::with_limit(64);
+        s.push(b"data: {\"a\":1}\n\n");
+        assert_eq!(all(&mut s).len(), 1);
+        // Unterminated and growing: refused once past the limit, whatever the reads.
+        for _ in 0..7 {
+            s.push(&[b'x'; 10]);
+            assert_eq!(s.next_event(), Ok(None));
+        }
+        s.push(&[b'x'; 10]);
+        assert_eq!(s.next_event(), Err(EventTooLarge { limit: 64 }));
+        assert!(s.remainder().is_none());
+        // Complete but too long, in one read.
+        let mut s = SseSplitter::with_limit(8);
+        s.push(b"data: 0123456789\n\n");
+        assert!(s.next_event().is_err());
+    }
+
+    #[test]
+    fn completes_a_whole_last_event_and_drops_a_fragment() {
+        assert_eq!(
+            complete_tail(b"data: [DONE]\n").as_deref(),
+            Some(&b"data: [DONE]\n\n"[..])
+        );
+        assert_eq!(
+            complete_tail(b"data: {\"a\":1}").as_deref(),
+            Some(&b"data: {\"a\":1}\n\n"[..])
+        );
+        assert_eq!(complete_tail(b"data: {\"partial\":"), None);
+        assert_eq!(complete_tail(b": comment"), None);
     }
 
     #[test]

@@ -11,9 +11,9 @@ use futures_util::Stream;
 use futures_util::stream::BoxStream;
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::attempt::{CallError, OpenStream, transport_error};
+use super::attempt::{CallError, OpenStream, too_large, transport_error};
 use super::meter::{DataKind, Meter};
-use super::sse::{SseSplitter, event_data, null_usage_span};
+use super::sse::{SseSplitter, complete_tail, event_data, null_usage_span};
 use super::track::{CLIENT_CLOSED, RequestTrack};
 use crate::observation::Outcome;
 use crate::upstream::{Decoding, Provider};
@@ -98,10 +98,21 @@ impl MeteredStream {
         s
     }
 
-    /// Meters every complete event buffered, received at `now`, and queues the client's view.
+    /// Meters every complete event buffered, received at `now`, and queues the client's view;
+    /// an event over the limit ends the stream as the upstream's failure.
     fn drain_events(&mut self, now: Instant) {
-        while let Some(event) = self.splitter.next_event() {
-            self.take_event(&event, now);
+        loop {
+            match self.splitter.next_event() {
+                Ok(Some(event)) => self.take_event(&event, now),
+                Ok(None) => break,
+                Err(e) => {
+                    let err = too_large(e);
+                    if let Some(ev) = self.end(Some((err.kind, err.message))) {
+                        self.out.extend_from_slice(&ev);
+                    }
+                    break;
+                }
+            }
         }
         if let Some(m) = &self.meter {
             let n = m.token_chunks();
@@ -185,7 +196,7 @@ impl MeteredStream {
 
     fn upstream_ended(&mut self) -> Option<Bytes> {
         self.drain_events(Instant::now());
-        if let Some(tail) = self.splitter.remainder() {
+        if let Some(tail) = self.splitter.remainder().as_deref().and_then(complete_tail) {
             self.take_event(&tail, Instant::now());
         }
         let complete = self
