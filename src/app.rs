@@ -49,7 +49,7 @@ pub struct Running {
     stop_server: CancellationToken,
     stop_workers: CancellationToken,
     tracker: TaskTracker,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    server: tokio::task::JoinHandle<()>,
     writer: Option<std::thread::JoinHandle<()>>,
     closer: crate::request_log::Closer,
     grace: std::time::Duration,
@@ -145,13 +145,18 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         })?;
     let addr = listener.local_addr().map_err(AppError::Serve)?;
     let stop_server = CancellationToken::new();
-    let app = server::router(Arc::clone(&gateway));
-    let signal = stop_server.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(no_delay(listener), app)
-            .with_graceful_shutdown(async move { signal.cancelled().await })
-            .await
-    });
+    let routers = server::listen::Routers {
+        full: server::router(Arc::clone(&gateway)),
+        probes: server::probe_router(Arc::clone(&gateway)),
+    };
+    let mut limits = config.server.connections;
+    limits.max_connections = server::listen::fit_to_descriptors(limits.max_connections);
+    let server = tokio::spawn(server::listen::serve(
+        listener,
+        routers,
+        limits,
+        stop_server.clone(),
+    ));
     tracing::info!(%addr, providers = config.providers.len(), "candor listening");
     Ok(Running {
         addr,
@@ -171,15 +176,13 @@ impl Running {
     /// period), stop the health task, flush the request log.
     pub async fn stop(mut self) -> Result<(), AppError> {
         self.stop_server.cancel();
-        let served = match tokio::time::timeout(self.grace, &mut self.server).await {
-            Ok(Ok(result)) => result.map_err(AppError::Serve),
-            Ok(Err(_)) => Ok(()),
-            Err(_) => {
-                tracing::warn!(grace = ?self.grace, "in-flight requests outlived the grace period; closing them");
-                self.server.abort();
-                Ok(())
-            }
-        };
+        if tokio::time::timeout(self.grace, &mut self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "in-flight requests outlived the grace period; closing them");
+            self.server.abort();
+        }
         self.stop_workers.cancel();
         self.tracker.close();
         self.tracker.wait().await;
@@ -188,7 +191,7 @@ impl Running {
             let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
         tracing::info!("candor stopped");
-        served
+        Ok(())
     }
 }
 

@@ -123,6 +123,24 @@ pub struct ServerConfig {
     pub observation_queue: usize,
     /// Client requests in flight at once; more are answered 503 at once.
     pub max_in_flight: usize,
+    /// What one client connection may hold and for how long.
+    pub connections: ConnectionLimits,
+}
+
+/// Limits on client connections: none may hold a socket, a request slot or memory for
+/// longer or more than these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// From a request's first byte until its head (request line and headers) is complete.
+    pub header_read_timeout: Duration,
+    /// From the head until the whole body has arrived; past it the client gets 408.
+    pub body_read_timeout: Duration,
+    /// How long a connection may wait, with no request in progress, for the next one.
+    pub idle_timeout: Duration,
+    /// Client connections open at once; past it, accepting waits until one closes.
+    pub max_connections: usize,
+    /// Largest SSE event accepted from an upstream.
+    pub max_sse_event_bytes: usize,
 }
 
 /// A client API key and the id that stands for it in logs.
@@ -275,6 +293,95 @@ pub mod defaults {
     pub const IDLE: Duration = Duration::from_secs(30);
     /// Whole attempt.
     pub const TOTAL: Duration = Duration::from_secs(600);
+    /// A request head: a few hundred bytes a well-behaved client sends in one write.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// A body of up to `MAX_BODY_BYTES` on a slow link.
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    /// A kept-alive connection with nothing to do (nginx's `keepalive_timeout` is 75 s).
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+    /// Client connections; also capped at half the process's descriptor limit.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+}
+
+/// Unknown keys reported in one run at most.
+const MAX_UNKNOWN: usize = 50;
+
+/// Parses the raw config, reporting every unknown key rather than the first only: the
+/// schema refuses unknown keys (a typo must not silently fall back to a default), so each
+/// one refused is noted with its line, its line — or its whole table, for an unknown table —
+/// is commented out, and the text parsed again. Other errors end the parse as they are.
+fn parse_raw(text: &str) -> Result<(RawConfig, Vec<String>), ConfigError> {
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut unknown = Vec::new();
+    loop {
+        let error = match toml::from_str::<RawConfig>(&lines.join("\n")) {
+            Ok(raw) => return Ok((raw, unknown)),
+            Err(e) => e,
+        };
+        // toml reports schema errors only as text; this one is serde's derive message.
+        let line = error.span().map(|span| {
+            let upto = lines.iter().map(|l| l.len() + 1).scan(0, |acc, n| {
+                *acc += n;
+                Some(*acc)
+            });
+            upto.take_while(|end| *end <= span.start).count()
+        });
+        let (Some(line), true) = (line, error.message().starts_with("unknown field")) else {
+            return if unknown.is_empty() {
+                Err(ConfigError::Parse(error.to_string()))
+            } else {
+                // An error after a line was commented out may be of that removal's making.
+                Err(ConfigError::Invalid(unknown))
+            };
+        };
+        if unknown.len() >= MAX_UNKNOWN || line >= lines.len() {
+            return Err(ConfigError::Invalid(unknown));
+        }
+        unknown.push(format!("line {}: {}", line + 1, error.message()));
+        comment_out(&mut lines, line);
+    }
+}
+
+/// Comments out line `i`; a table header takes its keys with it, up to the next header.
+fn comment_out(lines: &mut [String], i: usize) {
+    let is_header = |l: &str| l.trim_start().starts_with('[');
+    let end = if is_header(&lines[i]) {
+        (i + 1..lines.len())
+            .find(|&j| is_header(&lines[j]))
+            .unwrap_or(lines.len())
+    } else {
+        i + 1
+    };
+    for l in &mut lines[i..end] {
+        l.insert(0, '#');
+    }
+}
+
+/// `[server]`'s connection limits, each above zero.
+fn connection_limits(raw: &raw::RawServer, problems: &mut Vec<String>) -> ConnectionLimits {
+    let limits = ConnectionLimits {
+        header_read_timeout: raw
+            .header_read_timeout
+            .unwrap_or(defaults::HEADER_READ_TIMEOUT),
+        body_read_timeout: raw.body_read_timeout.unwrap_or(defaults::BODY_READ_TIMEOUT),
+        idle_timeout: raw.idle_timeout.unwrap_or(defaults::IDLE_TIMEOUT),
+        max_connections: raw.max_connections.unwrap_or(defaults::MAX_CONNECTIONS),
+        max_sse_event_bytes: raw
+            .max_sse_event_bytes
+            .unwrap_or(crate::proxy::sse::DEFAULT_MAX_EVENT),
+    };
+    for (name, zero) in [
+        ("header_read_timeout", limits.header_read_timeout.is_zero()),
+        ("body_read_timeout", limits.body_read_timeout.is_zero()),
+        ("idle_timeout", limits.idle_timeout.is_zero()),
+        ("max_connections", limits.max_connections == 0),
+        ("max_sse_event_bytes", limits.max_sse_event_bytes == 0),
+    ] {
+        if zero {
+            problems.push(format!("server.{name}: must be above 0"));
+        }
+    }
+    limits
 }
 
 impl Config {
@@ -290,8 +397,15 @@ impl Config {
 
     /// Parses and validates config text; `env` looks up environment variables.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        Config::from_raw(raw, &env)
+        let (raw, unknown) = parse_raw(text)?;
+        match Config::from_raw(raw, &env) {
+            Ok(config) if unknown.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Invalid(unknown)),
+            Err(ConfigError::Invalid(problems)) => Err(ConfigError::Invalid(
+                unknown.into_iter().chain(problems).collect(),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     fn from_raw(
@@ -348,6 +462,7 @@ impl Config {
         if max_in_flight == 0 {
             problems.push("server.max_in_flight: must be above 0".into());
         }
+        let connections = connection_limits(&raw.server, &mut problems);
         let observation_queue = raw.server.observation_queue.unwrap_or(16_384);
         if observation_queue == 0 {
             problems.push("server.observation_queue: must be above 0".into());
@@ -464,6 +579,7 @@ impl Config {
                 grace_period: raw.server.grace_period.unwrap_or(defaults::GRACE_PERIOD),
                 observation_queue,
                 max_in_flight,
+                connections,
             },
             timeouts,
             targets,

@@ -47,6 +47,14 @@ pub(crate) struct RawServer {
     pub(crate) grace_period: Option<Duration>,
     pub(crate) observation_queue: Option<usize>,
     pub(crate) max_in_flight: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) body_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) max_sse_event_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -102,12 +102,43 @@ node_header = "bad header"
 }
 
 #[test]
-fn unknown_keys_and_bad_durations_are_parse_errors() {
-    assert!(matches!(
-        Config::parse("[server]\nlisten_addr = \"x\"\n", env),
-        Err(ConfigError::Parse(_))
-    ));
+fn every_unknown_key_is_reported_at_once_and_bad_durations_are_parse_errors() {
+    let text = format!(
+        "[server]\nlisten_addr = \"x\"\nmax_body = 3\n[timeoutz]\nttft = \"1s\"\nidle = \"2s\"\n\
+         [timeouts]\nttf = \"1s\"\n{MINIMAL}"
+    );
+    let Err(ConfigError::Invalid(problems)) = Config::parse(&text, env) else {
+        panic!("unknown keys must be problems");
+    };
+    // The unknown table is one problem (its keys are not reported again), and each
+    // problem names its line and what was expected.
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    for want in [
+        "line 2: unknown field `listen_addr`",
+        "line 3: unknown field `max_body`, expected one of `listen`",
+        "line 4: unknown field `timeoutz`",
+        "line 8: unknown field `ttf`",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "{want}: {problems:#?}"
+        );
+    }
+    // Problems found after the unknown keys are reported with them.
+    let text = "[server]\nlisten_addr = \"x\"\nmax_in_flight = 0\n";
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text, env) else {
+        panic!("expected problems");
+    };
+    assert!(
+        problems.iter().any(|p| p.contains("max_in_flight")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("listen_addr")),
+        "{problems:#?}"
+    );
     let e = Config::parse(&format!("[timeouts]\nttft = \"soon\"\n{MINIMAL}"), env).unwrap_err();
+    assert!(matches!(e, ConfigError::Parse(_)));
     assert!(e.to_string().contains("ttft"), "{e}");
 }
 

@@ -117,6 +117,32 @@ impl ApiError {
         )
     }
 
+    /// 408 for a body that did not arrive within `limit`.
+    pub fn body_timeout(limit: std::time::Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!(
+                "The request body did not arrive within {} (server.body_read_timeout).",
+                humantime::format_duration(limit)
+            ),
+        )
+    }
+
+    /// 503 on a connection taken past `server.max_connections` for a path other than the
+    /// probes.
+    pub fn too_many_connections() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "too_many_connections",
+            "Candor has server.max_connections client connections open; this connection \
+             serves only /livez, /readyz, /health and /metrics. Retry shortly."
+                .into(),
+        )
+    }
+
     /// 405 for a known path asked with a method it does not serve.
     pub fn method_not_allowed(what: String) -> ApiError {
         ApiError::new(

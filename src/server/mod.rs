@@ -4,6 +4,7 @@
 mod admin;
 mod dashboard;
 pub mod error;
+pub mod listen;
 mod openai;
 mod routing_view;
 
@@ -58,6 +59,22 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::map_response(ensure_request_id))
         .with_state(gw)
+}
+
+/// The paths a probe connection may reach when clients hold every connection slot.
+pub fn probe_router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/health", get(admin::health))
+        .route("/livez", get(admin::livez))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .fallback(over_capacity)
+        .layer(middleware::map_response(ensure_request_id))
+        .with_state(gw)
+}
+
+async fn over_capacity() -> ApiError {
+    ApiError::too_many_connections()
 }
 
 /// A fresh request id for a response that has none yet (the proxy sets its own).

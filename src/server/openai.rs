@@ -115,8 +115,11 @@ async fn answer(
     }
     let traceparent = req.headers().get("traceparent").cloned();
     let deadline = deadline(req.headers(), arrived)?;
-    let body = axum::body::to_bytes(req.into_body(), limit)
+    // A body that trickles in must not hold its admission slot: bounded in time as in size.
+    let read_limit = gw.config.server.connections.body_read_timeout;
+    let body = tokio::time::timeout(read_limit, axum::body::to_bytes(req.into_body(), limit))
         .await
+        .map_err(|_| ApiError::body_timeout(read_limit))?
         .map_err(|e| {
             if is_length_limit(&e) {
                 ApiError::too_large(limit)

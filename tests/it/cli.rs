@@ -39,7 +39,9 @@ fn config_check_reports_every_problem_with_its_path() {
         r#"
 [server]
 listen = "nowhere"
+listn = "typo one"
 [timeouts]
+idel = "typo two"
 ttft = "10m"
 total = "1m"
 [[providers]]
@@ -58,6 +60,8 @@ api_key_env = "CANDOR_TEST_SURELY_UNSET"
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for want in [
+        "line 4: unknown field `listn`",
+        "line 6: unknown field `idel`",
         "server.listen",
         "timeouts.ttft: must not exceed timeouts.total",
         "providers[0].base_url",

@@ -115,3 +115,236 @@ async fn deeply_nested_json_is_refused_without_harm() {
     assert_eq!(ok.status(), 200);
     gw.stop();
 }
+
+/// Connects to the gateway's port.
+async fn connect(gw: &Served) -> tokio::net::TcpStream {
+    let addr = gw.url.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+/// Reads until the peer closes (or `limit` passes): what it sent, and whether it closed.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, limit: Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&got).into(), false),
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&got).into(), true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connections_that_outwait_their_limits_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let mock = spawn_mock(Script::words(2)).await;
+    let gw = serve(
+        &mock,
+        "header_read_timeout = \"1s\"\nidle_timeout = \"2s\"\nbody_read_timeout = \"1s\"\nmax_in_flight = 2",
+    )
+    .await;
+    let started = Instant::now();
+    // Nothing sent: closed at the idle limit.
+    let mut silent = connect(&gw).await;
+    // Half a request head: closed at the header limit, counted from its first byte.
+    let mut half = connect(&gw).await;
+    half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (_, closed) = read_until_closed(&mut half, Duration::from_secs(5)).await;
+    assert!(closed, "a half-sent head kept its connection");
+    let half_at = started.elapsed();
+    assert!(
+        half_at < Duration::from_millis(1900),
+        "closed after {half_at:?}"
+    );
+    let (_, closed) = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed, "a silent connection stayed open");
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+
+    // Bodies that trickle in: each holds a max_in_flight slot only until the body limit,
+    // then gets 408; meanwhile others are shed, and afterwards served.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = connect(&gw).await;
+        tcp.write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+        slow.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let http = reqwest::Client::new();
+    let shed = http
+        .post(gw.at("/v1/chat/completions"))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        shed.status(),
+        503,
+        "both slots should be held by the slow bodies"
+    );
+    for tcp in &mut slow {
+        let (answer, _) = read_until_closed(tcp, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("body_read_timeout"), "{answer}");
+    }
+    let served = http
+        .post(gw.at("/v1/chat/completions"))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+
+    // A kept-alive connection with nothing more to ask is closed at the idle limit.
+    let mut kept = connect(&gw).await;
+    kept.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let before = Instant::now();
+    let (answer, closed) = read_until_closed(&mut kept, Duration::from_secs(6)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed && before.elapsed() >= Duration::from_millis(1900));
+    let mut gw = gw;
+    gw.stop();
+}
+
+#[tokio::test]
+async fn a_connection_flood_leaves_probes_answered() {
+    let mock = spawn_mock(Script::words(2)).await;
+    // 256 descriptors: at most 128 client connections, then 32 for probes only.
+    let mut gw = Served::start_with_fds(
+        &format!(
+            "[server]\nlisten = \"{{listen}}\"\nidle_timeout = \"60s\"\n[request_log]\n\
+             path = \"{{dir}}/log.db\"\n[[providers]]\nid = \"p0\"\nbase_url = \"{}\"\n\
+             models = [\"m\"]\n",
+            mock.url
+        ),
+        Some(256),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        held.push(connect(&gw).await);
+    }
+    // Idle connections beyond the limit wait in the backlog; they are not answered with
+    // errors, and the process does not spin on accept failures.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // The held connections fill the client slots and the probe reserve: free a few reserve
+    // slots by closing some of the last ones accepted, then probe.
+    held.truncate(150);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for path in ["/livez", "/metrics"] {
+        let r = http.get(gw.at(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let r = http
+        .post(gw.at("/v1/chat/completions"))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = refused(r).await;
+    assert_eq!(status, 503);
+    assert_eq!(v["error"]["code"], "too_many_connections");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = http
+        .post(gw.at("/v1/chat/completions"))
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let logs = gw.stop();
+    assert!(
+        !logs.contains("Too many open files"),
+        "accept ran out of descriptors"
+    );
+}
+
+#[tokio::test]
+async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
+    let first = chunk("hello", None, false);
+    // An event that never ends: 16 MiB of one JSON string after a first token.
+    let mut writes = vec![bytes::Bytes::from(first.clone())];
+    writes.push(bytes::Bytes::from_static(b"data: {\"x\":\""));
+    writes.extend((0..16).map(|_| bytes::Bytes::from(vec![b'a'; 1 << 20])));
+    let mock = spawn_mock(Script::Raw(writes)).await;
+    let mut gw = serve(&mock, "max_sse_event_bytes = 65536").await;
+    let http = reqwest::Client::new();
+    let rss_before = gw.rss_kib();
+    let events = |body: &str| -> Vec<Value> {
+        body.split("\n\n")
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| {
+                let data = e.strip_prefix("data: ").unwrap_or_else(|| panic!("{e:?}"));
+                serde_json::from_str(data).unwrap_or_else(|_| panic!("not JSON: {data:?}"))
+            })
+            .collect()
+    };
+    let body = http
+        .post(gw.at("/v1/chat/completions"))
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let got = events(&body);
+    assert_eq!(got.len(), 2, "{body:.300}");
+    assert_eq!(got[1]["error"]["code"], "too_large", "{body:.300}");
+    let grew = gw.rss_kib().saturating_sub(rss_before);
+    assert!(grew < 12 * 1024, "RSS grew by {grew} KiB");
+
+    // The upstream closes in the middle of an event: the client gets the whole events,
+    // then an error event of its own, never the fragment.
+    mock.set(Script::Raw(vec![
+        bytes::Bytes::from(first),
+        bytes::Bytes::from_static(b"data: {\"partial\":"),
+    ]));
+    let body = http
+        .post(gw.at("/v1/chat/completions"))
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let got = events(&body);
+    assert_eq!(got.len(), 2, "{body}");
+    assert_eq!(got[1]["error"]["code"], "truncated", "{body}");
+    // Before any token, an oversized event fails the attempt as the upstream's fault.
+    mock.set(Script::Raw(vec![
+        bytes::Bytes::from_static(b"data: {\"x\":\""),
+        bytes::Bytes::from(vec![b'a'; 1 << 20]),
+    ]));
+    let r = http
+        .post(gw.at("/v1/chat/completions"))
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = refused(r).await;
+    assert_eq!(status, 502, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SSE event"),
+        "{v}"
+    );
+    gw.stop();
+}

@@ -33,6 +33,8 @@ pub(crate) enum Script {
     ResetAfter { tokens: Vec<String>, after: usize },
     /// Stream `after` tokens, then send an OpenAI error event and end the stream.
     ErrorAfter { tokens: Vec<String>, after: usize },
+    /// Send these bytes as an event stream, one write each, then end it.
+    Raw(Vec<Bytes>),
 }
 
 impl Script {
@@ -167,6 +169,13 @@ async fn handle(State(s): State<Arc<MockState>>, headers: HeaderMap, body: Bytes
         Script::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return StatusCode::OK.into_response();
+        }
+        Script::Raw(writes) => {
+            let body = futures_util::stream::iter(writes.into_iter().map(Ok::<_, std::io::Error>));
+            return Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(body))
+                .unwrap();
         }
         Script::Tokens {
             tokens,
@@ -409,6 +418,11 @@ impl Served {
     /// Starts `candor serve` on `config`, where `{listen}` stands for the address and
     /// `{dir}` for a fresh temporary directory; waits until `/livez` answers.
     pub(crate) async fn start(config: &str) -> Served {
+        Served::start_with_fds(config, None).await
+    }
+
+    /// `start`, with the process's descriptor limit (soft and hard) set to `fds`.
+    pub(crate) async fn start_with_fds(config: &str, fds: Option<u32>) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -420,7 +434,17 @@ impl Served {
             .replace("{listen}", &format!("127.0.0.1:{port}"))
             .replace("{dir}", &dir.path().display().to_string());
         std::fs::write(&cfg, text).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_candor"))
+        let mut command = match fds {
+            None => std::process::Command::new(env!("CARGO_BIN_EXE_candor")),
+            Some(n) => {
+                let mut sh = std::process::Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_candor"));
+                sh
+            }
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(&cfg)
             .env("TEST_PROVIDER_KEY", PROVIDER_KEY)
@@ -449,6 +473,17 @@ impl Served {
 
     pub(crate) fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// True while the process runs.
