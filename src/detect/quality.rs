@@ -39,6 +39,12 @@ const DRIFT_RUNS: u32 = 2;
 /// every `DRIFT_EVERY` responses (8 times per 200) on 2 distributions, so the false-alarm
 /// budget is split Bonferroni-style (reference §8.3, threshold selection).
 const DRIFT_P: f64 = stats::KS_P / 16.0;
+/// …and a significant drift is a finding only when it is material: the distributions at
+/// least half a reference standard deviation apart (normalised Wasserstein; Cohen's
+/// "medium" effect). Evidently's 0.1 flags a feature for a data scientist to look at; at
+/// that size ordinary traffic — a mix that moves over minutes, a router that sends one
+/// provider more long prompts than another — drifts all day, and a page for it is wrong.
+const DRIFT_MATERIAL: f64 = 0.5;
 /// A response is degenerate above this share of repeated 4-grams (Welleck et al.).
 const REPETITIVE: f64 = 0.5;
 /// Letters outside the Latin script that make a response "foreign".
@@ -330,10 +336,21 @@ impl QualityDetector {
         }
     }
 
-    /// Adds the current window to a peer's pool: the rates' counts, and the values when
-    /// `values`.
-    pub fn pool_into(&self, pool: &mut PeerPool, values: bool) {
-        for s in &self.current {
+    /// When this provider's current window begins (its oldest response still in it).
+    pub fn window_start(&self) -> Option<Instant> {
+        self.current.front().map(|s| s.at)
+    }
+
+    /// Adds the responses of the current window answered from `since` on to a peer's pool:
+    /// the rates' counts, and the values when `values`. Matching the peers' span to the
+    /// judged provider's compares the same stretch of traffic: a workload whose mix moves
+    /// over minutes otherwise looks like a provider that changed.
+    pub fn pool_into(&self, pool: &mut PeerPool, values: bool, since: Option<Instant>) {
+        for s in self
+            .current
+            .iter()
+            .filter(|s| since.is_none_or(|t| s.at >= t))
+        {
             for (i, (k, n)) in pool.rates.iter_mut().enumerate() {
                 if s.applies & (1 << i) != 0 {
                     *n += 1.0;
@@ -543,7 +560,7 @@ impl QualityDetector {
                 } else {
                     d.drifted
                 };
-                significant && d.distance >= stats::WASSERSTEIN
+                significant && d.distance >= DRIFT_MATERIAL
             })
         };
         // A workload change moves every provider of the model alike: the peers must not
@@ -597,7 +614,7 @@ impl QualityDetector {
             since,
             Fact::new(signal, d.distance, "normalised Wasserstein", detail)
                 .baseline(Some(median(&reference)))
-                .threshold(stats::WASSERSTEIN),
+                .threshold(DRIFT_MATERIAL),
         ));
     }
 }

@@ -181,9 +181,11 @@ impl HealthTask {
                     return None;
                 }
                 let mut pool = PeerPool::default();
+                let since = t.quality.window_start();
                 for j in peers {
                     if let Some(peer) = self.providers.get(j) {
-                        peer.quality.pool_into(&mut pool, t.quality.drift_due());
+                        peer.quality
+                            .pool_into(&mut pool, t.quality.drift_due(), since);
                     }
                 }
                 Some(pool)

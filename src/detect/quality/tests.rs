@@ -218,7 +218,7 @@ fn output_length_drift_is_named_unless_the_peers_moved_too() {
             let d = healthy(&mut rng);
             peer.on_response(now, &if peers_moved { tripled(d) } else { d });
             let mut pool = PeerPool::default();
-            peer.pool_into(&mut pool, true);
+            peer.pool_into(&mut pool, true, None);
             if let Some(f) = q.step("p", Some(&pool), WINDOW, &clock(now), now) {
                 found = Some(f);
                 break;
@@ -251,7 +251,7 @@ fn a_rate_the_peers_share_is_the_traffic_not_the_provider() {
             d.on_response(now, &x);
         }
         let mut pool = PeerPool::default();
-        peer.pool_into(&mut pool, false);
+        peer.pool_into(&mut pool, false, None);
         let f = q.step("p", Some(&pool), WINDOW, &clock(now), now);
         assert!(f.is_none(), "{f:?}");
     }
