@@ -145,8 +145,10 @@ pub struct Gauges {
     pub in_flight: Vec<(Arc<str>, i64)>,
     /// (provider id, routing state name, routing weight).
     pub routing: Vec<(Arc<str>, &'static str, f64)>,
-    /// Request-log rows dropped because the queue was full.
+    /// Request-log rows lost: the queue was full or a write failed.
     pub request_log_dropped: u64,
+    /// The request log's last write failed.
+    pub request_log_failing: bool,
     /// Observations dropped because the health task's queue was full.
     pub observations_dropped: u64,
     /// ((failure mode, provider or subject), open incidents).
@@ -383,12 +385,23 @@ impl Metrics {
             &mut out,
             "candor_request_log_dropped_total",
             "counter",
-            "Request-log rows dropped because the writer queue was full.",
+            "Request-log rows lost: the writer queue was full or a write failed.",
         );
         let _ = writeln!(
             out,
             "candor_request_log_dropped_total {}",
             gauges.request_log_dropped
+        );
+        family(
+            &mut out,
+            "candor_request_log_failing",
+            "gauge",
+            "1 while the request log's writes fail (rows are being lost), else 0.",
+        );
+        let _ = writeln!(
+            out,
+            "candor_request_log_failing {}",
+            u8::from(gauges.request_log_failing)
         );
         for (name, help, v) in [
             (

@@ -559,10 +559,20 @@ impl Config {
             }
         }
 
-        for model in routing.hedge.keys() {
+        // Every model a setting names must be served, or the setting silently does nothing.
+        let named = routing
+            .hedge
+            .keys()
+            .map(|m| ("routing.hedge".to_owned(), m))
+            .chain(canaries.probes.iter().enumerate().flat_map(|(i, p)| {
+                p.models
+                    .iter()
+                    .map(move |m| (format!("canaries.probe[{i}].models"), m))
+            }));
+        for (path, model) in named {
             if !providers.iter().any(|p| p.models.contains(model)) {
                 problems.push(format!(
-                    "routing.hedge: model {model:?} is not served by any provider"
+                    "{path}: model {model:?} is not served by any provider"
                 ));
             }
         }
@@ -681,8 +691,41 @@ fn validate_provider(
 fn check_url(problems: &mut Vec<String>, path: &str, url: &str) {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-        _ => problems.push(format!("{path}: {url:?} is not an http(s) URL")),
+        _ => problems.push(format!(
+            "{path}: {:?} is not an http(s) URL",
+            shown_url(url)
+        )),
     }
+}
+
+/// A URL fit to show in the admin API, the dashboard, logs and errors: credentials in it
+/// (`user:password@`) and the values of its query (`?key=…` is a common way to pass an API
+/// key) replaced by `***`. A URL that does not parse loses everything before its last `@`.
+pub fn shown_url(url: &str) -> String {
+    let Ok(mut u) = reqwest::Url::parse(url) else {
+        return match url.rsplit_once('@') {
+            Some((before, after)) => {
+                let scheme = before.split_once("://").map_or("", |(s, _)| s);
+                format!("{scheme}://***@{after}")
+            }
+            None => url.to_owned(),
+        };
+    };
+    let credentials = !u.username().is_empty() || u.password().is_some();
+    if !credentials && u.query().is_none() {
+        return url.to_owned();
+    }
+    if credentials {
+        let _ = u.set_password(None);
+        let _ = u.set_username("***");
+    }
+    if u.query().is_some() {
+        let keys: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        u.query_pairs_mut()
+            .clear()
+            .extend_pairs(keys.iter().map(|k| (k.as_str(), "***")));
+    }
+    u.to_string()
 }
 
 #[cfg(test)]

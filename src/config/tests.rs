@@ -219,3 +219,27 @@ fn routing_defaults_and_problems() {
         Err(ConfigError::Parse(_))
     ));
 }
+
+#[test]
+fn urls_are_shown_without_credentials() {
+    assert_eq!(
+        shown_url("https://user:s3cret@api.example.com/v1"),
+        "https://***@api.example.com/v1"
+    );
+    assert_eq!(
+        shown_url("http://h:1/v1?key=s3cret&x=1"),
+        "http://h:1/v1?key=***&x=***"
+    );
+    assert_eq!(shown_url("http://h:1/v1"), "http://h:1/v1");
+    assert_eq!(shown_url("ht tp://u:s3cret@h"), "ht tp://***@h");
+    let text = format!(
+        "[[canaries.probe]]\nname = \"p\"\nprompt = \"x\"\nexpect_exact = \"y\"\nmodels = [\"nope\"]\n\
+         [[providers]]\nid = \"a\"\nbase_url = \"ftp://u:s3cret@h\"\nmodels = [\"m\"]\n"
+    );
+    let e = Config::parse(&text, env).unwrap_err().to_string();
+    assert!(
+        e.contains("canaries.probe[0].models: model \"nope\""),
+        "{e}"
+    );
+    assert!(!e.contains("s3cret"), "{e}");
+}

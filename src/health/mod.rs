@@ -33,8 +33,8 @@ use crate::scrape::Backend;
 use crate::slo::Slo;
 use crate::upstream::{Live, Upstreams};
 use report::{
-    BackendReport, DependencyReport, HealthReport, ProviderReport, ScopeReport, TargetsView,
-    Verdict, Windows,
+    BackendReport, DependencyReport, HealthReport, ProviderReport, RequestLogReport, ScopeReport,
+    TargetsView, Verdict, Windows,
 };
 use series::{Series, SeriesSpan};
 use snapshot::{ProviderView, SharedSnapshot, Snapshot};
@@ -241,7 +241,7 @@ pub struct HealthTask {
     started: Instant,
     metrics: Metrics,
     observations_dropped: Arc<AtomicU64>,
-    log_dropped: Arc<AtomicU64>,
+    log_status: Arc<crate::request_log::LogStatus>,
     gateway: GatewayDetectors,
     gateway_finding: Option<Finding>,
     dependencies: Vec<DependencyWatch>,
@@ -272,7 +272,7 @@ impl HealthTask {
         log: LogSender,
         alerts: Option<mpsc::Sender<incident::Event>>,
     ) -> (HealthTask, HealthHandle, SharedSnapshot) {
-        let log_dropped = log.drop_counter();
+        let log_status = log.status();
         let (tx, rx) = mpsc::channel(config.server.observation_queue);
         let dropped = Arc::new(AtomicU64::new(0));
         let now = Instant::now();
@@ -298,7 +298,7 @@ impl HealthTask {
                 started: now,
                 metrics: Metrics::default(),
                 observations_dropped: Arc::clone(&dropped),
-                log_dropped,
+                log_status,
                 gateway: GatewayDetectors::default(),
                 gateway_finding: None,
                 dependencies: config
@@ -558,7 +558,8 @@ impl HealthTask {
                     )
                 })
                 .collect(),
-            request_log_dropped: self.log_dropped.load(Ordering::Relaxed),
+            request_log_dropped: self.log_status.lost(),
+            request_log_failing: self.log_status.failing_since().is_some(),
             observations_dropped: self.observations_dropped.load(Ordering::Relaxed),
             open_incidents: self.incidents.counts().into_iter().collect(),
             dependencies: self
@@ -636,9 +637,18 @@ impl HealthTask {
         {
             verdict = Verdict::Failing;
         }
+        let request_log = RequestLogReport {
+            rows_lost: self.log_status.lost(),
+            failing_since_unix_ms: self.log_status.failing_since(),
+        };
+        if request_log.failing_since_unix_ms.is_some() {
+            // Serving still works, but what it serves is no longer on record: not healthy.
+            verdict = verdict.max(Verdict::Degraded);
+        }
         let clock = self.clock(now);
         HealthReport {
             verdict,
+            request_log,
             generated_at_unix_ms: clock.unix_ms,
             targets: TargetsView::from(&self.targets),
             overall,

@@ -353,6 +353,17 @@ pub struct HealthReport {
     pub overloaded: Vec<String>,
     /// Watched dependencies.
     pub dependencies: Vec<DependencyReport>,
+    /// Whether the request log keeps what it is sent.
+    pub request_log: RequestLogReport,
+}
+
+/// The request log as `/health` shows it.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct RequestLogReport {
+    /// Rows and incident events lost since start (queue full or write failed).
+    pub rows_lost: u64,
+    /// Since when its writes have failed (Unix ms); `None` while they succeed.
+    pub failing_since_unix_ms: Option<i64>,
 }
 
 /// A watched dependency as `/health` shows it.

@@ -7,7 +7,7 @@ mod store;
 mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
 
 use serde::Serialize;
@@ -174,12 +174,55 @@ pub struct RequestRecord {
     pub attempts: Vec<AttemptRecord>,
 }
 
+/// Whether the log keeps what it is sent, shared by the request path, the writer and
+/// `/health` and `/metrics`: rows lost for any reason are counted, and a failing write
+/// marks the log failing until a write succeeds.
+#[derive(Debug, Default)]
+pub struct LogStatus {
+    lost: AtomicU64,
+    /// Unix ms of the first failed write since the last good one; 0 while writes succeed.
+    failing_since: AtomicI64,
+}
+
+impl LogStatus {
+    /// Rows and incident events lost so far (full queue or failed write).
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Since when writes have been failing (Unix ms), if they are.
+    pub fn failing_since(&self) -> Option<i64> {
+        Some(self.failing_since.load(Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+
+    fn count_lost(&self, n: usize) {
+        self.lost
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A write of `rows` failed at `now_ms`.
+    fn write_failed(&self, rows: usize, now_ms: i64) {
+        self.count_lost(rows);
+        let _ = self.failing_since.compare_exchange(
+            0,
+            now_ms.max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// A write succeeded.
+    fn write_ok(&self) {
+        self.failing_since.store(0, Ordering::Relaxed);
+    }
+}
+
 /// The request path's handle on the log: a non-blocking send that counts drops.
 #[derive(Debug, Clone)]
 pub struct LogSender {
     records: SyncSender<Box<RequestRecord>>,
     control: SyncSender<writer::Control>,
-    dropped: Arc<AtomicU64>,
+    status: Arc<LogStatus>,
 }
 
 impl LogSender {
@@ -188,7 +231,7 @@ impl LogSender {
         match self.records.try_send(Box::new(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.status.count_lost(1);
             }
         }
     }
@@ -200,12 +243,12 @@ impl LogSender {
             .try_send(writer::Control::Incident(Box::new(event)))
             .is_err()
         {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.status.count_lost(1);
         }
     }
 
-    /// The shared drop counter (read by `/metrics`).
-    pub fn drop_counter(&self) -> Arc<AtomicU64> {
-        Arc::clone(&self.dropped)
+    /// The log's shared status (read by `/health` and `/metrics`).
+    pub fn status(&self) -> Arc<LogStatus> {
+        Arc::clone(&self.status)
     }
 }

@@ -3,11 +3,10 @@
 //! writes incident events as they come, applies retention, and flushes on close.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::Duration;
 
-use super::{LogSender, RequestRecord, Store, StoreError};
+use super::{LogSender, LogStatus, RequestRecord, Store, StoreError};
 use crate::config::RequestLogConfig;
 use crate::observation::unix_ms_now;
 
@@ -29,6 +28,7 @@ pub struct Writer {
     control: Receiver<Control>,
     config: RequestLogConfig,
     close: SyncSender<Control>,
+    status: Arc<LogStatus>,
 }
 
 /// How often retention runs.
@@ -45,7 +45,7 @@ impl Writer {
         let sender = LogSender {
             records: records_tx,
             control: control_tx.clone(),
-            dropped: Arc::new(AtomicU64::new(0)),
+            status: Arc::new(LogStatus::default()),
         };
         Ok((
             Writer {
@@ -54,6 +54,7 @@ impl Writer {
                 control,
                 config: config.clone(),
                 close: control_tx,
+                status: sender.status(),
             },
             sender,
         ))
@@ -97,8 +98,12 @@ impl Writer {
                 }
             }
             for rows in batch.chunks(self.config.batch_size) {
-                if let Err(error) = self.store.insert(rows) {
-                    tracing::error!(%error, rows = rows.len(), "request log write failed; rows lost");
+                match self.store.insert(rows) {
+                    Ok(()) => self.status.write_ok(),
+                    Err(error) => {
+                        self.status.write_failed(rows.len(), unix_ms_now());
+                        tracing::error!(%error, rows = rows.len(), "request log write failed; rows lost");
+                    }
                 }
             }
             batch.clear();

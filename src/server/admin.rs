@@ -116,14 +116,22 @@ pub(super) async fn providers(
             .iter()
             .map(|p| ProviderView {
                 id: p.config.id.clone(),
-                base_url: p.config.base_url.clone(),
+                base_url: crate::config::shown_url(&p.config.base_url),
                 models: p.config.models.clone(),
                 model_map: p.config.model_map.clone(),
                 price_input_per_million: p.config.price.input_per_million,
                 price_output_per_million: p.config.price.output_per_million,
                 quantization: p.config.quantization.clone(),
-                metrics_url: p.config.metrics_url.clone(),
-                gpu_metrics_url: p.config.gpu_metrics_url.clone(),
+                metrics_url: p
+                    .config
+                    .metrics_url
+                    .as_deref()
+                    .map(crate::config::shown_url),
+                gpu_metrics_url: p
+                    .config
+                    .gpu_metrics_url
+                    .as_deref()
+                    .map(crate::config::shown_url),
                 has_api_key: p.config.api_key.is_some(),
                 in_flight: p.in_flight(),
                 verdict: r

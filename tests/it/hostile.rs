@@ -348,3 +348,123 @@ async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
     );
     gw.stop();
 }
+
+#[tokio::test]
+async fn lost_request_log_rows_are_counted_and_shown() {
+    let mock = spawn_mock(Script::words(2)).await;
+    let mut gw = serve(&mock, "").await;
+    let http = reqwest::Client::new();
+    let send = || async {
+        let r = http
+            .post(gw.at("/v1/chat/completions"))
+            .json(&chat(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "serving goes on whatever the log does");
+    };
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    send().await;
+    // Another process takes the database's write lock and keeps it: every write the
+    // gateway tries fails once its busy timeout (5 s) runs out.
+    let db = gw.dir.path().join("log.db");
+    let locker = rusqlite::Connection::open(&db).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    send().await;
+    let mut failing = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = http
+            .get(gw.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "candor_request_log_failing") == 1.0 {
+            failing = Some(text);
+            break;
+        }
+    }
+    let text = failing.expect("the failing write never showed in /metrics");
+    assert!(metric(&text, "candor_request_log_dropped_total") >= 1.0);
+    let r = http.get(gw.at("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert!(
+        v["request_log"]["failing_since_unix_ms"].is_i64(),
+        "{}",
+        v["request_log"]
+    );
+    assert!(v["request_log"]["rows_lost"].as_u64().unwrap() >= 1);
+
+    // The lock released, the next write succeeds and the log is well again.
+    locker.execute_batch("ROLLBACK").unwrap();
+    drop(locker);
+    send().await;
+    let mut recovered = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = http
+            .get(gw.at("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "candor_request_log_failing") == 0.0 {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "the log never recovered");
+    let v: Value = http
+        .get(gw.at("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v["request_log"]["failing_since_unix_ms"].is_null());
+    gw.stop();
+}
+
+#[tokio::test]
+async fn credentials_in_a_provider_url_are_never_shown() {
+    let mock = spawn_mock(Script::words(2)).await;
+    let url_with_secret = mock.url.replacen("http://", "http://user:PWSECRET@", 1);
+    let mut gw = Served::start(&format!(
+        "[server]\nlisten = \"{{listen}}\"\n[request_log]\npath = \"{{dir}}/log.db\"\n\
+         [[providers]]\nid = \"p0\"\nbase_url = \"{url_with_secret}\"\nmodels = [\"m\"]\n\
+         metrics_url = \"http://127.0.0.1:9/metrics?token=QSECRET\"\n"
+    ))
+    .await;
+    let http = reqwest::Client::new();
+    let mut seen = String::new();
+    for path in ["/api/providers", "/api/health", "/health", "/metrics"] {
+        seen.push_str(
+            &http
+                .get(gw.at(path))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(seen.contains("***@127.0.0.1"), "{seen}");
+    let logs = gw.stop();
+    for secret in ["PWSECRET", "QSECRET"] {
+        assert!(!seen.contains(secret), "{secret} shown: {seen}");
+        assert!(!logs.contains(secret), "{secret} logged");
+    }
+}
