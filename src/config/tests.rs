@@ -232,11 +232,10 @@ fn urls_are_shown_without_credentials() {
     );
     assert_eq!(shown_url("http://h:1/v1"), "http://h:1/v1");
     assert_eq!(shown_url("ht tp://u:s3cret@h"), "ht tp://***@h");
-    let text = concat!(
-        "[[canaries.probe]]\nname = \"p\"\nprompt = \"x\"\nexpect_exact = \"y\"\nmodels = [\"nope\"]\n\
-         [[providers]]\nid = \"a\"\nbase_url = \"ftp://u:s3cret@h\"\nmodels = [\"m\"]\n"
-    );
-    let e = Config::parse(&text, env).unwrap_err().to_string();
+    let text = "[[canaries.probe]]\nname = \"p\"\nprompt = \"x\"\nexpect_exact = \"y\"\n\
+        models = [\"nope\"]\n[[providers]]\nid = \"a\"\nbase_url = \"ftp://u:s3cret@h\"\n\
+        models = [\"m\"]\n";
+    let e = Config::parse(text, env).unwrap_err().to_string();
     assert!(
         e.contains("canaries.probe[0].models: model \"nope\""),
         "{e}"
