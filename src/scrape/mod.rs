@@ -85,13 +85,28 @@ impl Backend {
 
 pub mod dependency;
 
-/// Fetches one endpoint's text within `timeout`.
+/// Largest metrics page read: a vLLM or DCGM page is tens of kilobytes; one past this is
+/// not a metrics page, and is not buffered.
+const MAX_PAGE: usize = 8 * 1024 * 1024;
+
+/// Fetches one endpoint's text within `timeout` (the body included) and `MAX_PAGE` bytes.
 async fn fetch(client: &reqwest::Client, url: &str, timeout: Duration) -> Option<String> {
+    use futures_util::StreamExt;
     let resp = client.get(url).timeout(timeout).send().await.ok()?;
     if !resp.status().is_success() {
         return None;
     }
-    resp.text().await.ok()
+    let mut page = Vec::new();
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.ok()?;
+        if page.len() + chunk.len() > MAX_PAGE {
+            tracing::warn!(bytes = page.len() + chunk.len(), "metrics page over 8 MiB; scrape dropped");
+            return None;
+        }
+        page.extend_from_slice(&chunk);
+    }
+    Some(String::from_utf8_lossy(&page).into_owned())
 }
 
 /// Polls `provider` until `stop`, reporting each result (or `None` for a failed scrape).
