@@ -37,6 +37,9 @@ pub enum AppError {
     /// The server failed while running.
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    /// The listener's certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] server::listen::TlsError),
 }
 
 /// A running gateway.
@@ -61,6 +64,13 @@ pub struct Running {
     reason = "app.rs is where long-lived tasks start"
 )]
 pub async fn start(config: Config) -> Result<Running, AppError> {
+    // Before anything starts: a bad certificate stops the start with nothing to undo.
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(server::listen::tls_acceptor)
+        .transpose()?;
     let config = Arc::new(config);
     let upstreams = Arc::new(Upstreams::new(&config.providers));
     let client = http_client(&config.timeouts)?;
@@ -154,7 +164,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
     let server = tokio::spawn(server::listen::serve(
         listener,
         routers,
-        limits,
+        server::listen::Settings { limits, tls },
         stop_server.clone(),
     ));
     tracing::info!(%addr, providers = config.providers.len(), "candor listening");

@@ -125,6 +125,17 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// What one client connection may hold and for how long.
     pub connections: ConnectionLimits,
+    /// TLS on the listener, when clients reach Candor directly.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The listener's certificate chain and private key (PEM files, read at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert_path: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: PathBuf,
 }
 
 /// Limits on client connections: none may hold a socket, a request slot or memory for
@@ -590,6 +601,10 @@ impl Config {
                 observation_queue,
                 max_in_flight,
                 connections,
+                tls: raw.server.tls.map(|t| TlsFiles {
+                    cert_path: t.cert_path,
+                    key_path: t.key_path,
+                }),
             },
             timeouts,
             targets,

@@ -1,6 +1,7 @@
 //! What the TOML file says, before validation: serde types that nothing outside `config` sees.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -55,6 +56,14 @@ pub(crate) struct RawServer {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) max_connections: Option<usize>,
     pub(crate) max_sse_event_bytes: Option<usize>,
+    pub(crate) tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) cert_path: PathBuf,
+    pub(crate) key_path: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

@@ -101,7 +101,10 @@ async fn fetch(client: &reqwest::Client, url: &str, timeout: Duration) -> Option
     while let Some(chunk) = body.next().await {
         let chunk = chunk.ok()?;
         if page.len() + chunk.len() > MAX_PAGE {
-            tracing::warn!(bytes = page.len() + chunk.len(), "metrics page over 8 MiB; scrape dropped");
+            tracing::warn!(
+                bytes = page.len() + chunk.len(),
+                "metrics page over 8 MiB; scrape dropped"
+            );
             return None;
         }
         page.extend_from_slice(&chunk);

@@ -4,7 +4,8 @@
 //! progress closes after `idle_timeout` (the body's limit is the handler's). Past the
 //! connection limit a few more connections are taken for the liveness, readiness and
 //! metrics paths only, so probes still get an answer while clients hold every slot; past
-//! those, accepting waits for a connection to close instead of spinning on errors.
+//! those, accepting waits for a connection to close instead of spinning on errors. With
+//! `[server.tls]`, each connection's TLS handshake must finish within the header limit.
 
 use std::io;
 use std::pin::Pin;
@@ -20,14 +21,15 @@ use http_body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, sleep_until};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::config::ConnectionLimits;
+use crate::config::{ConnectionLimits, TlsFiles};
 
 /// Connections accepted past the limit for the probe paths only.
 pub const PROBE_RESERVE: usize = 32;
@@ -43,14 +45,74 @@ pub struct Routers {
     pub probes: Router,
 }
 
+/// How connections are served.
+#[derive(Clone)]
+pub struct Settings {
+    /// Time and count limits.
+    pub limits: ConnectionLimits,
+    /// TLS, when the listener terminates it.
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Why the listener's certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("server.tls.{field}: {path}: {reason}")]
+    File {
+        /// `cert_path` or `key_path`.
+        field: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The certificate and key do not make a server configuration.
+    #[error("server.tls: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The acceptor for `[server.tls]`: the certificate chain and key from their PEM files,
+/// HTTP/2 and HTTP/1.1 offered by ALPN.
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let file_error = |field, path: &std::path::Path, reason: String| TlsError::File {
+        field,
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert_path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| file_error("cert_path", &files.cert_path, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_error(
+            "cert_path",
+            &files.cert_path,
+            "no certificate in it".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key_path)
+        .map_err(|e| file_error("key_path", &files.key_path, e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Accepts and serves connections until `stop` is cancelled, then waits for the open ones
 /// to finish their requests (the caller bounds that wait).
 pub async fn serve(
     listener: TcpListener,
     routers: Routers,
-    limits: ConnectionLimits,
+    settings: Settings,
     stop: CancellationToken,
 ) {
+    let limits = settings.limits;
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
     let connections = TaskTracker::new();
@@ -101,9 +163,22 @@ pub async fn serve(
                 false,
             ),
         };
-        let served = connection(tcp, router, limits, keep_alive, stop.clone());
+        let tls = settings.tls.clone();
+        let stop = stop.clone();
         connections.spawn(async move {
-            served.await;
+            match tls {
+                None => connection(tcp, router, limits, keep_alive, stop).await,
+                Some(acceptor) => {
+                    // The handshake is part of the request head: bounded by the same limit.
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp))
+                        .await
+                    {
+                        Ok(Ok(tls)) => connection(tls, router, limits, keep_alive, stop).await,
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake outwaited header_read_timeout"),
+                    }
+                }
+            }
             drop(slot.permit);
         });
     }
@@ -148,13 +223,15 @@ fn is_per_connection(e: &io::Error) -> bool {
 }
 
 /// Serves one connection until it ends, its client outwaits a limit, or shutdown.
-async fn connection(
-    tcp: TcpStream,
+async fn connection<S>(
+    tcp: S,
     router: Router,
     limits: ConnectionLimits,
     keep_alive: bool,
     stop: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         inner: tcp,
@@ -327,12 +404,12 @@ impl http_body::Body for Guarded {
 }
 
 /// A client socket that tells its connection's `Activity` when bytes arrive.
-struct Watched {
-    inner: TcpStream,
+struct Watched<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -347,7 +424,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

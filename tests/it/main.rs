@@ -25,3 +25,4 @@ mod secrets;
 mod sim;
 mod streaming;
 mod support;
+mod tls;

@@ -423,6 +423,16 @@ impl Served {
 
     /// `start`, with the process's descriptor limit (soft and hard) set to `fds`.
     pub(crate) async fn start_with_fds(config: &str, fds: Option<u32>) -> Served {
+        Served::launch(config, fds, None).await
+    }
+
+    /// `start` for a config with `[server.tls]`: `url` is `https://…`, and readiness is
+    /// checked trusting the certificate in `ca`.
+    pub(crate) async fn start_tls(config: &str, ca: &std::path::Path) -> Served {
+        Served::launch(config, None, Some(ca)).await
+    }
+
+    async fn launch(config: &str, fds: Option<u32>, ca: Option<&std::path::Path>) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -456,19 +466,33 @@ impl Served {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .unwrap();
+        let mut http = reqwest::Client::builder();
+        let scheme = match ca {
+            None => "http",
+            Some(path) => {
+                let pem = std::fs::read(path).unwrap();
+                http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+                "https"
+            }
+        };
         let served = Served {
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             dir,
             child,
         };
-        let http = reqwest::Client::new();
+        let http = http.build().unwrap();
+        let mut last = None;
         for _ in 0..200 {
-            if http.get(served.at("/livez")).send().await.is_ok() {
-                return served;
+            match http.get(served.at("/livez")).send().await {
+                Ok(_) => return served,
+                Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("candor serve did not answer /livez within 10 s");
+        panic!(
+            "candor serve did not answer /livez within 10 s ({last:?}): {}",
+            served.output()
+        );
     }
 
     pub(crate) fn at(&self, path: &str) -> String {

@@ -1,0 +1,79 @@
+//! `[server.tls]`: the real binary terminating TLS with a self-signed certificate, used by
+//! the official OpenAI Python SDK.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn the_openai_sdk_talks_to_candor_over_tls() {
+    let mock = spawn_mock(Script::words(3)).await;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = (
+        certs.path().join("ca.pem"),
+        certs.path().join("cert.pem"),
+        certs.path().join("key.pem"),
+    );
+    // A throwaway CA, and a server certificate for 127.0.0.1 signed by it.
+    let made = Command::new("sh")
+        .current_dir(certs.path())
+        .arg("-ec")
+        .arg(
+            "EC='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+             openssl req -x509 $EC -days 1 -subj /CN=candor-test-ca -keyout ca.key -out ca.pem
+             openssl req $EC -subj /CN=localhost -keyout key.pem -out leaf.csr
+             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > leaf.ext
+             openssl x509 -req -days 1 -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+               -extfile leaf.ext -out cert.pem",
+        )
+        .output()
+        .expect("sh and openssl must be installed (.ci/run installs openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let mut gw = Served::start_tls(
+        &format!(
+            "[server]\nlisten = \"{{listen}}\"\n[[server.client_keys]]\nid = \"tls\"\n\
+             key_env = \"TEST_CLIENT_KEY\"\n[server.tls]\ncert_path = \"{}\"\nkey_path = \"{}\"\n\
+             [request_log]\npath = \"{{dir}}/log.db\"\n[[providers]]\nid = \"p0\"\n\
+             base_url = \"{}\"\nmodels = [\"m\"]\n",
+            cert.display(),
+            key.display(),
+            mock.url
+        ),
+        &ca,
+    )
+    .await;
+    let url = format!("{}/v1", gw.url);
+    assert!(url.starts_with("https://"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_tls.py");
+    let ca = ca.display().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args([script, &url, CLIENT_KEY, "m", &ca])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 must be installed");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(v["chat"], "w0 w1 w2 ");
+    assert_eq!(v["stream"], "w0 w1 w2 ");
+    assert_eq!(v["untrusted"], "APIConnectionError");
+    // Plain HTTP on the TLS port is refused, not served.
+    let plain = reqwest::Client::new()
+        .get(gw.url.replace("https://", "http://") + "/livez")
+        .send()
+        .await;
+    assert!(plain.map_or(true, |r| !r.status().is_success()));
+    gw.stop();
+}
