@@ -176,6 +176,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::splitmix::SplitMix;
 
     fn all(s: &mut SseSplitter) -> Vec<Bytes> {
         std::iter::from_fn(|| s.next_event().unwrap()).collect()
@@ -225,6 +226,77 @@ mod tests {
         let mut s = SseSplitter::with_limit(8);
         s.push(b"data: 0123456789\n\n");
         assert!(s.next_event().is_err());
+    }
+
+    /// A valid stream of `n` events drawn from `rng`: data lines (one or several), comments,
+    /// `event:` fields, LF or CRLF line ends, and a final `[DONE]`.
+    fn random_stream(rng: &mut SplitMix, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let eol: &[u8] = if rng.below(4) == 0 { b"\r\n" } else { b"\n" };
+            match rng.below(6) {
+                0 => out.extend_from_slice(b": keep-alive"),
+                1 => {
+                    out.extend_from_slice(b"event: message");
+                    out.extend_from_slice(eol);
+                    out.extend_from_slice(format!("data: {{\"i\":{i}}}").as_bytes());
+                }
+                2 => {
+                    out.extend_from_slice(b"data: line one");
+                    out.extend_from_slice(eol);
+                    out.extend_from_slice(b"data: line two");
+                }
+                _ => {
+                    let text: String = (0..rng.below(40))
+                        .map(|_| char::from(b'a' + rng.below(26) as u8))
+                        .collect();
+                    out.extend_from_slice(
+                        format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{text}\"}}}}]}}")
+                            .as_bytes(),
+                    );
+                }
+            }
+            out.extend_from_slice(eol);
+            out.extend_from_slice(eol);
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        out
+    }
+
+    /// The events of `stream` read in pieces whose lengths come from `rng` (whole when
+    /// `rng` is `None`).
+    fn read_in_pieces(stream: &[u8], mut rng: Option<&mut SplitMix>) -> Vec<Bytes> {
+        let mut s = SseSplitter::default();
+        let mut events = Vec::new();
+        let mut rest = stream;
+        while !rest.is_empty() {
+            let n = match rng.as_deref_mut() {
+                Some(r) => (1 + r.below(12) as usize).min(rest.len()),
+                None => rest.len(),
+            };
+            s.push(&rest[..n]);
+            rest = &rest[n..];
+            events.extend(all(&mut s));
+        }
+        assert!(
+            s.remainder().is_none(),
+            "a valid stream leaves nothing over"
+        );
+        events
+    }
+
+    #[test]
+    fn any_split_of_a_valid_stream_into_reads_yields_the_same_events() {
+        let mut rng = SplitMix::new(17);
+        for case in 0..500 {
+            let n = 1 + rng.below(20) as usize;
+            let stream = random_stream(&mut rng, n);
+            let whole = read_in_pieces(&stream, None);
+            assert_eq!(whole.len(), n + 1, "case {case}");
+            assert_eq!(whole.concat(), stream, "case {case}: bytes kept as sent");
+            let pieces = read_in_pieces(&stream, Some(&mut rng));
+            assert_eq!(pieces, whole, "case {case}");
+        }
     }
 
     #[test]

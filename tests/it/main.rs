@@ -12,6 +12,7 @@
 mod alerts;
 mod canary;
 mod cli;
+mod crash;
 mod errors;
 mod failover;
 mod health;

@@ -510,6 +510,12 @@ impl Served {
             .unwrap_or(0)
     }
 
+    /// Kills the process with SIGKILL (no chance to flush anything) and reaps it.
+    pub(crate) fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// True while the process runs.
     pub(crate) fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
