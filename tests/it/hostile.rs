@@ -273,6 +273,12 @@ async fn a_connection_flood_leaves_probes_answered() {
     );
 }
 
+/// The body of a streamed chat request, whatever its status.
+async fn stream_body(http: &reqwest::Client, gw: &Served) -> String {
+    let r = http.post(gw.at("/v1/chat/completions")).json(&chat(true));
+    r.send().await.unwrap().text().await.unwrap()
+}
+
 #[tokio::test]
 async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
     let first = chunk("hello", None, false);
@@ -293,15 +299,7 @@ async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
             })
             .collect()
     };
-    let body = http
-        .post(gw.at("/v1/chat/completions"))
-        .json(&chat(true))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = stream_body(&http, &gw).await;
     let got = events(&body);
     assert_eq!(got.len(), 2, "{body:.300}");
     assert_eq!(got[1]["error"]["code"], "too_large", "{body:.300}");
@@ -314,15 +312,7 @@ async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
         bytes::Bytes::from(first),
         bytes::Bytes::from_static(b"data: {\"partial\":"),
     ]));
-    let body = http
-        .post(gw.at("/v1/chat/completions"))
-        .json(&chat(true))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = stream_body(&http, &gw).await;
     let got = events(&body);
     assert_eq!(got.len(), 2, "{body}");
     assert_eq!(got[1]["error"]["code"], "truncated", "{body}");
@@ -376,22 +366,20 @@ async fn lost_request_log_rows_are_counted_and_shown() {
     let locker = rusqlite::Connection::open(&db).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     send().await;
-    let mut failing = None;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let text = http
-            .get(gw.at("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric(&text, "candor_request_log_failing") == 1.0 {
-            failing = Some(text);
-            break;
+    let failing_is = |want: f64| {
+        let (http, url) = (http.clone(), gw.at("/metrics"));
+        async move {
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+                if metric(&text, "candor_request_log_failing") == want {
+                    return Some(text);
+                }
+            }
+            None
         }
-    }
+    };
+    let failing = failing_is(1.0).await;
     let text = failing.expect("the failing write never showed in /metrics");
     assert!(metric(&text, "candor_request_log_dropped_total") >= 1.0);
     let r = http.get(gw.at("/health")).send().await.unwrap();
@@ -408,22 +396,7 @@ async fn lost_request_log_rows_are_counted_and_shown() {
     locker.execute_batch("ROLLBACK").unwrap();
     drop(locker);
     send().await;
-    let mut recovered = false;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let text = http
-            .get(gw.at("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric(&text, "candor_request_log_failing") == 0.0 {
-            recovered = true;
-            break;
-        }
-    }
+    let recovered = failing_is(0.0).await.is_some();
     assert!(recovered, "the log never recovered");
     let v: Value = http
         .get(gw.at("/health"))
