@@ -74,9 +74,17 @@ struct FormatHead {
 pub const MAX_DEPTH: usize = 64;
 
 /// Checks, in one pass over the bytes and before any parser recurses into them, that the
-/// body is a JSON object nested at most `MAX_DEPTH` deep. Well-formedness is the parser's
+/// body is UTF-8 and a JSON object nested at most `MAX_DEPTH` deep. Well-formedness is the parser's
 /// business; this only bounds what it will be asked to walk.
 fn check_shape(body: &[u8]) -> Result<(), BodyError> {
+    // JSON is UTF-8, and the parser does not check the strings it skips: a body with invalid
+    // bytes in a field Candor does not read would otherwise go upstream as it came.
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(BodyError::Malformed(format!(
+            "We could not parse the JSON body of your request: it is not valid UTF-8 (at byte {}).",
+            e.valid_up_to()
+        )));
+    }
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(BodyError::Malformed(
@@ -338,6 +346,11 @@ mod tests {
             RequestHead::parse(nested(25_000).as_bytes()),
             Err(BodyError::TooDeep)
         );
+        // Invalid UTF-8 anywhere, even in a field Candor does not read (found by fuzzing).
+        assert!(matches!(
+            RequestHead::parse(b"{\"model\":\"m\",\"x\":{\"u\x8e\x93\":1}}"),
+            Err(BodyError::Malformed(_))
+        ));
         // Brackets inside strings are text, not nesting.
         let text = format!(
             r#"{{"model":"m","prompt":"{}\\\"{}"}}"#,
