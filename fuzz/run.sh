@@ -16,6 +16,6 @@ for target in $(cargo +nightly fuzz list --fuzz-dir fuzz); do
         echo "fuzz target $target failed" >&2
         exit 1
     fi
-    runs=$(awk -F: '/stat::number_of_executed_units/ {gsub(/ /, "", $2); print $2}' "$log")
+    runs=$(awk '/stat::number_of_executed_units/ {print $NF}' "$log")
     echo "-- $target: $runs inputs in ${seconds} s, corpus $(ls "fuzz/corpus/$target" | wc -l) files"
 done

@@ -74,37 +74,34 @@ struct FormatHead {
 pub const MAX_DEPTH: usize = 64;
 
 /// Checks, in one pass over the bytes and before any parser recurses into them, that the
-/// body is UTF-8 and a JSON object nested at most `MAX_DEPTH` deep. Well-formedness is the parser's
-/// business; this only bounds what it will be asked to walk.
+/// body is UTF-8, a JSON object nested at most `MAX_DEPTH` deep, and that every string in
+/// it — the ones Candor skips included — is well formed. serde_json checks the strings it
+/// decodes, not the ones it skips, and a body Candor cannot judge must not go upstream as
+/// it came (fuzzing found invalid UTF-8 and broken `\u` escapes getting through).
 fn check_shape(body: &[u8]) -> Result<(), BodyError> {
-    // JSON is UTF-8, and the parser does not check the strings it skips: a body with invalid
-    // bytes in a field Candor does not read would otherwise go upstream as it came.
+    let malformed = |what: String| {
+        BodyError::Malformed(format!(
+            "We could not parse the JSON body of your request: {what}."
+        ))
+    };
     if let Err(e) = std::str::from_utf8(body) {
-        return Err(BodyError::Malformed(format!(
-            "We could not parse the JSON body of your request: it is not valid UTF-8 (at byte {}).",
+        return Err(malformed(format!(
+            "it is not valid UTF-8 (at byte {})",
             e.valid_up_to()
         )));
     }
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first != Some(&b'{') {
-        return Err(BodyError::Malformed(
-            "We could not parse the JSON body of your request: the body must be a JSON object."
-                .into(),
-        ));
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(malformed("the body must be a JSON object".into()));
     }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&b) = body.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                i = string_end(body, i)
+                    .ok_or_else(|| malformed(format!("a string is malformed at byte {i}")))?;
+            }
             b'{' | b'[' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
@@ -116,6 +113,45 @@ fn check_shape(body: &[u8]) -> Result<(), BodyError> {
         }
     }
     Ok(())
+}
+
+/// The index just past the closing quote of the JSON string whose contents start at `i`,
+/// or `None` when it is not a valid JSON string: unterminated, a control character, an
+/// unknown escape, a `\u` without four hex digits, or a surrogate without its pair.
+fn string_end(body: &[u8], mut i: usize) -> Option<usize> {
+    let hex4 = |at: usize| -> Option<u32> {
+        let digits = std::str::from_utf8(body.get(at..at + 4)?).ok()?;
+        u32::from_str_radix(digits, 16).ok()
+    };
+    loop {
+        match *body.get(i)? {
+            b'"' => return Some(i + 1),
+            0..0x20 => return None,
+            b'\\' => {
+                match *body.get(i + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                    b'u' => {
+                        let unit = hex4(i + 2)?;
+                        i += 6;
+                        if (0xDC00..0xE000).contains(&unit) {
+                            return None;
+                        }
+                        if (0xD800..0xDC00).contains(&unit) {
+                            // A high surrogate must be followed by its low half.
+                            if body.get(i..i + 2)? != b"\\u"
+                                || !(0xDC00..0xE000).contains(&hex4(i + 2)?)
+                            {
+                                return None;
+                            }
+                            i += 6;
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            _ => i += 1,
+        }
+    }
 }
 
 /// Characters of a JSON string less its quotes (escapes count as written), if `raw` is one.
@@ -351,6 +387,23 @@ mod tests {
             RequestHead::parse(b"{\"model\":\"m\",\"x\":{\"u\x8e\x93\":1}}"),
             Err(BodyError::Malformed(_))
         ));
+        // Escapes the parser would skip unchecked (found by fuzzing), and good ones.
+        for bad in [
+            &br#"{"model":"m","x":{"k\udAed!!":1}}"#[..],
+            br#"{"model":"m","x":"\q"}"#,
+            br#"{"model":"m","x":"\u12"}"#,
+            br#"{"model":"m","x":"\udc00"}"#,
+            b"{\"model\":\"m\",\"x\":\"a\x01\"}",
+            br#"{"model":"m","x":"unterminated"#,
+        ] {
+            assert!(
+                matches!(RequestHead::parse(bad), Err(BodyError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let good = parse(r#"{"model":"m","x":"\ud83d\ude00 \" \\ \/ \n \u00e9"}"#);
+        assert_eq!(good.model, "m");
         // Brackets inside strings are text, not nesting.
         let text = format!(
             r#"{{"model":"m","prompt":"{}\\\"{}"}}"#,
