@@ -99,8 +99,14 @@ fn check_shape(body: &[u8]) -> Result<(), BodyError> {
         i += 1;
         match b {
             b'"' => {
+                let start = i;
                 i = string_end(body, i)
                     .ok_or_else(|| malformed(format!("a string is malformed at byte {i}")))?;
+                // serde_json reads an object holding this key as its own raw-value token,
+                // so a body with it cannot be re-encoded (found by fuzzing).
+                if body[start..i - 1] == *RESERVED {
+                    return Err(malformed(format!("the string at byte {start} is reserved")));
+                }
             }
             b'{' | b'[' => {
                 depth += 1;
@@ -114,6 +120,9 @@ fn check_shape(body: &[u8]) -> Result<(), BodyError> {
     }
     Ok(())
 }
+
+/// serde_json's private marker for raw values.
+const RESERVED: &[u8] = b"$serde_json::private::RawValue";
 
 /// The index just past the closing quote of the JSON string whose contents start at `i`,
 /// or `None` when it is not a valid JSON string: unterminated, a control character, an
@@ -395,6 +404,7 @@ mod tests {
             br#"{"model":"m","x":"\udc00"}"#,
             b"{\"model\":\"m\",\"x\":\"a\x01\"}",
             br#"{"model":"m","x":"unterminated"#,
+            br#"{"model":"m","x":{"$serde_json::private::RawValue":false}}"#,
         ] {
             assert!(
                 matches!(RequestHead::parse(bad), Err(BodyError::Malformed(_))),
