@@ -296,25 +296,81 @@ pub fn upstream_body(body: &Bytes, head: &RequestHead, upstream_model: &str) -> 
             return out.freeze();
         }
     }
-    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+    // Re-encode the top level only: every other member goes out as the client wrote it
+    // (numbers of any size, escapes), so any body the head parser took can be rewritten.
+    let Ok(Members(members)) = serde_json::from_slice::<Members<'_>>(body) else {
         return body.clone();
     };
-    if let Some(obj) = value.as_object_mut() {
-        if rename {
-            obj.insert("model".into(), Value::String(upstream_model.to_owned()));
+    let mut out = Vec::with_capacity(body.len() + 48);
+    out.push(b'{');
+    let member = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
+        if out.len() > 1 {
+            out.push(b',');
         }
-        if inject {
-            let opts = obj
-                .entry("stream_options")
-                .or_insert_with(|| Value::Object(Default::default()));
-            if let Some(o) = opts.as_object_mut() {
-                o.insert("include_usage".into(), Value::Bool(true));
-            } else {
-                *opts = serde_json::json!({"include_usage": true});
+        // A string always encodes.
+        let _ = serde_json::to_writer(&mut *out, key);
+        out.push(b':');
+        out.extend_from_slice(value);
+    };
+    let model = serde_json::to_vec(upstream_model).unwrap_or_default();
+    let mut has_options = false;
+    for (key, value) in &members {
+        match key.as_str() {
+            "model" if rename => member(&mut out, key, &model),
+            "stream_options" if inject => {
+                has_options = true;
+                member(&mut out, key, &with_usage(value));
             }
+            _ => member(&mut out, key, value.get().as_bytes()),
         }
     }
-    serde_json::to_vec(&value).map_or_else(|_| body.clone(), Bytes::from)
+    if inject && !has_options {
+        member(&mut out, "stream_options", br#"{"include_usage":true}"#);
+    }
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// `stream_options` with `include_usage` set, its other members as written.
+fn with_usage(options: &RawValue) -> Vec<u8> {
+    let Ok(Members(members)) = serde_json::from_str::<Members<'_>>(options.get()) else {
+        return br#"{"include_usage":true}"#.to_vec();
+    };
+    let mut out = br#"{"include_usage":true"#.to_vec();
+    for (key, value) in members.iter().filter(|(k, _)| k != "include_usage") {
+        out.push(b',');
+        let _ = serde_json::to_writer(&mut out, key);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    out
+}
+
+/// A JSON object's members in order, each value as written.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members<'de>, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 #[cfg(test)]
@@ -458,5 +514,19 @@ mod tests {
         assert_eq!(v["model"], "private");
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["n"], 2);
+        // Members Candor does not touch go out as written, even numbers serde_json's own
+        // values cannot hold (found by fuzzing: the rename fell back to the client's body).
+        let text = r#"{"model":"public","x":{"big":666e6666,"esc":"\u00e9"},"stream":false}"#;
+        let out = upstream_body(&Bytes::from(text), &parse(text), "private");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"private","x":{"big":666e6666,"esc":"\u00e9"},"stream":false}"#
+        );
+        let text = r#"{"model":"m","stream":true,"stream_options":{"x":1e999}}"#;
+        let out = upstream_body(&Bytes::from(text), &parse(text), "m");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"x":1e999}}"#
+        );
     }
 }
