@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -290,9 +290,16 @@ async fn watchdog(activity: &Activity, limits: ConnectionLimits) -> &'static str
     loop {
         let now = Instant::now();
         let (due, limit) = activity.deadline(limits);
+        // A head beginning moves the deadline earlier: wake for it too.
+        let head_began = activity.head_began.notified();
         match due {
             Some(due) if due <= now => return limit,
-            Some(due) => sleep_until(due).await,
+            Some(due) => {
+                tokio::select! {
+                    () = sleep_until(due) => {}
+                    () = head_began => {}
+                }
+            }
             // A request in progress: its own timeouts govern; look again later.
             None => sleep(limits.idle_timeout).await,
         }
@@ -306,6 +313,8 @@ struct Activity {
     in_progress: AtomicUsize,
     idle_since: AtomicU64,
     head_started: AtomicU64,
+    /// Signalled when a request head begins (once per request).
+    head_began: Notify,
 }
 
 impl Activity {
@@ -315,6 +324,7 @@ impl Activity {
             in_progress: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_started: AtomicU64::new(0),
+            head_began: Notify::new(),
         };
         a.idle_since.store(a.stamp(), Ordering::Relaxed);
         a
@@ -338,6 +348,7 @@ impl Activity {
             && self.head_started.load(Ordering::Relaxed) == 0
         {
             self.head_started.store(self.stamp(), Ordering::Relaxed);
+            self.head_began.notify_one();
         }
     }
 
