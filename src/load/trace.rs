@@ -87,9 +87,12 @@ pub fn parse_azure(text: &str) -> Result<Vec<TraceRequest>, TraceError> {
         let (Some(ts), Some(ctx), Some(gen_)) = (cols.next(), cols.next(), cols.next()) else {
             return Err(bad(n, "expected TIMESTAMP,ContextTokens,GeneratedTokens"));
         };
-        let secs = timestamp(ts).ok_or_else(|| bad(n, format!("bad timestamp {ts:?}")))?;
+        // Before 1970 or past what a Duration holds is not a trace (found by fuzzing).
+        let offset = timestamp(ts)
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .ok_or_else(|| bad(n, format!("bad timestamp {ts:?}")))?;
         out.push(TraceRequest {
-            offset: Duration::from_secs_f64(secs),
+            offset,
             input_tokens: ctx
                 .trim()
                 .parse()
@@ -140,8 +143,10 @@ pub fn parse_mooncake(text: &str) -> Result<Vec<TraceRequest>, TraceError> {
             continue;
         }
         let row: MooncakeRow = serde_json::from_str(line).map_err(|e| bad(i + 1, e.to_string()))?;
+        let offset = Duration::try_from_secs_f64(row.timestamp.max(0.0) / 1000.0)
+            .map_err(|_| bad(i + 1, format!("bad timestamp {}", row.timestamp)))?;
         out.push(TraceRequest {
-            offset: Duration::from_secs_f64(row.timestamp.max(0.0) / 1000.0),
+            offset,
             input_tokens: row.input_length,
             output_tokens: row.output_length,
         });
@@ -166,6 +171,16 @@ mod tests {
         assert_eq!(moon.len(), 1500);
         assert_eq!((moon[0].input_tokens, moon[0].output_tokens), (6758, 500));
         assert!(moon.windows(2).all(|w| w[0].offset <= w[1].offset));
+    }
+
+    #[test]
+    fn timestamps_no_duration_holds_are_refused() {
+        // Found by fuzzing: these panicked converting to a Duration.
+        let azure = "TIMESTAMP,ContextTokens,GeneratedTokens\n1969-12-31 23:59:59.5,10,2\n";
+        assert!(parse_azure(azure).is_err());
+        assert!(
+            parse_mooncake(r#"{"timestamp":1e300,"input_length":1,"output_length":1}"#).is_err()
+        );
     }
 
     #[test]
