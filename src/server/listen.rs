@@ -150,40 +150,48 @@ pub async fn serve(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "TCP_NODELAY not set");
         }
-        // A probe connection answers one request and closes, so no client keeps it.
-        let (router, limits, keep_alive) = match slot.kind {
-            SlotKind::Client => (routers.full.clone(), limits, true),
-            SlotKind::Probe => (
-                routers.probes.clone(),
-                ConnectionLimits {
-                    header_read_timeout: PROBE_HEADER_TIMEOUT,
-                    idle_timeout: PROBE_HEADER_TIMEOUT,
-                    ..limits
-                },
-                false,
-            ),
-        };
-        let tls = settings.tls.clone();
-        let stop = stop.clone();
-        connections.spawn(async move {
-            match tls {
-                None => connection(tcp, router, limits, keep_alive, stop).await,
-                Some(acceptor) => {
-                    // The handshake is part of the request head: bounded by the same limit.
-                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp))
-                        .await
-                    {
-                        Ok(Ok(tls)) => connection(tls, router, limits, keep_alive, stop).await,
-                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake outwaited header_read_timeout"),
-                    }
-                }
-            }
-            drop(slot.permit);
-        });
+        connections.spawn(serve_accepted(tcp, slot, &routers, &settings, stop.clone()));
     }
     connections.close();
     connections.wait().await;
+}
+
+/// Serves one accepted connection in its slot: a probe connection gets the probe paths,
+/// short limits and no keep-alive (so no client keeps it); with TLS, the handshake first,
+/// bounded by the header limit. The slot is freed when the connection ends.
+fn serve_accepted(
+    tcp: tokio::net::TcpStream,
+    slot: Slot,
+    routers: &Routers,
+    settings: &Settings,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (router, limits, keep_alive) = match slot.kind {
+        SlotKind::Client => (routers.full.clone(), settings.limits, true),
+        SlotKind::Probe => (
+            routers.probes.clone(),
+            ConnectionLimits {
+                header_read_timeout: PROBE_HEADER_TIMEOUT,
+                idle_timeout: PROBE_HEADER_TIMEOUT,
+                ..settings.limits
+            },
+            false,
+        ),
+    };
+    let tls = settings.tls.clone();
+    async move {
+        match tls {
+            None => connection(tcp, router, limits, keep_alive, stop).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => connection(tls, router, limits, keep_alive, stop).await,
+                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake outwaited header_read_timeout"),
+                }
+            }
+        }
+        drop(slot.permit);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

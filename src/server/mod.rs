@@ -43,15 +43,11 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             Arc::clone(&gw),
             require_admin,
         ));
-    Router::new()
+    probes()
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
-        .route("/health", get(admin::health))
-        .route("/livez", get(admin::livez))
-        .route("/readyz", get(admin::readyz))
-        .route("/metrics", get(admin::metrics))
         .route("/", get(dashboard::index))
         .route("/assets/{file}", get(dashboard::asset))
         .merge(api)
@@ -61,13 +57,19 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-/// The paths a probe connection may reach when clients hold every connection slot.
-pub fn probe_router(gw: Arc<Gateway>) -> Router {
+/// The health, liveness, readiness and metrics paths: part of the full router, and all a
+/// probe connection may reach when clients hold every connection slot.
+fn probes() -> Router<Arc<Gateway>> {
     Router::new()
         .route("/health", get(admin::health))
         .route("/livez", get(admin::livez))
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
+}
+
+/// The router for probe connections: `probes()`, and 503 for anything else.
+pub fn probe_router(gw: Arc<Gateway>) -> Router {
+    probes()
         .fallback(over_capacity)
         .layer(middleware::map_response(ensure_request_id))
         .with_state(gw)

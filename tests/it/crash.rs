@@ -26,12 +26,11 @@ async fn kill_9_under_load_loses_at_most_a_flush_interval_and_never_the_database
     let keep = tempfile::tempdir().unwrap();
     let db = keep.path().join("log.db");
     let mut gw = Served::start(&config(&mock, &db)).await;
-    let http = reqwest::Client::new();
     // Eight clients send requests back to back; each answer's request id and time is kept.
     let stop_at = Instant::now() + Duration::from_secs(3);
     let mut clients = Vec::new();
     for _ in 0..8 {
-        let (http, url) = (http.clone(), gw.at("/v1/chat/completions"));
+        let (http, url) = (gw.http.clone(), gw.at("/v1/chat/completions"));
         clients.push(tokio::spawn(async move {
             let mut answered = Vec::new();
             while Instant::now() < stop_at {
@@ -94,12 +93,7 @@ async fn kill_9_under_load_loses_at_most_a_flush_interval_and_never_the_database
 
     // A new gateway on the same file carries on: old rows kept, new ones added.
     let mut again = Served::start(&config(&mock, &db)).await;
-    let r = http
-        .post(again.at("/v1/chat/completions"))
-        .json(&chat(false))
-        .send()
-        .await
-        .unwrap();
+    let r = again.chat(false).await;
     assert_eq!(r.status(), 200);
     let id = r.headers()["x-candor-request-id"]
         .to_str()

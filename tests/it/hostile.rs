@@ -32,7 +32,6 @@ async fn refused(r: reqwest::Response) -> (u16, Value) {
 async fn deeply_nested_json_is_refused_without_harm() {
     let mock = spawn_mock(Script::words(2)).await;
     let mut gw = serve(&mock, "").await;
-    let http = reqwest::Client::new();
     let deep = |n: usize| format!("{}\"x\"{}", "[".repeat(n), "]".repeat(n));
     let bodies = [
         (
@@ -62,14 +61,7 @@ async fn deeply_nested_json_is_refused_without_harm() {
     ];
     for (path, body) in &bodies {
         let started = Instant::now();
-        let r = http
-            .post(gw.at(path))
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        let (status, v) = refused(r).await;
+        let (status, v) = refused(gw.post_raw(path, body.clone()).await).await;
         assert_eq!(status, 400, "{v}");
         assert!(
             v["error"]["message"].as_str().unwrap().contains("nested"),
@@ -82,20 +74,12 @@ async fn deeply_nested_json_is_refused_without_harm() {
         );
     }
     // A JSON array is not a request, even one whose elements line up with the fields.
-    let r = http
-        .post(gw.at("/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(r#"["m", false]"#)
-        .send()
-        .await
-        .unwrap();
+    let r = gw
+        .post_raw("/v1/chat/completions", r#"["m", false]"#.into())
+        .await;
     assert_eq!(refused(r).await.0, 400);
     // A known path asked with the wrong method gets the error shape too.
-    let r = http
-        .get(gw.at("/v1/chat/completions"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.get("/v1/chat/completions").await.unwrap();
     assert!(r.headers().contains_key("allow"), "{:?}", r.headers());
     let (status, v) = refused(r).await;
     assert_eq!(status, 405);
@@ -106,13 +90,7 @@ async fn deeply_nested_json_is_refused_without_harm() {
         "nothing refused may reach the upstream"
     );
     assert!(gw.alive(), "the gateway died: {}", gw.output());
-    let ok = http
-        .post(gw.at("/v1/chat/completions"))
-        .json(&chat(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
+    assert_eq!(gw.chat(false).await.status(), 200);
     gw.stop();
 }
 
@@ -141,7 +119,7 @@ async fn read_until_closed(tcp: &mut tokio::net::TcpStream, limit: Duration) -> 
 async fn connections_that_outwait_their_limits_are_closed() {
     use tokio::io::AsyncWriteExt;
     let mock = spawn_mock(Script::words(2)).await;
-    let gw = serve(
+    let mut gw = serve(
         &mock,
         "header_read_timeout = \"1s\"\nidle_timeout = \"2s\"\nbody_read_timeout = \"1s\"\nmax_in_flight = 2",
     )
@@ -177,14 +155,11 @@ async fn connections_that_outwait_their_limits_are_closed() {
         .unwrap();
         slow.push(tcp);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let http = reqwest::Client::new();
-    let shed = http
-        .post(gw.at("/v1/chat/completions"))
-        .json(&chat(false))
-        .send()
-        .await
-        .unwrap();
+    eventually("both slow bodies admitted", || async {
+        (gw.metric("candor_requests_in_flight").await == 2.0).then_some(())
+    })
+    .await;
+    let shed = gw.chat(false).await;
     assert_eq!(
         shed.status(),
         503,
@@ -195,13 +170,7 @@ async fn connections_that_outwait_their_limits_are_closed() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert!(answer.contains("body_read_timeout"), "{answer}");
     }
-    let served = http
-        .post(gw.at("/v1/chat/completions"))
-        .json(&chat(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(served.status(), 200);
+    assert_eq!(gw.chat(false).await.status(), 200);
 
     // A kept-alive connection with nothing more to ask is closed at the idle limit.
     let mut kept = connect(&gw).await;
@@ -212,7 +181,6 @@ async fn connections_that_outwait_their_limits_are_closed() {
     let (answer, closed) = read_until_closed(&mut kept, Duration::from_secs(6)).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(closed && before.elapsed() >= Duration::from_millis(1900));
-    let mut gw = gw;
     gw.stop();
 }
 
@@ -235,48 +203,50 @@ async fn a_connection_flood_leaves_probes_answered() {
         held.push(connect(&gw).await);
     }
     // Idle connections beyond the limit wait in the backlog; they are not answered with
-    // errors, and the process does not spin on accept failures.
+    // errors, and the process does not spin on accept failures. Every request below takes
+    // a connection of its own, as a probe from outside would.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    // The held connections fill the client slots and the probe reserve: free a few reserve
-    // slots by closing some of the last ones accepted, then probe.
+    let status_of = |path: &'static str, post: bool| {
+        let (http, url) = (http.clone(), gw.at(path));
+        async move {
+            let r = if post {
+                http.post(url).json(&chat(false))
+            } else {
+                http.get(url)
+            };
+            r.send().await.ok()
+        }
+    };
+    // The held connections fill the client slots and the probe reserve: closing some of
+    // the last ones accepted frees reserve slots once the gateway sees them close.
     held.truncate(150);
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for path in ["/livez", "/metrics"] {
-        let r = http.get(gw.at(path)).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{path}");
+        eventually(path, || async {
+            status_of(path, false).await.filter(|r| r.status() == 200)
+        })
+        .await;
     }
-    let r = http
-        .post(gw.at("/v1/chat/completions"))
-        .json(&chat(false))
-        .send()
-        .await
-        .unwrap();
+    let r = status_of("/v1/chat/completions", true).await.unwrap();
     let (status, v) = refused(r).await;
     assert_eq!(status, 503);
     assert_eq!(v["error"]["code"], "too_many_connections");
+    // Every held connection closed: clients are served again.
     drop(held);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = http
-        .post(gw.at("/v1/chat/completions"))
-        .json(&chat(false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    eventually("a chat served after the flood", || async {
+        status_of("/v1/chat/completions", true)
+            .await
+            .filter(|r| r.status() == 200)
+    })
+    .await;
     let logs = gw.stop();
     assert!(
         !logs.contains("Too many open files"),
         "accept ran out of descriptors"
     );
-}
-
-/// The body of a streamed chat request, whatever its status.
-async fn stream_body(http: &reqwest::Client, gw: &Served) -> String {
-    let r = http.post(gw.at("/v1/chat/completions")).json(&chat(true));
-    r.send().await.unwrap().text().await.unwrap()
 }
 
 #[tokio::test]
@@ -288,7 +258,6 @@ async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
     writes.extend((0..16).map(|_| bytes::Bytes::from(vec![b'a'; 1 << 20])));
     let mock = spawn_mock(Script::Raw(writes)).await;
     let mut gw = serve(&mock, "max_sse_event_bytes = 65536").await;
-    let http = reqwest::Client::new();
     let rss_before = gw.rss_kib();
     let events = |body: &str| -> Vec<Value> {
         body.split("\n\n")
@@ -299,7 +268,7 @@ async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
             })
             .collect()
     };
-    let body = stream_body(&http, &gw).await;
+    let body = gw.chat(true).await.text().await.unwrap();
     let got = events(&body);
     assert_eq!(got.len(), 2, "{body:.300}");
     assert_eq!(got[1]["error"]["code"], "too_large", "{body:.300}");
@@ -312,7 +281,7 @@ async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
         bytes::Bytes::from(first),
         bytes::Bytes::from_static(b"data: {\"partial\":"),
     ]));
-    let body = stream_body(&http, &gw).await;
+    let body = gw.chat(true).await.text().await.unwrap();
     let got = events(&body);
     assert_eq!(got.len(), 2, "{body}");
     assert_eq!(got[1]["error"]["code"], "truncated", "{body}");
@@ -321,13 +290,7 @@ async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
         bytes::Bytes::from_static(b"data: {\"x\":\""),
         bytes::Bytes::from(vec![b'a'; 1 << 20]),
     ]));
-    let r = http
-        .post(gw.at("/v1/chat/completions"))
-        .json(&chat(true))
-        .send()
-        .await
-        .unwrap();
-    let (status, v) = refused(r).await;
+    let (status, v) = refused(gw.chat(true).await).await;
     assert_eq!(status, 502, "{v}");
     assert!(
         v["error"]["message"]
@@ -343,21 +306,15 @@ async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
 async fn lost_request_log_rows_are_counted_and_shown() {
     let mock = spawn_mock(Script::words(2)).await;
     let mut gw = serve(&mock, "").await;
-    let http = reqwest::Client::new();
     let send = || async {
-        let r = http
-            .post(gw.at("/v1/chat/completions"))
-            .json(&chat(false))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.chat(false).await;
         assert_eq!(r.status(), 200, "serving goes on whatever the log does");
     };
-    let metric = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name}"))
+    let failing_is = |want: f64| {
+        let gw = &gw;
+        eventually("the log's failing gauge to change", move || async move {
+            (gw.metric("candor_request_log_failing").await == want).then_some(())
+        })
     };
     send().await;
     // Another process takes the database's write lock and keeps it: every write the
@@ -366,23 +323,9 @@ async fn lost_request_log_rows_are_counted_and_shown() {
     let locker = rusqlite::Connection::open(&db).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     send().await;
-    let failing_is = |want: f64| {
-        let (http, url) = (http.clone(), gw.at("/metrics"));
-        async move {
-            for _ in 0..100 {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let text = http.get(&url).send().await.unwrap().text().await.unwrap();
-                if metric(&text, "candor_request_log_failing") == want {
-                    return Some(text);
-                }
-            }
-            None
-        }
-    };
-    let failing = failing_is(1.0).await;
-    let text = failing.expect("the failing write never showed in /metrics");
-    assert!(metric(&text, "candor_request_log_dropped_total") >= 1.0);
-    let r = http.get(gw.at("/health")).send().await.unwrap();
+    failing_is(1.0).await;
+    assert!(gw.metric("candor_request_log_dropped_total").await >= 1.0);
+    let r = gw.get("/health").await.unwrap();
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert!(
@@ -396,16 +339,8 @@ async fn lost_request_log_rows_are_counted_and_shown() {
     locker.execute_batch("ROLLBACK").unwrap();
     drop(locker);
     send().await;
-    let recovered = failing_is(0.0).await.is_some();
-    assert!(recovered, "the log never recovered");
-    let v: Value = http
-        .get(gw.at("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    failing_is(0.0).await;
+    let v: Value = gw.get("/health").await.unwrap().json().await.unwrap();
     assert!(v["request_log"]["failing_since_unix_ms"].is_null());
     gw.stop();
 }
@@ -420,19 +355,9 @@ async fn credentials_in_a_provider_url_are_never_shown() {
          metrics_url = \"http://127.0.0.1:9/metrics?token=QSECRET\"\n"
     ))
     .await;
-    let http = reqwest::Client::new();
     let mut seen = String::new();
     for path in ["/api/providers", "/api/health", "/health", "/metrics"] {
-        seen.push_str(
-            &http
-                .get(gw.at(path))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        seen.push_str(&gw.get(path).await.unwrap().text().await.unwrap());
     }
     assert!(seen.contains("***@127.0.0.1"), "{seen}");
     let logs = gw.stop();

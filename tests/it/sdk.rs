@@ -2,13 +2,11 @@
 //! what the SDK returns, and what the request log recorded for the same requests.
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use candor::app;
 use candor::sim::Profile;
 use candor::sim::engine::EngineConfig;
-use serde_json::Value;
 
 use crate::support::*;
 
@@ -32,22 +30,8 @@ async fn official_openai_sdk_sees_a_proper_openai_server() {
         sim.addr
     );
     let mut gw = TestGateway::with_config(&config, dir).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_client.py");
     let url = format!("{}/v1", gw.url);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args([script, &url, CLIENT_KEY, "m"])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 must be installed");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "the SDK script failed (is the `openai` package installed? .ci/run installs it):\n{stderr}"
-    );
-    let v: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let v = sdk_script("openai_client.py", vec![url, CLIENT_KEY.into(), "m".into()]).await;
 
     assert_eq!(v["chat"]["content"], "42");
     assert_eq!(v["chat"]["finish"], "stop");

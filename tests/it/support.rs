@@ -406,11 +406,50 @@ pub(crate) async fn start_sim(model: &str, step: Duration) -> (app::Background, 
     (bg, url)
 }
 
+/// Runs `tests/sdk/<script>` with `args` on a blocking thread and returns the JSON it
+/// prints, failing the test with its stderr when it fails.
+pub(crate) async fn sdk_script(script: &str, args: Vec<String>) -> Value {
+    let path = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(path)
+            .args(args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 must be installed");
+    assert!(
+        output.status.success(),
+        "the SDK script failed (is the `openai` package installed? .ci/run installs it):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Polls `check` every 50 ms until it gives a value, for at most 10 s: for a state of
+/// another process, where waiting a fixed time would be either too long or too short.
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..200 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
 /// The real `candor serve` binary on a free loopback port, with the tests' secrets in its
 /// environment and its output captured.
 pub(crate) struct Served {
     pub(crate) url: String,
     pub(crate) dir: tempfile::TempDir,
+    /// A client that trusts the server's certificate when it has one.
+    pub(crate) http: reqwest::Client,
     child: std::process::Child,
 }
 
@@ -478,12 +517,12 @@ impl Served {
         let served = Served {
             url: format!("{scheme}://127.0.0.1:{port}"),
             dir,
+            http: http.build().unwrap(),
             child,
         };
-        let http = http.build().unwrap();
         let mut last = None;
         for _ in 0..200 {
-            match http.get(served.at("/livez")).send().await {
+            match served.get("/livez").await {
                 Ok(_) => return served,
                 Err(e) => last = Some(e),
             }
@@ -497,6 +536,41 @@ impl Served {
 
     pub(crate) fn at(&self, path: &str) -> String {
         format!("{}{path}", self.url)
+    }
+
+    /// `GET path`.
+    pub(crate) async fn get(&self, path: &str) -> reqwest::Result<reqwest::Response> {
+        self.http.get(self.at(path)).send().await
+    }
+
+    /// `POST path` with `body` as JSON text, sent as it is.
+    pub(crate) async fn post_raw(&self, path: &str, body: String) -> reqwest::Response {
+        self.http
+            .post(self.at(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Sends `chat(stream)` to `/v1/chat/completions`.
+    pub(crate) async fn chat(&self, stream: bool) -> reqwest::Response {
+        self.http
+            .post(self.at("/v1/chat/completions"))
+            .json(&chat(stream))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The value of an unlabelled sample on `/metrics`.
+    pub(crate) async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} on /metrics"))
     }
 
     /// Resident memory of the process, in KiB.

@@ -3,8 +3,6 @@
 
 use std::process::Command;
 
-use serde_json::Value;
-
 use crate::support::*;
 
 #[tokio::test]
@@ -50,22 +48,12 @@ async fn the_openai_sdk_talks_to_candor_over_tls() {
     .await;
     let url = format!("{}/v1", gw.url);
     assert!(url.starts_with("https://"));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_tls.py");
     let ca = ca.display().to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .args([script, &url, CLIENT_KEY, "m", &ca])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 must be installed");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let v: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let v = sdk_script(
+        "openai_tls.py",
+        vec![url, CLIENT_KEY.into(), "m".into(), ca],
+    )
+    .await;
     assert_eq!(v["chat"], "w0 w1 w2 ");
     assert_eq!(v["stream"], "w0 w1 w2 ");
     assert_eq!(v["untrusted"], "APIConnectionError");
