@@ -11,7 +11,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use tokio::time::{Instant, timeout_at};
 
 use super::meter::{DataKind, Meter, truncate};
-use super::sse::{EventTooLarge, SseSplitter, complete_tail, event_data};
+use super::sse::{EventTooLarge, SseSplitter, event_data};
 use crate::config::Timeouts;
 use crate::observation::{Blame, Observation, Outcome};
 use crate::quality::descriptors::Ask;
@@ -227,7 +227,7 @@ pub async fn run(req: AttemptRequest<'_>, obs: &mut Observation) -> Result<Answe
             Some(Ok(bytes)) => splitter.push(&bytes),
             Some(Err(e)) => return Err(transport_error(&e)),
             None => {
-                if let Some(tail) = splitter.remainder().as_deref().and_then(complete_tail) {
+                if let Some(tail) = splitter.last_event() {
                     let kind = event_data(&tail)
                         .map_or(DataKind::Other, |d| meter.on_data(Instant::now(), &d));
                     first_events.push((tail, kind));

@@ -93,6 +93,12 @@ impl SseSplitter {
         self.scanned = 0;
         (!self.buf.is_empty()).then(|| self.buf.split().freeze())
     }
+
+    /// At the end of the stream, the last event if the upstream sent it whole but without its
+    /// blank line (see `complete_tail`); a fragment is dropped.
+    pub fn last_event(&mut self) -> Option<Bytes> {
+        self.remainder().as_deref().and_then(complete_tail)
+    }
 }
 
 /// A last event the upstream ended without its blank line, made whole when it is one — its

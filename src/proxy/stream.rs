@@ -13,7 +13,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::attempt::{CallError, OpenStream, too_large, transport_error};
 use super::meter::{DataKind, Meter};
-use super::sse::{SseSplitter, complete_tail, event_data, null_usage_span};
+use super::sse::{SseSplitter, event_data, null_usage_span};
 use super::track::{CLIENT_CLOSED, RequestTrack};
 use crate::observation::Outcome;
 use crate::upstream::{Decoding, Provider};
@@ -107,9 +107,7 @@ impl MeteredStream {
                 Ok(None) => break,
                 Err(e) => {
                     let err = too_large(e);
-                    if let Some(ev) = self.end(Some((err.kind, err.message))) {
-                        self.out.extend_from_slice(&ev);
-                    }
+                    self.fail(err.kind, err.message);
                     break;
                 }
             }
@@ -194,9 +192,16 @@ impl MeteredStream {
         }
     }
 
+    /// Ends the stream as failed and queues the client's error event, if it is owed one.
+    fn fail(&mut self, kind: &'static str, message: String) {
+        if let Some(ev) = self.end(Some((kind, message))) {
+            self.out.extend_from_slice(&ev);
+        }
+    }
+
     fn upstream_ended(&mut self) -> Option<Bytes> {
         self.drain_events(Instant::now());
-        if let Some(tail) = self.splitter.remainder().as_deref().and_then(complete_tail) {
+        if let Some(tail) = self.splitter.last_event() {
             self.take_event(&tail, Instant::now());
         }
         let complete = self
@@ -255,9 +260,7 @@ impl Stream for MeteredStream {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let err = transport_error(&e);
-                    if let Some(ev) = this.end(Some(("reset", err.message))) {
-                        this.out.extend_from_slice(&ev);
-                    }
+                    this.fail("reset", err.message);
                 }
                 Poll::Ready(None) => {
                     if let Some(ev) = this.upstream_ended() {
@@ -267,9 +270,7 @@ impl Stream for MeteredStream {
                 Poll::Pending => {
                     if this.total_timer.as_mut().poll(cx).is_ready() {
                         let msg = "stream exceeded the total time limit".to_owned();
-                        if let Some(ev) = this.end(Some(("timeout_total", msg))) {
-                            this.out.extend_from_slice(&ev);
-                        }
+                        this.fail("timeout_total", msg);
                         continue;
                     }
                     if this.idle_timer.as_mut().poll(cx).is_ready() {
@@ -283,9 +284,7 @@ impl Stream for MeteredStream {
                             "no token from upstream for {}",
                             humantime::format_duration(this.idle)
                         );
-                        if let Some(ev) = this.end(Some(("timeout_idle", msg))) {
-                            this.out.extend_from_slice(&ev);
-                        }
+                        this.fail("timeout_idle", msg);
                         continue;
                     }
                     return Poll::Pending;
