@@ -27,6 +27,9 @@ use crate::scrape::Backend;
 const MIN_ATTEMPTS: u64 = 5;
 /// Error shares that count as flat / a burst.
 const FLAT_ERRORS: f64 = 0.05;
+/// Server failures this share or more of which are first-token timeouts at a queueing
+/// server are the queue's (see [`timeouts_behind_a_queue`]).
+const QUEUE_TIMEOUTS: f64 = 0.8;
 
 /// What the provider detectors see at one tick.
 #[derive(Debug, Clone, Copy)]
@@ -139,10 +142,14 @@ impl ProviderDetectors {
         let s = p.signals;
         let stalled = s.stalled_for.filter(|d| *d >= p.stall_limit);
         let stuck_since = self.stuck.update(now, s.backend_stuck);
-        // A canary with no first token while nothing completes is a hang too.
-        let canary = p
-            .canary_stuck
-            .filter(|_| p.since_healthy.completed == 0 && s.requests == 0);
+        // A canary with no first token while nothing completes is a hang too — unless the
+        // server's own metrics show its engine generating (the canary waited in a queue) or
+        // nothing at the server at all (whatever held the canary up has drained).
+        let canary = p.canary_stuck.filter(|_| {
+            p.since_healthy.completed == 0
+                && s.requests == 0
+                && !p.backend.is_some_and(|b| b.generating() || b.idle())
+        });
         let onset = match (stalled, stuck_since, canary) {
             (Some(d), _, _) => now.checked_sub(d).unwrap_or(now),
             (None, Some(t), _) => t,
@@ -194,15 +201,7 @@ impl ProviderDetectors {
             ),
         ));
         if let Some(b) = p.backend {
-            let r = &b.reading;
-            if let (Some(q), Some(run)) = (r.queue, r.running) {
-                facts.push(Fact::new(
-                    "backend_queue",
-                    q,
-                    "requests",
-                    format!("the server reports {q:.0} waiting and {run:.0} running"),
-                ));
-            }
+            facts.extend(server_queue(b));
             if let Some(g) = b.generation_tokens_per_s {
                 facts.push(
                     Fact::new(
@@ -295,7 +294,11 @@ impl ProviderDetectors {
                      persist; check the provider's logs",
                 ),
             };
-            if w.requests < MIN_ATTEMPTS || n < least || share < min_share {
+            if w.requests < MIN_ATTEMPTS
+                || n < least
+                || share < min_share
+                || (class == ErrorClass::Server && timeouts_behind_a_queue(p))
+            {
                 continue;
             }
             out.push(Finding {
@@ -329,6 +332,33 @@ impl ProviderDetectors {
         }
         out
     }
+}
+
+/// What the server's own metrics say waits and runs at it (and how full its KV cache is).
+pub(super) fn server_queue(b: &Backend) -> Option<Fact> {
+    let r = &b.reading;
+    let (q, run) = (r.queue?, r.running?);
+    let kv = r
+        .kv_usage
+        .map(|k| format!(", its KV cache {:.0} % full", k * 100.0))
+        .unwrap_or_default();
+    Some(Fact::new(
+        "backend_queue",
+        q,
+        "requests",
+        format!("the server reports {q:.0} waiting and {run:.0} running{kv}"),
+    ))
+}
+
+/// True when the provider's server failures are nearly all first tokens that never came
+/// while work queued at it (its server said so, or the model is over capacity): the queue's
+/// timeouts, not server errors. What made the queue — a hang, a slowdown, a KV shortage,
+/// too much traffic — is named by its own detector.
+fn timeouts_behind_a_queue(p: &ProviderInput<'_>) -> bool {
+    let w = p.since_healthy;
+    let queued =
+        p.queued_recently || p.signals.overloaded || p.backend.is_some_and(Backend::queued);
+    queued && w.timed_out as f64 >= QUEUE_TIMEOUTS * w.errors_of(ErrorClass::Server) as f64
 }
 
 /// The last finding of a detector, while younger than `hold`: once Candor moves traffic away

@@ -58,6 +58,8 @@ struct Fixture {
     peers: Option<Ratios>,
     health_ok: Option<bool>,
     backend: Option<crate::scrape::Backend>,
+    queued_recently: bool,
+    canary_stuck: Option<Instant>,
 }
 
 impl Fixture {
@@ -85,6 +87,8 @@ impl Fixture {
             }),
             health_ok: None,
             backend: None,
+            queued_recently: false,
+            canary_stuck: None,
         }
     }
 
@@ -105,9 +109,9 @@ impl Fixture {
             backend: self.backend.as_ref(),
             health_endpoint_ok: self.health_ok,
             in_flight: 6,
-            queued_recently: false,
+            queued_recently: self.queued_recently,
             stall_limit: Duration::from_secs(2),
-            canary_stuck: None,
+            canary_stuck: self.canary_stuck.map(|at| (at, "no first token within 10 s")),
         };
         d.step(&input, &clock(now), now)
     }
@@ -461,6 +465,91 @@ fn a_saturated_cache_explains_a_blown_first_token_time_and_its_timeouts() {
             .iter()
             .any(|x| x.signal == "kv_cache_usage" && x.value > 0.9)
     );
+}
+
+/// A scrape of a server with `waiting` and `running` requests generating `tokens_per_s`.
+fn server(waiting: f64, running: f64, tokens_per_s: f64) -> crate::scrape::Backend {
+    crate::scrape::Backend {
+        reading: crate::scrape::engines::Reading {
+            queue: Some(waiting),
+            running: Some(running),
+            ..Default::default()
+        },
+        generation_tokens_per_s: Some(tokens_per_s),
+        engine_steps_per_s: Some(if tokens_per_s > 0.0 { 20.0 } else { 0.0 }),
+        ..Default::default()
+    }
+}
+
+fn timed_out() -> Sample<'static> {
+    Sample {
+        timed_out: true,
+        ..failed(ErrorClass::Server)
+    }
+}
+
+#[test]
+fn first_token_timeouts_behind_a_queue_are_the_queues_not_an_error_burst() {
+    let t0 = Instant::now();
+    let burst = |failure: Sample<'static>, queue: Option<crate::scrape::Backend>| {
+        let mut samples = vec![ok(0.1, GAPS, 0.02); 16];
+        samples.extend(vec![failure; 8]);
+        let mut fx = Fixture::new(slot(&samples));
+        fx.backend = queue;
+        modes(&fx.step(&mut ProviderDetectors::default(), t0))
+    };
+    // Requests that waited out their first-token limit at a server with 30 waiting: the
+    // queue's (what made it is named by its own detector, or by the capacity condition).
+    assert_eq!(burst(timed_out(), Some(server(30.0, 16.0, 400.0))), []);
+    // The same timeouts with no queue in sight, or server errors at a queueing server, are
+    // the provider's failures.
+    assert_eq!(burst(timed_out(), None), [Mode::ErrorBurst]);
+    assert_eq!(burst(timed_out(), Some(server(0.0, 4.0, 400.0))), [Mode::ErrorBurst]);
+    assert_eq!(
+        burst(failed(ErrorClass::Server), Some(server(30.0, 16.0, 400.0))),
+        [Mode::ErrorBurst]
+    );
+}
+
+#[test]
+fn a_stuck_canary_is_a_hang_only_while_the_server_holds_work_and_makes_no_tokens() {
+    let t0 = Instant::now();
+    let hang = |backend: Option<crate::scrape::Backend>| {
+        // No attempt ended in the window (the provider is out of rotation) and the canary
+        // got no first token.
+        let mut fx = Fixture::new(slot(&[]));
+        fx.canary_stuck = Some(t0);
+        fx.backend = backend;
+        modes(&fx.step(&mut ProviderDetectors::default(), t0 + Duration::from_secs(1)))
+            .contains(&Mode::BatchQueueDeadlock)
+    };
+    assert!(hang(None), "with nothing else to go on, a stuck canary is a hang");
+    assert!(hang(Some(server(3.0, 2.0, 0.0))), "work held, no tokens");
+    // The engine generating: the canary waited in a queue. Nothing at the server: whatever
+    // held it up has drained.
+    assert!(!hang(Some(server(30.0, 16.0, 250.0))));
+    assert!(!hang(Some(server(0.0, 0.0, 0.0))));
+}
+
+#[test]
+fn a_per_stream_slowdown_the_engines_own_count_does_not_show_is_not_hardware() {
+    let t0 = Instant::now();
+    let slowed = |tokens_per_s: f64| {
+        let mut fx = Fixture::new(clean_slot());
+        let mut d = learned_on_clean_traffic(t0);
+        fx.signals.decode = Some(48.0);
+        fx.backend = Some(server(0.0, 4.0, tokens_per_s));
+        fx.finds(
+            &mut d,
+            t0 + Duration::from_secs(10),
+            20,
+            Mode::HardwareDegradation,
+        )
+    };
+    // Candor's streams see 48 tokens/s against 80; the engine says each of its 4 running
+    // sequences gets 75 (what a slowed GPU cannot do) — or 45 (what it does).
+    assert!(!slowed(300.0));
+    assert!(slowed(180.0));
 }
 
 #[test]

@@ -412,6 +412,16 @@ impl HealthTask {
         let ok = obs.outcome == Outcome::Ok;
         let failed = obs.outcome.is_upstream_failure();
         let within = self.targets.met_by(ok, obs.ttft, obs.e2e, obs.decode_rate);
+        let (error, timed_out) = match &obs.outcome {
+            Outcome::Error { kind, .. } if failed => {
+                let first = obs.ttft.is_some();
+                (
+                    Some(ErrorClass::of(kind, first)),
+                    ErrorClass::first_token_timeout(kind, first),
+                )
+            }
+            _ => (None, false),
+        };
         let sample = Sample {
             failed,
             completed: ok,
@@ -425,12 +435,8 @@ impl HealthTask {
             tokens_in: obs.prompt_tokens.unwrap_or(0),
             tokens_out: obs.completion_tokens.unwrap_or(0),
             cost,
-            error: match &obs.outcome {
-                Outcome::Error { kind, .. } if failed => {
-                    Some(ErrorClass::of(kind, obs.ttft.is_some()))
-                }
-                _ => None,
-            },
+            error,
+            timed_out,
             ..Sample::default()
         };
         let can_eject = self.can_eject(obs.provider);

@@ -160,6 +160,11 @@ impl HealthTask {
                     "{}",
                     e.incident.summary
                 );
+                tracing::debug!(
+                    incident = %e.incident.id,
+                    evidence = %e.incident.evidence,
+                    "evidence"
+                );
             }
             if let Some(tx) = &self.alerts
                 && tx.try_send(e.clone()).is_err()

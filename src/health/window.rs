@@ -125,6 +125,13 @@ impl ErrorClass {
             _ => ErrorClass::Server,
         }
     }
+
+    /// True when a failure of `kind` is an attempt that got no first token in time (its
+    /// limit ran out, or Candor gave up on it when it ejected the provider): the provider
+    /// may be slow, hung or only queueing, not failing.
+    pub fn first_token_timeout(kind: &str, after_first_token: bool) -> bool {
+        !after_first_token && matches!(kind, "timeout_ttft" | "timeout_total" | "abandoned")
+    }
 }
 
 /// One request's contribution to a window.
@@ -156,7 +163,8 @@ pub struct Sample<'a> {
     pub error: Option<ErrorClass>,
     /// The client's remaining deadline on arrival, seconds.
     pub deadline: Option<f64>,
-    /// Ended in a gateway timeout (504).
+    /// Ended in a timeout: for the gateway's own window a 504; for a provider's attempt,
+    /// no first token within the limit.
     pub timed_out: bool,
     /// What it cost, USD.
     pub cost: f64,
@@ -193,7 +201,7 @@ pub struct Slot {
     pub errors: [u64; 4],
     /// Remaining client deadline on arrival, seconds.
     pub deadline: LogHistogram,
-    /// Ended in a gateway timeout.
+    /// Ended in a timeout (see [`Sample::timed_out`]).
     pub timed_out: u64,
     /// Cost, USD.
     pub cost: f64,

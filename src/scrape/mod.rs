@@ -72,6 +72,24 @@ impl Backend {
         self.reading.queue.is_some_and(|q| q >= n)
     }
 
+    /// The server reports tokens being generated now: whatever waits at it, its engine runs.
+    pub fn generating(&self) -> bool {
+        self.generation_tokens_per_s.is_some_and(|g| g > 0.0)
+    }
+
+    /// Tokens the engine generates per second per running sequence, while it runs any:
+    /// what each stream decodes at by the server's own count.
+    pub fn tokens_per_running(&self) -> Option<f64> {
+        let run = self.reading.running.filter(|&r| r >= 1.0)?;
+        Some(self.generation_tokens_per_s? / run)
+    }
+
+    /// The server reports nothing waiting and nothing running.
+    pub fn idle(&self) -> bool {
+        let r = &self.reading;
+        r.queue == Some(0.0) && r.running == Some(0.0)
+    }
+
     /// Work waiting and running, yet neither tokens nor engine steps advance: a stuck
     /// batch loop (reference §5.2).
     pub fn stuck(&self) -> bool {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::health::baseline::Ratios;
+use crate::scrape::Backend;
 
 use super::{
     Clock, Fact, Finding, MIN_ATTEMPTS, Mode, ProviderDetectors, ProviderInput, Severity, rate,
@@ -75,13 +76,19 @@ impl ProviderDetectors {
         // peers decode as usual: a loaded server queues and decodes each stream more slowly;
         // a slowed one does too, but then its peers do not.
         let peers_as_usual = p.peers.is_some() && Ratios::shared_decode_drop(p.peers) >= 1.0;
-        let load = (s.overloaded || p.backend.is_some_and(crate::scrape::Backend::queued))
-            && !peers_as_usual;
-        if !alarm || (!named && (load || ratio >= half || own_ratio >= half)) {
+        let load = (s.overloaded || p.backend.is_some_and(Backend::queued)) && !peers_as_usual;
+        // The engine's own count says more than the streams Candor sees: a slowed GPU
+        // generates fewer tokens per running sequence; a loaded one does not.
+        let engine_as_usual = p
+            .backend
+            .and_then(Backend::tokens_per_running)
+            .is_some_and(|r| r >= DECODE_RATIO * own);
+        let usual = load || engine_as_usual || ratio >= half || own_ratio >= half;
+        if !alarm || (!named && usual) {
             self.last_hw = None;
             return None;
         }
-        if named && (load || ratio >= half || own_ratio >= half) {
+        if named && usual {
             // Recovering (or loaded), the sum not yet at rest: the finding stands as named.
             return self.last_hw.clone();
         }
@@ -127,6 +134,22 @@ impl ProviderDetectors {
         ));
         let mut confirmed = false;
         if let Some(b) = p.backend {
+            if let Some(r) = b.tokens_per_running() {
+                facts.push(
+                    Fact::new(
+                        "backend_tokens_per_s_per_running",
+                        r,
+                        "tokens/s",
+                        format!(
+                            "the server generates {r:.1} tokens/s per running sequence \
+                             ({:.0} running, {:.0} waiting)",
+                            b.reading.running.unwrap_or(0.0),
+                            b.reading.queue.unwrap_or(0.0)
+                        ),
+                    )
+                    .threshold(own * DECODE_RATIO),
+                );
+            }
             if !b.throttle.is_empty() {
                 confirmed = true;
                 facts.push(Fact::new(

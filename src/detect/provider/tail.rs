@@ -13,7 +13,7 @@ use crate::health::state::State;
 
 use super::{
     Clock, FLAT_ERRORS, Fact, Finding, MIN_ATTEMPTS, Mode, ProviderDetectors, ProviderInput,
-    Severity, held, rate,
+    Severity, held, rate, server_queue,
 };
 
 /// A first token later than max(`SLOW_FLOOR_S`, `SLOW_MULT` × the learned median) is slow.
@@ -140,7 +140,10 @@ impl ProviderDetectors {
                     format!("{} of {} attempts failed", w.failed, w.requests),
                 )
                 .threshold(FLAT_ERRORS),
-            ],
+            ]
+            .into_iter()
+            .chain(p.backend.and_then(server_queue))
+            .collect(),
             action: "Candor sends the provider less traffic while its tail lasts; look for one \
                      bad replica or node behind it, retries inside the provider, or a noisy \
                      neighbour (the median is fine, so the engine itself is not slower)"
