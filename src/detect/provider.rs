@@ -59,6 +59,8 @@ pub struct ProviderInput<'a> {
     pub queued_recently: bool,
     /// The stall watchdog: no token for this long with requests in flight is a hang.
     pub stall_limit: Duration,
+    /// Users' first-token target, s.
+    pub ttft_target: f64,
     /// The latest canary that got no first token (sent at, reason), if recent.
     pub canary_stuck: Option<(Instant, &'a str)>,
 }

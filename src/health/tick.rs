@@ -97,6 +97,7 @@ impl HealthTask {
                     .queued_at
                     .is_some_and(|at| now.saturating_duration_since(at) <= RECENT),
                 stall_limit: stall_limit(s, &self.routing),
+                ttft_target: self.targets.ttft.as_secs_f64(),
                 canary_stuck: t
                     .canaries
                     .values()
@@ -254,7 +255,11 @@ impl HealthTask {
                 .ttft
                 .quantile(0.95)
                 .map(|p95| Duration::from_secs_f64(p95 * 3.0)),
-            late_share: late_share(&recent.ttft, t.health.baseline.unqueued_ttft()),
+            late_share: late_share(
+                &recent.ttft,
+                t.health.baseline.unqueued_ttft(),
+                self.targets.ttft.as_secs_f64(),
+            ),
             backend_stuck: fresh.is_some_and(crate::scrape::Backend::stuck),
             overloaded: t.overloaded,
             throttle_reasons: fresh.and_then(|b| b.reading.throttle_reasons),
@@ -400,9 +405,14 @@ impl HealthTask {
 }
 
 /// The share of `ttft`'s first tokens that are late (the tail detector's definition) against
-/// `unqueued` (or the window's own median while nothing is learned).
-fn late_share(ttft: &super::window::LogHistogram, unqueued: Option<f64>) -> Option<f64> {
+/// `unqueued` (or the window's own median while nothing is learned) and the TTFT `target`.
+fn late_share(
+    ttft: &super::window::LogHistogram,
+    unqueued: Option<f64>,
+    target: f64,
+) -> Option<f64> {
     let n = ttft.count();
     let reference = unqueued.or_else(|| ttft.quantile(0.5))?;
-    (n > 0).then(|| ttft.count_above(crate::detect::late_after(reference)) as f64 / n as f64)
+    let late = crate::detect::late_after(reference, target);
+    (n > 0).then(|| ttft.count_above(late) as f64 / n as f64)
 }

@@ -16,14 +16,18 @@ use super::{
     Severity, held, rate, server_queue,
 };
 
-/// A first token later than max(`SLOW_FLOOR_S`, `SLOW_MULT` × the learned median) is slow.
+/// A first token later than max(`SLOW_FLOOR_S`, `SLOW_MULT` × the learned median, the TTFT
+/// target) is slow.
 const SLOW_FLOOR_S: f64 = 1.0;
 const SLOW_MULT: f64 = 5.0;
 
 /// The time past which a first token is late for a provider whose first tokens normally take
-/// `typical` seconds.
-pub fn late_after(typical: f64) -> f64 {
-    SLOW_FLOOR_S.max(SLOW_MULT * typical)
+/// `typical` seconds, with users' first-token target `target` seconds: far off the usual and
+/// past what users were promised. A first token within the target is not a tail users feel,
+/// and a burst of long prompts queued behind each other's prefill makes such first tokens on
+/// a healthy server every minute.
+pub fn late_after(typical: f64, target: f64) -> f64 {
+    SLOW_FLOOR_S.max(SLOW_MULT * typical).max(target)
 }
 /// A tail: at least this share of first tokens slow, `SHARE_MULT` times the learned share,
 /// and `MIN_SLOW` of them.
@@ -61,7 +65,7 @@ impl ProviderDetectors {
         let (Some(median), true) = (w.ttft.quantile(0.5), w.requests >= 2 * MIN_ATTEMPTS) else {
             return self.tail_held(now);
         };
-        let limit = late_after(if learned { l.median } else { median });
+        let limit = late_after(if learned { l.median } else { median }, p.ttft_target);
         let measured = w.ttft.count();
         let slow = w.ttft.count_above(limit);
         let share = slow as f64 / measured.max(1) as f64;
