@@ -27,6 +27,12 @@ const Z_CAP: f64 = 4.0;
 const NO_PROGRESS: Duration = Duration::from_millis(500);
 /// A decode rate this far below its references is a degradation (reference §6.3).
 const DECODE_RATIO: f64 = 0.8;
+/// With a standing queue, an engine generating at least this share of the provider's
+/// baseline per running sequence is loaded, not slowed: admitting from the queue keeps
+/// prefill between its decode steps, which costs each running stream up to a third of its
+/// rate (measured on the simulator's engines with whole-prompt prefill). A slowdown
+/// multiplies on top of that: 0.6x under a queue leaves about 0.4, 0.75x about 0.5.
+const QUEUED_ENGINE_RATIO: f64 = 0.6;
 
 impl ProviderDetectors {
     /// FM 4: decode rate at comparable load below the provider's own baseline and its peers
@@ -76,13 +82,21 @@ impl ProviderDetectors {
         // peers decode as usual: a loaded server queues and decodes each stream more slowly;
         // a slowed one does too, but then its peers do not.
         let peers_as_usual = p.peers.is_some() && Ratios::shared_decode_drop(p.peers) >= 1.0;
-        let load = (s.overloaded || p.backend.is_some_and(Backend::queued)) && !peers_as_usual;
+        let queue = s.overloaded || p.backend.is_some_and(Backend::queued);
+        let load = queue && !peers_as_usual;
         // The engine's own count says more than the streams Candor sees: a slowed GPU
-        // generates fewer tokens per running sequence; a loaded one does not.
+        // generates fewer tokens per running sequence; a loaded one does not — except by the
+        // prefill of what it admits, which under a standing queue runs between decode steps
+        // all the time (and again for requests that time out before their first token).
+        let floor = if queue {
+            QUEUED_ENGINE_RATIO
+        } else {
+            DECODE_RATIO
+        };
         let engine_as_usual = p
             .backend
             .and_then(Backend::tokens_per_running)
-            .is_some_and(|r| r >= DECODE_RATIO * own);
+            .is_some_and(|r| r >= floor * own);
         let usual = load || engine_as_usual || ratio >= half || own_ratio >= half;
         if !alarm || (!named && usual) {
             self.last_hw = None;
