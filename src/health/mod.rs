@@ -416,7 +416,7 @@ impl HealthTask {
             Outcome::Error { kind, .. } if failed => {
                 let first = obs.ttft.is_some();
                 (
-                    Some(ErrorClass::of(kind, first)),
+                    ErrorClass::of(kind, first),
                     ErrorClass::first_token_timeout(kind, first),
                 )
             }
