@@ -30,6 +30,9 @@ impl Blame {
     }
 }
 
+/// The error kind of an attempt Candor gave up on when it ejected the provider.
+pub const ABANDONED: &str = "abandoned";
+
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -62,6 +65,12 @@ impl Outcome {
             Outcome::ClientCancelled => "client_cancelled",
             Outcome::Cancelled => "hedge_cancelled",
         }
+    }
+
+    /// True when Candor gave up on the attempt because it ejected the provider while the
+    /// attempt waited for its first token.
+    pub fn is_abandoned(&self) -> bool {
+        matches!(self, Outcome::Error { kind, .. } if *kind == ABANDONED)
     }
 
     /// True when this outcome counts against the provider's health.
@@ -260,4 +269,23 @@ pub fn unix_ms_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_attempt_abandoned_at_ejection_is_abandoned() {
+        let error = |kind| Outcome::Error {
+            kind,
+            status: None,
+            blame: Blame::Upstream,
+            message: String::new(),
+        };
+        assert!(error(ABANDONED).is_abandoned());
+        assert!(error(ABANDONED).is_upstream_failure());
+        assert!(!error("timeout_ttft").is_abandoned());
+        assert!(!Outcome::Cancelled.is_abandoned());
+    }
 }

@@ -406,7 +406,12 @@ impl HealthTask {
         self.metrics.record_attempt(obs, cost);
         // A client that walks away, or a hedge Candor cancelled, says nothing about the
         // provider; the stall watchdog looks at progress instead.
-        if matches!(obs.outcome, Outcome::ClientCancelled | Outcome::Cancelled) {
+        // Nor does an attempt Candor abandoned when it ejected the provider: the ejection's
+        // own evidence is the cause, and counting the attempts it abandoned again would make
+        // every ejection look like an error burst of Candor's own making.
+        if matches!(obs.outcome, Outcome::ClientCancelled | Outcome::Cancelled)
+            || obs.outcome.is_abandoned()
+        {
             return;
         }
         let ok = obs.outcome == Outcome::Ok;
@@ -416,7 +421,7 @@ impl HealthTask {
             Outcome::Error { kind, .. } if failed => {
                 let first = obs.ttft.is_some();
                 (
-                    ErrorClass::of(kind, first),
+                    Some(ErrorClass::of(kind, first)),
                     ErrorClass::first_token_timeout(kind, first),
                 )
             }

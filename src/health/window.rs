@@ -114,20 +114,16 @@ impl ErrorClass {
         ErrorClass::Server,
     ];
 
-    /// The class of an upstream failure of `kind`, after a first token or not; none for an
-    /// attempt Candor gave up on when it ejected the provider (the ejection's own evidence
-    /// is the cause; counting its abandoned attempts again would make every ejection look
-    /// like an error burst).
-    pub fn of(kind: &str, after_first_token: bool) -> Option<ErrorClass> {
-        Some(match kind {
-            "abandoned" => return None,
+    /// The class of an upstream failure of `kind`, after a first token or not.
+    pub fn of(kind: &str, after_first_token: bool) -> ErrorClass {
+        match kind {
             "rate_limited" => ErrorClass::RateLimited,
             "connect" | "timeout_connect" => ErrorClass::Connection,
             "reset" | "stream_error" | "timeout_idle" if after_first_token => {
                 ErrorClass::MidStreamReset
             }
             _ => ErrorClass::Server,
-        })
+        }
     }
 
     /// True when a failure of `kind` is an attempt that got no first token within its
@@ -397,26 +393,14 @@ mod tests {
 
     #[test]
     fn failures_are_classed_by_what_they_say_about_the_provider() {
-        assert_eq!(
-            ErrorClass::of("status_503", false),
-            Some(ErrorClass::Server)
-        );
+        assert_eq!(ErrorClass::of("status_503", false), ErrorClass::Server);
         assert_eq!(
             ErrorClass::of("rate_limited", false),
-            Some(ErrorClass::RateLimited)
+            ErrorClass::RateLimited
         );
-        assert_eq!(
-            ErrorClass::of("connect", false),
-            Some(ErrorClass::Connection)
-        );
-        assert_eq!(
-            ErrorClass::of("reset", true),
-            Some(ErrorClass::MidStreamReset)
-        );
-        assert_eq!(ErrorClass::of("reset", false), Some(ErrorClass::Server));
-        // Given up on by Candor when it ejected the provider: the ejection's evidence is the
-        // cause, not a failure of its own.
-        assert_eq!(ErrorClass::of("abandoned", false), None);
+        assert_eq!(ErrorClass::of("connect", false), ErrorClass::Connection);
+        assert_eq!(ErrorClass::of("reset", true), ErrorClass::MidStreamReset);
+        assert_eq!(ErrorClass::of("reset", false), ErrorClass::Server);
         assert!(ErrorClass::first_token_timeout("timeout_ttft", false));
         assert!(!ErrorClass::first_token_timeout("timeout_idle", true));
         assert!(!ErrorClass::first_token_timeout("status_500", false));

@@ -272,7 +272,7 @@ async fn attempt_on(
         tokio::select! {
             r = attempt::run(request, &mut slot.obs) => r,
             () = abandoned => Err(CallError {
-                kind: "abandoned",
+                kind: crate::observation::ABANDONED,
                 status: None,
                 blame: Blame::Upstream,
                 retryable: true,
