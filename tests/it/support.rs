@@ -505,7 +505,10 @@ impl Served {
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
             .spawn()
             .unwrap();
-        let mut http = reqwest::Client::builder();
+        // A fresh connection per request: some tests shorten the gateway's connection
+        // limits, and a kept-alive connection it closes just as the client reuses it fails
+        // the request (the keep-alive race every HTTP/1.1 client has), not the test's point.
+        let mut http = reqwest::Client::builder().pool_max_idle_per_host(0);
         let scheme = match ca {
             None => "http",
             Some(path) => {
