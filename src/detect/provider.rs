@@ -65,6 +65,20 @@ pub struct ProviderInput<'a> {
     pub canary_stuck: Option<(Instant, &'a str)>,
 }
 
+impl ProviderInput<'_> {
+    /// Work waits at the server now (its fresh scrape says so) or the model is over
+    /// capacity: first tokens, per-stream decode and timeouts are the queue's.
+    pub(super) fn queueing(&self) -> bool {
+        self.signals.overloaded || self.backend.is_some_and(Backend::queued)
+    }
+
+    /// [`ProviderInput::queueing`], or a scrape in the recent window showed work waiting (a
+    /// burst can queue and drain between two scrapes; what it delayed stays in the window).
+    pub(super) fn queued_lately(&self) -> bool {
+        self.queued_recently || self.queueing()
+    }
+}
+
 /// The detectors' state for one provider.
 #[derive(Debug, Clone)]
 pub struct ProviderDetectors {
@@ -358,9 +372,8 @@ pub(super) fn server_queue(b: &Backend) -> Option<Fact> {
 /// too much traffic — is named by its own detector.
 fn timeouts_behind_a_queue(p: &ProviderInput<'_>) -> bool {
     let w = p.since_healthy;
-    let queued =
-        p.queued_recently || p.signals.overloaded || p.backend.is_some_and(Backend::queued);
-    queued && w.timed_out as f64 >= QUEUE_TIMEOUTS * w.errors_of(ErrorClass::Server) as f64
+    p.queued_lately()
+        && w.timed_out as f64 >= QUEUE_TIMEOUTS * w.errors_of(ErrorClass::Server) as f64
 }
 
 /// The last finding of a detector, while younger than `hold`: once Candor moves traffic away

@@ -82,7 +82,7 @@ impl ProviderDetectors {
         // peers decode as usual: a loaded server queues and decodes each stream more slowly;
         // a slowed one does too, but then its peers do not.
         let peers_as_usual = p.peers.is_some() && Ratios::shared_decode_drop(p.peers) >= 1.0;
-        let queue = s.overloaded || p.backend.is_some_and(Backend::queued);
+        let queue = p.queueing();
         let load = queue && !peers_as_usual;
         // The engine's own count says more than the streams Candor sees: a slowed GPU
         // generates fewer tokens per running sequence; a loaded one does not — except by the

@@ -78,11 +78,9 @@ impl ProviderDetectors {
             .max(SHARE_MULT * shared);
         let flat = learned && median <= FLAT_MEDIAN * l.median;
         // Late first tokens behind a queue at the server are the queue's.
-        let queued = p.queued_recently || p.backend.is_some_and(crate::scrape::Backend::queued);
         let tail = flat
             && errors < FLAT_ERRORS
-            && !queued
-            && !p.signals.overloaded
+            && !p.queued_lately()
             && slow >= MIN_SLOW
             && share >= threshold;
         let onset = self
