@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cusum::Since;
+use super::provider::QUEUE_TIMEOUTS_LEFT_OUT;
 use super::{Clock, Fact, Finding, Mode, Severity};
 
 /// How long every provider must queue before the model is called over capacity: a burst of
@@ -223,13 +224,19 @@ impl CapacityWatch {
 const PEERS_AS_USUAL: f64 = 0.9;
 
 /// True when `f`, found on a provider of a model over capacity, is what the load explains
-/// rather than a fault of its own. Errors and broken streams are (timeouts behind a queue),
-/// on any provider; on a queueing one, also stalls its server's cache does not confirm, a
-/// slowdown its peers share or that has no peer to compare with, and output drift that
-/// follows which answers finish in time.
-fn load_explains(f: &Finding, queueing: bool) -> bool {
+/// rather than a fault of its own. `common` says at least half of the model's providers
+/// (two or more) have a finding of the same kind: what every provider shows at once is the
+/// traffic's.
+/// - Errors: an error burst counted with the first-token timeouts of a server whose queue
+///   Candor could not see; answered 5xx (the timeouts left out), 429s and broken streams
+///   only when common — on one provider of several they are its own.
+/// - On a queueing provider, also stalls its server's cache does not confirm, a slowdown its
+///   peers share or that has no peer to compare with, and output drift that follows which
+///   answers finish in time.
+fn load_explains(f: &Finding, queueing: bool, common: bool) -> bool {
     match f.mode {
-        Mode::ErrorBurst | Mode::MidStreamResets | Mode::RateLimited => true,
+        Mode::ErrorBurst => common || !f.facts.iter().any(|x| x.signal == QUEUE_TIMEOUTS_LEFT_OUT),
+        Mode::MidStreamResets | Mode::RateLimited => common,
         Mode::TailLatency => queueing,
         Mode::KvCacheThrashing => {
             queueing
@@ -283,10 +290,23 @@ pub struct Folding<'a> {
 /// it stands on its own.
 pub fn fold(capacity: Option<Finding>, members: &mut [Folding<'_>]) -> Option<Finding> {
     let mut capacity = capacity?;
+    let with = |mode: Mode, members: &[Folding<'_>]| {
+        members
+            .iter()
+            .filter(|m| m.findings.iter().any(|f| f.mode == mode))
+            .count()
+    };
+    let common: Vec<Mode> = [Mode::ErrorBurst, Mode::MidStreamResets, Mode::RateLimited]
+        .into_iter()
+        .filter(|&mode| {
+            let n = with(mode, members);
+            n >= 2 && 2 * n >= members.len()
+        })
+        .collect();
     for m in members.iter_mut() {
         let queueing = m.serving && m.queueing;
         m.findings.retain(|f| {
-            let explained = load_explains(f, queueing);
+            let explained = load_explains(f, queueing, common.contains(&f.mode));
             if explained {
                 capacity.facts.push(consequence_fact(f));
             }
@@ -448,6 +468,57 @@ mod tests {
         assert!(a.is_empty() && b.is_empty(), "{a:?} {b:?}");
         let consequences = f.facts.iter().filter(|x| x.signal == "consequence").count();
         assert_eq!(consequences, 3);
+    }
+
+    #[test]
+    fn one_providers_own_errors_stand_beside_the_capacity_finding_unless_every_provider_has_them() {
+        let answered = |mode: Mode, subject: &str| Finding {
+            facts: vec![Fact::new(
+                QUEUE_TIMEOUTS_LEFT_OUT,
+                12.0,
+                "attempts",
+                String::new(),
+            )],
+            ..finding(mode, subject, 120)
+        };
+        let folded = |findings: Vec<Vec<Finding>>| {
+            let mut findings = findings;
+            let mut members: Vec<Folding<'_>> = findings
+                .iter_mut()
+                .map(|f| Folding {
+                    findings: f,
+                    queueing: true,
+                    serving: true,
+                })
+                .collect();
+            fold(
+                Some(finding(Mode::CapacityExhausted, "m", 100)),
+                &mut members,
+            )
+            .expect("stands on its own");
+            findings.into_iter().map(|f| f.len()).collect::<Vec<_>>()
+        };
+        // One of four answers 500s, one 429s, one breaks streams: each its own fault.
+        let own = folded(vec![
+            vec![answered(Mode::ErrorBurst, "a")],
+            vec![finding(Mode::RateLimited, "b", 120)],
+            vec![finding(Mode::MidStreamResets, "c", 120)],
+            vec![],
+        ]);
+        assert_eq!(own, [1, 1, 1, 0]);
+        // Timeouts counted where no queue was in sight are the load's.
+        assert_eq!(
+            folded(vec![vec![finding(Mode::ErrorBurst, "a", 120)], vec![]]),
+            [0, 0]
+        );
+        // Half the providers or more with the same failure: the traffic's.
+        let common = folded(vec![
+            vec![answered(Mode::ErrorBurst, "a")],
+            vec![answered(Mode::ErrorBurst, "b")],
+            vec![finding(Mode::RateLimited, "c", 120)],
+            vec![],
+        ]);
+        assert_eq!(common, [0, 0, 1, 0]);
     }
 
     #[test]

@@ -20,16 +20,19 @@ use super::cusum::{Cusum, Since};
 use super::{Clock, Fact, Finding, Mode, Severity};
 use crate::health::baseline::{Ratios, Reference};
 use crate::health::state::{Signals, State};
-use crate::health::window::{ErrorClass, Slot};
+use crate::health::window::{ErrorClass, FailureRun, Slot};
 use crate::scrape::Backend;
 
 /// Attempts in the recent window before rates are judged.
 const MIN_ATTEMPTS: u64 = 5;
 /// Error shares that count as flat / a burst.
 const FLAT_ERRORS: f64 = 0.05;
-/// Server failures this share or more of which are first-token timeouts at a queueing
-/// server are the queue's (see [`timeouts_behind_a_queue`]).
-const QUEUE_TIMEOUTS: f64 = 0.8;
+/// Server failures in a row that are a burst whatever the window's share (see
+/// [`FailureRun`]; Envoy's `consecutive_5xx` default, and Candor's default ejection).
+const IN_A_ROW: u32 = 5;
+/// The fact on an error burst judged without the first-token timeouts of a queueing server:
+/// its failures are the server's own answers.
+pub(super) const QUEUE_TIMEOUTS_LEFT_OUT: &str = "queue_timeouts_left_out";
 
 /// What the provider detectors see at one tick.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +42,8 @@ pub struct ProviderInput<'a> {
     /// The recent window's attempts since the provider was last healthy: kept when it is
     /// degraded or ejected, so the evidence does not vanish the moment routing reacts.
     pub since_healthy: &'a Slot,
+    /// The server failures its latest attempts ended with, in a row.
+    pub failure_run: FailureRun,
     /// The tick's signals.
     pub signals: &'a Signals,
     /// The state before this tick's step.
@@ -264,89 +269,160 @@ impl ProviderDetectors {
     }
 
     /// Error bursts, rate limiting, connection failures and mid-stream resets in the recent
-    /// window.
+    /// window. While work queues at the server (or the model is over capacity), attempts
+    /// that waited out their first-token limit there are the queue's and do not count: what
+    /// made the queue — a hang, a slowdown, a KV shortage, too much traffic — is named by its
+    /// own detector; 5xx answers still count.
     fn ordinary(&mut self, p: &ProviderInput<'_>, clock: &Clock, now: Instant) -> Vec<Finding> {
         let w = p.since_healthy;
+        let queueing = p.queued_lately();
         let mut out = Vec::new();
         for (i, class) in ErrorClass::ALL.into_iter().enumerate() {
-            let n = w.errors_of(class);
-            let share = rate(n, w.requests);
-            let onset = self.errors[i].update(now, n > 0);
-            let (mode, least, min_share, critical, what, action) = match class {
-                ErrorClass::RateLimited => (
-                    Mode::RateLimited,
-                    3,
-                    0.1,
-                    0.5,
-                    "answered 429 Too Many Requests",
-                    "Candor honours retry-after and routes around it; raise the provider's \
-                     quota or spread the load over more keys or providers",
-                ),
-                ErrorClass::Connection => (
-                    Mode::ConnectionFailures,
-                    3,
-                    0.2,
-                    0.5,
-                    "could not be connected to",
-                    "Candor retries elsewhere and ejects after consecutive failures; check the \
-                     provider's process, network path and DNS",
-                ),
-                ErrorClass::MidStreamReset => (
-                    Mode::MidStreamResets,
-                    2,
-                    0.05,
-                    0.25,
-                    "broke streams after their first token",
-                    "streams cannot be failed over once tokens reached the client; check the \
-                     provider's proxies and idle timeouts and its logs for crashes",
-                ),
-                ErrorClass::Server => (
-                    Mode::ErrorBurst,
-                    3,
-                    0.2,
-                    0.5,
-                    "failed with server errors or timeouts",
-                    "Candor retries within its budget and ejects the provider when failures \
-                     persist; check the provider's logs",
-                ),
+            let rule = Rule::of(class);
+            let ((n, of), run) = match class {
+                ErrorClass::Server => (w.server_errors(queueing), p.failure_run.counted(queueing)),
+                _ => ((w.errors_of(class), w.requests), 0),
             };
-            if w.requests < MIN_ATTEMPTS
-                || n < least
-                || share < min_share
-                || (class == ErrorClass::Server && timeouts_behind_a_queue(p))
-            {
+            let share = rate(n, of);
+            let onset = self.errors[i].update(now, n > 0);
+            let by_share = of >= MIN_ATTEMPTS && n >= rule.least && share >= rule.min_share;
+            let in_a_row = run >= IN_A_ROW;
+            if !(by_share || in_a_row) {
                 continue;
             }
+            let onset = onset
+                .into_iter()
+                .chain(p.failure_run.since.filter(|_| in_a_row))
+                .min()
+                .unwrap_or(now);
+            let mut summary = format!(
+                "{} {}: {n} of the last {of} attempts ({:.0} %)",
+                p.id,
+                rule.what,
+                share * 100.0
+            );
+            let mut facts = vec![
+                Fact::new(
+                    "failure_share",
+                    share,
+                    "ratio",
+                    format!("{n} of {of} attempts"),
+                )
+                .threshold(rule.min_share),
+            ];
+            if in_a_row {
+                summary.push_str(&format!("; the last {run} in a row"));
+                facts.push(
+                    Fact::new(
+                        "server_failures_in_a_row",
+                        f64::from(run),
+                        "attempts",
+                        format!("its last {run} attempts all failed"),
+                    )
+                    .threshold(f64::from(IN_A_ROW)),
+                );
+            }
+            if class == ErrorClass::Server && queueing {
+                // The marker that these are the server's own answers (see
+                // `capacity::load_explains`), present even when no timeout was left out.
+                facts.push(Fact::new(
+                    QUEUE_TIMEOUTS_LEFT_OUT,
+                    w.timed_out as f64,
+                    "attempts",
+                    format!(
+                        "{} attempts that waited out their first-token limit in its queue \
+                         are not counted",
+                        w.timed_out
+                    ),
+                ));
+                if w.timed_out > 0 {
+                    summary.push_str(&format!(
+                        " it answered (besides {} that waited out their first-token limit in \
+                         its queue)",
+                        w.timed_out
+                    ));
+                }
+            }
             out.push(Finding {
-                mode,
+                mode: rule.mode,
                 subject: p.id.to_owned(),
                 provider: Some(p.id.to_owned()),
-                severity: if share >= critical {
+                severity: if share >= rule.critical || in_a_row {
                     Severity::Critical
                 } else {
                     Severity::Warning
                 },
-                onset_unix_ms: clock.ms(onset.unwrap_or(now)),
-                summary: format!(
-                    "{} {what}: {n} of the last {} attempts ({:.0} %)",
-                    p.id,
-                    w.requests,
-                    share * 100.0
-                ),
-                facts: vec![
-                    Fact::new(
-                        "failure_share",
-                        share,
-                        "ratio",
-                        format!("{n} of {} attempts", w.requests),
-                    )
-                    .threshold(min_share),
-                ],
-                action: action.into(),
+                onset_unix_ms: clock.ms(onset),
+                summary,
+                facts,
+                action: rule.action.into(),
                 root_cause: None,
             });
         }
         out
+    }
+}
+
+/// How one class of ordinary failure is judged and named.
+struct Rule {
+    mode: Mode,
+    /// Failures in the window before the share is judged.
+    least: u64,
+    /// Share of attempts that is a finding, and one that is critical.
+    min_share: f64,
+    critical: f64,
+    what: &'static str,
+    action: &'static str,
+}
+
+impl Rule {
+    fn of(class: ErrorClass) -> Rule {
+        let (mode, least, min_share, critical, what, action) = match class {
+            ErrorClass::RateLimited => (
+                Mode::RateLimited,
+                3,
+                0.1,
+                0.5,
+                "answered 429 Too Many Requests",
+                "Candor honours retry-after and routes around it; raise the provider's \
+                 quota or spread the load over more keys or providers",
+            ),
+            ErrorClass::Connection => (
+                Mode::ConnectionFailures,
+                3,
+                0.2,
+                0.5,
+                "could not be connected to",
+                "Candor retries elsewhere and ejects after consecutive failures; check the \
+                 provider's process, network path and DNS",
+            ),
+            ErrorClass::MidStreamReset => (
+                Mode::MidStreamResets,
+                2,
+                0.05,
+                0.25,
+                "broke streams after their first token",
+                "streams cannot be failed over once tokens reached the client; check the \
+                 provider's proxies and idle timeouts and its logs for crashes",
+            ),
+            ErrorClass::Server => (
+                Mode::ErrorBurst,
+                3,
+                0.2,
+                0.5,
+                "failed with server errors or timeouts",
+                "Candor retries within its budget and ejects the provider when failures \
+                 persist; check the provider's logs",
+            ),
+        };
+        Rule {
+            mode,
+            least,
+            min_share,
+            critical,
+            what,
+            action,
+        }
     }
 }
 
@@ -364,16 +440,6 @@ pub(super) fn server_queue(b: &Backend) -> Option<Fact> {
         "requests",
         format!("the server reports {q:.0} waiting and {run:.0} running{kv}"),
     ))
-}
-
-/// True when the provider's server failures are nearly all first tokens that never came
-/// while work queued at it (its server said so, or the model is over capacity): the queue's
-/// timeouts, not server errors. What made the queue — a hang, a slowdown, a KV shortage,
-/// too much traffic — is named by its own detector.
-fn timeouts_behind_a_queue(p: &ProviderInput<'_>) -> bool {
-    let w = p.since_healthy;
-    p.queued_lately()
-        && w.timed_out as f64 >= QUEUE_TIMEOUTS * w.errors_of(ErrorClass::Server) as f64
 }
 
 /// The last finding of a detector, while younger than `hold`: once Candor moves traffic away

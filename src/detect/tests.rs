@@ -7,7 +7,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::health::baseline::{Ratios, Reference};
 use crate::health::state::{Signals, State};
-use crate::health::window::{ErrorClass, Sample, Slot, Window};
+use crate::health::window::{ErrorClass, FailureRun, Sample, Slot, Window};
 
 fn slot(samples: &[Sample<'_>]) -> Slot {
     let t0 = Instant::now();
@@ -60,6 +60,7 @@ struct Fixture {
     backend: Option<crate::scrape::Backend>,
     queued_recently: bool,
     canary_stuck: Option<Instant>,
+    failure_run: FailureRun,
 }
 
 impl Fixture {
@@ -89,6 +90,7 @@ impl Fixture {
             backend: None,
             queued_recently: false,
             canary_stuck: None,
+            failure_run: FailureRun::default(),
         }
     }
 
@@ -102,6 +104,7 @@ impl Fixture {
         let input = ProviderInput {
             id: "p",
             since_healthy: &self.recent,
+            failure_run: self.failure_run,
             signals: &self.signals,
             state: self.state,
             baseline: self.baseline,
@@ -521,6 +524,73 @@ fn first_token_timeouts_behind_a_queue_are_the_queues_not_an_error_burst() {
         burst(failed(ErrorClass::Server), Some(server(30.0, 16.0, 400.0))),
         [Mode::ErrorBurst]
     );
+}
+
+#[test]
+fn at_a_queueing_server_only_its_own_errors_count_toward_a_burst() {
+    let t0 = Instant::now();
+    let mixed = |errors: usize, timeouts: usize| {
+        let mut samples = vec![ok(0.1, GAPS, 0.02); 16];
+        samples.extend(vec![timed_out(); timeouts]);
+        samples.extend(vec![failed(ErrorClass::Server); errors]);
+        let mut fx = Fixture::new(slot(&samples));
+        fx.backend = Some(server(30.0, 16.0, 400.0));
+        modes(&fx.step(&mut ProviderDetectors::default(), t0))
+    };
+    // Overloaded and answering 500 to 10 of the 26 attempts it answered: a burst, however
+    // many more waited out their first token in its queue.
+    assert_eq!(mixed(10, 12), [Mode::ErrorBurst]);
+    // A few 500s among many queue timeouts: 3 of the 19 it answered, under the burst share.
+    assert_eq!(mixed(3, 20), []);
+}
+
+#[test]
+fn server_failures_in_a_row_are_a_burst_before_the_window_share_says_so() {
+    let t0 = Instant::now();
+    let run = |failure: Sample<'static>, n: usize, queue: bool| {
+        // Forty good attempts, then `n` failures that got the provider ejected: 11 % of the
+        // window, under the burst share.
+        let mut samples = vec![ok(0.1, GAPS, 0.02); 40];
+        samples.extend(vec![failure; n]);
+        let mut fx = Fixture::new(slot(&samples));
+        fx.state = State::Ejected {
+            until: t0 + Duration::from_secs(30),
+        };
+        if queue {
+            fx.backend = Some(server(30.0, 16.0, 400.0));
+        }
+        let mut last = FailureRun::default();
+        for s in &samples {
+            last.record(t0, s);
+        }
+        fx.failure_run = last;
+        let found = fx.step(&mut ProviderDetectors::default(), t0);
+        let facts: Vec<_> = found
+            .iter()
+            .flat_map(|f| &f.facts)
+            .map(|f| f.signal)
+            .collect();
+        (modes(&found), facts.contains(&"server_failures_in_a_row"))
+    };
+    assert_eq!(
+        run(failed(ErrorClass::Server), 5, false),
+        (vec![Mode::ErrorBurst], true)
+    );
+    assert_eq!(run(failed(ErrorClass::Server), 4, false), (vec![], false));
+    // Five 500s at a queueing server still are; five queue timeouts are the queue's.
+    assert_eq!(
+        run(failed(ErrorClass::Server), 5, true),
+        (vec![Mode::ErrorBurst], true)
+    );
+    assert_eq!(run(timed_out(), 5, true), (vec![], false));
+    // Any other attempt ends a run.
+    let mut r = FailureRun::default();
+    for s in [failed(ErrorClass::Server); 4] {
+        r.record(t0, &s);
+    }
+    r.record(t0, &failed(ErrorClass::RateLimited));
+    r.record(t0, &failed(ErrorClass::Server));
+    assert_eq!(r.counted(false), 1);
 }
 
 #[test]

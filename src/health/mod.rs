@@ -39,7 +39,7 @@ use report::{
 use series::{Series, SeriesSpan};
 use snapshot::{ProviderView, SharedSnapshot, Snapshot};
 use state::ProviderHealth;
-use window::{ErrorClass, Sample, Window};
+use window::{ErrorClass, FailureRun, Sample, Window};
 
 /// How often states are re-judged and the snapshot republished.
 pub const TICK: Duration = Duration::from_millis(500);
@@ -146,6 +146,8 @@ struct Tracked {
     /// The same attempts, cleared only when the provider becomes healthy: the failures that
     /// ejected it stay in view of the detectors while it is out of rotation.
     since_healthy: Window,
+    /// The server failures its latest attempts ended with, in a row.
+    failure_run: FailureRun,
     health: ProviderHealth,
     live: Option<(Live, Instant)>,
     live_decode: Option<f64>,
@@ -192,6 +194,7 @@ impl Tracked {
             windows: Windows::new(now),
             recent: Window::new(now, RECENT_SLOT, RECENT_SLOTS),
             since_healthy: Window::new(now, RECENT_SLOT, RECENT_SLOTS),
+            failure_run: FailureRun::default(),
             health: ProviderHealth::new(now),
             live: None,
             live_decode: None,
@@ -463,6 +466,7 @@ impl HealthTask {
         t.windows.record(now, &sample);
         t.recent.record(now, &sample);
         t.since_healthy.record(now, &sample);
+        t.failure_run.record(now, &sample);
         // LiteLLM: more than half of this minute's requests failed (not the only one).
         let minute = now.saturating_duration_since(self.started).as_secs() / 60;
         if t.minute.0 != minute {

@@ -86,6 +86,7 @@ impl HealthTask {
             let input = ProviderInput {
                 id: &p.config.id,
                 since_healthy: &since_healthy,
+                failure_run: t.failure_run,
                 signals: s,
                 state: t.health.state,
                 baseline: t.health.baseline.at(s.load),

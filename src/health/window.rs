@@ -169,6 +169,44 @@ pub struct Sample<'a> {
     pub cost: f64,
 }
 
+/// The server failures (class [`ErrorClass::Server`]) a provider's attempts ended with in a
+/// row, since its last attempt that ended otherwise. A run of them is the classic outlier
+/// signal (Envoy's `consecutive_5xx`, five by default): evidence that needs no window share,
+/// so a burst that gets its provider ejected after a handful of failures is named from
+/// those failures rather than from what the window sees once the provider returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureRun {
+    /// Server failures in a row, timeouts included.
+    pub server: u32,
+    /// Of them, attempts that got no first token within the limit.
+    pub timeouts: u32,
+    /// When the run's first failure was recorded.
+    pub since: Option<Instant>,
+}
+
+impl FailureRun {
+    /// Extends the run with a server failure; any other attempt ends it.
+    pub fn record(&mut self, now: Instant, s: &Sample<'_>) {
+        if !(s.failed && s.error == Some(ErrorClass::Server)) {
+            *self = FailureRun::default();
+            return;
+        }
+        self.since.get_or_insert(now);
+        self.server = self.server.saturating_add(1);
+        self.timeouts = self.timeouts.saturating_add(u32::from(s.timed_out));
+    }
+
+    /// The run's length, without first-token timeouts when `queueing` (those are the
+    /// queue's, see [`Slot::server_errors`]).
+    pub fn counted(&self, queueing: bool) -> u32 {
+        if queueing {
+            self.server - self.timeouts
+        } else {
+            self.server
+        }
+    }
+}
+
 /// Aggregates over a span of time.
 #[derive(Debug, Clone, Default)]
 pub struct Slot {
@@ -243,6 +281,22 @@ impl Slot {
     /// Failures of class `c`.
     pub fn errors_of(&self, c: ErrorClass) -> u64 {
         self.errors[c as usize]
+    }
+
+    /// Server failures ([`ErrorClass::Server`]) and the attempts they are a share of. When
+    /// `queueing`, first-token timeouts are left out of both: a request that waited out its
+    /// first-token limit in a server's queue says the queue is long, not that the server
+    /// fails; of the attempts the server did answer, the share that failed is its own.
+    pub fn server_errors(&self, queueing: bool) -> (u64, u64) {
+        let all = self.errors_of(ErrorClass::Server);
+        if queueing {
+            (
+                all.saturating_sub(self.timed_out),
+                self.requests.saturating_sub(self.timed_out),
+            )
+        } else {
+            (all, self.requests)
+        }
     }
 
     fn merge(&mut self, o: &Slot) {
