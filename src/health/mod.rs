@@ -157,7 +157,9 @@ struct Tracked {
     signals: state::Signals,
     backend: Option<(Backend, Instant)>,
     backend_failed: bool,
-    /// When a scrape last showed a queue formed at the server (`Backend::queue_formed`).
+    /// When a scrape last showed a queue formed at the server (`Backend::queue_formed`), or
+    /// requests that had waited seconds for a slot since the scrape before
+    /// (`Backend::waited_long`).
     queued_at: Option<Instant>,
     /// (minute, requests, failures) for the error-cooldown policy.
     minute: (u64, u64, u64),
@@ -364,7 +366,7 @@ impl HealthTask {
                 if let Some(t) = self.providers.get_mut(i) {
                     t.backend_failed = b.is_none();
                     if let Some(b) = b {
-                        if b.queue_formed() {
+                        if b.queue_formed() || b.waited_long() {
                             t.queued_at = Some(now);
                         }
                         t.backend = Some((b, now));

@@ -22,6 +22,11 @@ pub struct Reading {
     pub generation_tokens_total: Option<f64>,
     /// Engine steps since start; a counter.
     pub engine_steps_total: Option<f64>,
+    /// Requests that waited longer than [`LONG_WAIT_S`] to be scheduled, since start; a
+    /// counter read off the server's queue-time histogram (vLLM's
+    /// `request_queue_time_seconds`, SGLang's `queue_time_seconds`). Unlike the waiting
+    /// gauge, a queue that forms and drains between two scrapes shows in it.
+    pub waited_long_total: Option<f64>,
     /// Slowest GPU's SM clock, MHz.
     pub sm_clock_mhz: Option<f64>,
     /// Clock-event (throttle) reason bits, OR-ed over GPUs.
@@ -73,6 +78,15 @@ impl Acc {
     }
 }
 
+/// A wait for a batch slot longer than this, seconds, is a queue users feel (a bucket bound
+/// of vLLM's and SGLang's queue-time histograms).
+pub const LONG_WAIT_S: f64 = 1.0;
+/// The queue-time histograms, by base name.
+const QUEUE_TIME: [&str; 2] = [
+    "vllm:request_queue_time_seconds",
+    "sglang:queue_time_seconds",
+];
+
 /// Engine names by their metric prefix.
 const ENGINES: [(&str, &str); 7] = [
     ("vllm:", "vllm"),
@@ -103,7 +117,20 @@ pub fn read(lines: &[Line<'_>]) -> Reading {
     let mut throttle: Option<u64> = None;
     let mut engine = None;
     let mut kv_fallback = Acc::default();
+    // Queue-time histogram: every request's wait, and those within `LONG_WAIT_S`.
+    let (mut waits, mut short_waits) = (Acc::default(), Acc::default());
     for l in lines {
+        if let Some(series) = QUEUE_TIME.iter().find_map(|b| l.name.strip_prefix(b)) {
+            match series {
+                "_count" => waits.add(l.value),
+                "_bucket"
+                    if l.label("le").and_then(|v| v.parse::<f64>().ok()) == Some(LONG_WAIT_S) =>
+                {
+                    short_waits.add(l.value);
+                }
+                _ => {}
+            }
+        }
         if engine.is_none() {
             engine = ENGINES
                 .iter()
@@ -206,6 +233,10 @@ pub fn read(lines: &[Line<'_>]) -> Reading {
         preemptions_total: f[PREEMPT].get(Agg::Sum),
         generation_tokens_total: f[GEN].get(Agg::Sum),
         engine_steps_total: f[STEPS].get(Agg::Sum),
+        waited_long_total: match (waits.get(Agg::Sum), short_waits.get(Agg::Sum)) {
+            (Some(all), Some(short)) => Some((all - short).max(0.0)),
+            _ => None,
+        },
         sm_clock_mhz: f[CLOCK].get(Agg::Min),
         throttle_reasons: throttle,
         gpu_memory_used,

@@ -30,6 +30,9 @@ pub struct Backend {
     pub generation_tokens_per_s: Option<f64>,
     /// Engine steps per second since the previous scrape.
     pub engine_steps_per_s: Option<f64>,
+    /// Requests scheduled since the previous scrape that had waited longer than
+    /// [`engines::LONG_WAIT_S`] for a slot.
+    pub waited_long: Option<f64>,
     /// Names of the active throttle reasons.
     pub throttle: Vec<&'static str>,
 }
@@ -48,6 +51,7 @@ impl Backend {
             preemptions_per_s: rate(cur.preemptions_total, p.preemptions_total),
             generation_tokens_per_s: rate(cur.generation_tokens_total, p.generation_tokens_total),
             engine_steps_per_s: rate(cur.engine_steps_total, p.engine_steps_total),
+            waited_long: rate(cur.waited_long_total, p.waited_long_total).map(|r| r * secs),
             throttle: cur
                 .throttle_reasons
                 .map(engines::throttle_names)
@@ -60,6 +64,12 @@ impl Backend {
     /// are the queue's and the batch's, not a fault's.
     pub fn queued(&self) -> bool {
         self.waiting_at_least(1.0)
+    }
+
+    /// Requests waited seconds for a slot since the previous scrape, by the server's own
+    /// queue-time histogram: a queue formed even if it drained before this scrape.
+    pub fn waited_long(&self) -> bool {
+        self.waited_long.is_some_and(|n| n >= 1.0)
     }
 
     /// Two or more waiting: a queue has formed. One waiting may be a request the next step
@@ -200,6 +210,24 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_that_drained_between_scrapes_shows_in_the_queue_time_histogram() {
+        let prev = Reading {
+            queue: Some(0.0),
+            waited_long_total: Some(70.0),
+            ..Reading::default()
+        };
+        let waited = Reading {
+            waited_long_total: Some(73.0),
+            ..prev
+        };
+        let b = Backend::from_readings(waited, Some(&prev), Duration::from_secs(2));
+        assert!(!b.queued() && b.waited_long());
+        assert_eq!(b.waited_long, Some(3.0));
+        let b = Backend::from_readings(prev, Some(&prev), Duration::from_secs(2));
+        assert!(!b.waited_long(), "no new long wait since the last scrape");
+    }
 
     #[test]
     fn counters_become_rates_and_a_stuck_loop_is_seen() {

@@ -91,6 +91,8 @@ struct Seq {
     prefill_left: u64,
     arrived: Instant,
     last_token: Option<Instant>,
+    /// Admitted to the batch once (a preempted sequence waits again, uncounted, as in vLLM).
+    scheduled: bool,
 }
 
 /// Counters and gauges the `/metrics` endpoint shows, with vLLM's meanings.
@@ -116,6 +118,9 @@ pub struct Stats {
     pub ttft: (Vec<u64>, f64, u64),
     /// Inter-token latency histogram counts (`ITL_BUCKETS`) and sum.
     pub itl: (Vec<u64>, f64, u64),
+    /// Time from arrival to first admission to the batch
+    /// (`vllm:request_queue_time_seconds`, `REQUEST_BUCKETS`) and sum.
+    pub queue_time: (Vec<u64>, f64, u64),
 }
 
 /// vLLM's iteration-token buckets (a subset).
@@ -126,6 +131,11 @@ pub const ITER_BUCKETS: &[f64] = &[
 pub const TTFT_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
     20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+/// vLLM's request-latency buckets (its queue, prefill and end-to-end time histograms).
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
 ];
 /// vLLM's inter-token latency buckets (a subset).
 pub const ITL_BUCKETS: &[f64] = &[
@@ -178,6 +188,7 @@ impl Engine {
             prefill_left: 0,
             arrived: now,
             last_token: None,
+            scheduled: false,
         });
     }
 
@@ -208,7 +219,7 @@ impl Engine {
     /// Plans one engine step at `now`: admits, prefills, decodes one token per sequence,
     /// preempts on KV overflow. Returns how long the step takes; call [`Engine::finish_step`]
     /// when that time has passed. `None` when there is nothing to do or the engine is stuck.
-    pub fn step(&mut self, effects: &Effects) -> Option<Duration> {
+    pub fn step(&mut self, effects: &Effects, now: Instant) -> Option<Duration> {
         if effects.deadlock {
             return None;
         }
@@ -216,7 +227,7 @@ impl Engine {
         self.waiting.retain(|s| !s.job.tx.is_closed());
         self.kv_used = self.running.iter().map(|s| s.kv).sum();
         let capacity = self.capacity(effects);
-        let prefill = self.schedule_prefill(capacity);
+        let prefill = self.schedule_prefill(capacity, now);
         if self.running.is_empty() {
             return None;
         }
@@ -269,7 +280,7 @@ impl Engine {
     /// what a preempted sequence had generated: recompute) and budget. Unchunked, a prompt is
     /// prefilled whole in one step, and one longer than the budget is the step's only prefill.
     /// Returns the prefill tokens of this step.
-    fn schedule_prefill(&mut self, capacity: u64) -> u64 {
+    fn schedule_prefill(&mut self, capacity: u64, now: Instant) -> u64 {
         let chunked = self.config.chunked_prefill;
         let mut budget =
             u64::from(self.config.max_batched_tokens).saturating_sub(self.decoding() as u64);
@@ -301,6 +312,11 @@ impl Engine {
             let Some(mut seq) = self.waiting.pop_front() else {
                 break;
             };
+            if !seq.scheduled {
+                seq.scheduled = true;
+                let waited = now.saturating_duration_since(seq.arrived).as_secs_f64();
+                observe(&mut self.stats.queue_time, REQUEST_BUCKETS, waited);
+            }
             seq.kv = need;
             seq.prefill_left = need - chunk;
             self.kv_used += need;

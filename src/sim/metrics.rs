@@ -5,7 +5,7 @@ use std::fmt::Write;
 use tokio::time::Instant;
 
 use super::Sim;
-use super::engine::{ITER_BUCKETS, ITL_BUCKETS, TTFT_BUCKETS};
+use super::engine::{ITER_BUCKETS, ITL_BUCKETS, REQUEST_BUCKETS, TTFT_BUCKETS};
 use super::fault::Effects;
 use crate::metrics::{family, histogram_series};
 
@@ -106,6 +106,18 @@ pub(super) fn render(sim: &Sim) -> String {
         "Histogram of inter-token latency in seconds.",
         &labels,
         Hist(ITL_BUCKETS, &st.itl.0, st.itl.1, st.itl.2),
+    );
+    histogram(
+        &mut out,
+        "vllm:request_queue_time_seconds",
+        "Histogram of time spent in WAITING phase for request.",
+        &labels,
+        Hist(
+            REQUEST_BUCKETS,
+            &st.queue_time.0,
+            st.queue_time.1,
+            st.queue_time.2,
+        ),
     );
     out
 }

@@ -127,8 +127,9 @@ impl Sim {
         loop {
             let step = {
                 let mut s = self.lock();
-                let fx = Effects::of(&s.faults.active(Instant::now()));
-                s.engine.step(&fx)
+                let now = Instant::now();
+                let fx = Effects::of(&s.faults.active(now));
+                s.engine.step(&fx, now)
             };
             match step {
                 Some(d) => {

@@ -15,6 +15,8 @@ fn vllm_queue_running_kv_and_counters() {
     assert_eq!(r.preemptions_total, Some(42.0));
     assert_eq!(r.generation_tokens_total, Some(456_789.0));
     assert_eq!(r.engine_steps_total, Some(19_876.0));
+    // 1,923 requests scheduled, 1,850 of them within a second of arriving.
+    assert_eq!(r.waited_long_total, Some(73.0));
 }
 
 #[test]
@@ -27,6 +29,8 @@ fn sglang_names() {
     );
     assert_eq!(r.preemptions_total, Some(0.0));
     assert_eq!(r.generation_tokens_total, Some(220_410.0));
+    // `le="1"` as SGLang writes it, read as the same bound.
+    assert_eq!(r.waited_long_total, Some(12.0));
 }
 
 #[test]

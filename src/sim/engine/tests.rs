@@ -23,7 +23,7 @@ fn run(
 ) -> Vec<Vec<Instant>> {
     let mut now = t0;
     let mut times = vec![Vec::new(); rxs.len()];
-    while let Some(d) = engine.step(fx) {
+    while let Some(d) = engine.step(fx, now) {
         now += d;
         engine.finish_step(now);
         for (i, rx) in rxs.iter_mut().enumerate() {
@@ -134,7 +134,7 @@ fn deadlock_stops_every_token() {
     let mut e = Engine::new(cfg());
     let (j, mut rx) = job(10, 5);
     e.submit(j, t0);
-    assert!(e.step(&Effects::of(&[Fault::Deadlock])).is_none());
+    assert!(e.step(&Effects::of(&[Fault::Deadlock]), t0).is_none());
     assert_eq!(e.waiting(), 1);
     assert!(rx.try_recv().is_err());
 }
@@ -146,10 +146,10 @@ fn a_closed_receiver_cancels_the_sequence() {
     let (j, rx) = job(10, 1000);
     e.submit(j, t0);
     let fx = Effects::of(&[]);
-    let d = e.step(&fx).unwrap();
+    let d = e.step(&fx, t0).unwrap();
     e.finish_step(t0 + d);
     drop(rx);
-    assert!(e.step(&fx).is_none(), "nothing left to run");
+    assert!(e.step(&fx, t0 + d).is_none(), "nothing left to run");
     assert_eq!(e.running(), 0);
 }
 
@@ -168,7 +168,7 @@ fn longest_gap_while_prompts_arrive(chunked: bool) -> (f64, f64) {
     // The first stream is decoding when seven 8,000-token prompts arrive.
     let mut now = t0;
     for _ in 0..5 {
-        let d = e.step(&fx).unwrap();
+        let d = e.step(&fx, now).unwrap();
         now += d;
         e.finish_step(now);
     }
@@ -207,4 +207,25 @@ fn chunked_prefill_keeps_streams_decoding_between_chunks() {
         first > 0.8,
         "a chunked 8,000-token prompt takes four steps: {first} s"
     );
+}
+
+#[test]
+fn queue_time_counts_the_wait_for_a_first_admission_only() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(EngineConfig { slots: 1, ..cfg() });
+    let (a, ra) = job(10, 20);
+    let (b, rb) = job(10, 20);
+    e.submit(a, t0);
+    e.submit(b, t0);
+    let times = run(&mut e, &Effects::of(&[]), &mut [ra, rb], t0);
+    let (counts, sum, n) = &e.stats().queue_time;
+    assert_eq!(*n, 2);
+    // The first waited nothing; the second the whole of the first's answer.
+    let second = times[0]
+        .last()
+        .unwrap()
+        .saturating_duration_since(t0)
+        .as_secs_f64();
+    assert!((sum - second).abs() < 1e-6, "{sum} vs {second}");
+    assert_eq!(counts.iter().sum::<u64>(), 2);
 }
