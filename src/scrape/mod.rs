@@ -88,10 +88,16 @@ impl Backend {
     }
 
     /// Tokens the engine generates per second per running sequence, while it runs any:
-    /// what each stream decodes at by the server's own count.
+    /// what each stream decodes at by the server's own count. When the batch happens to be
+    /// empty at the scrape although the engine generated since the previous one, its steps
+    /// per second stand in: each step gives every decoding stream one token.
     pub fn tokens_per_running(&self) -> Option<f64> {
-        let run = self.reading.running.filter(|&r| r >= 1.0)?;
-        Some(self.generation_tokens_per_s? / run)
+        let generated = self.generation_tokens_per_s?;
+        match self.reading.running.filter(|&r| r >= 1.0) {
+            Some(run) => Some(generated / run),
+            None if generated > 0.0 => self.engine_steps_per_s,
+            None => None,
+        }
     }
 
     /// The server reports nothing waiting and nothing running.
@@ -247,8 +253,17 @@ mod tests {
         assert_eq!(b.generation_tokens_per_s, Some(100.0));
         assert_eq!(b.engine_steps_per_s, Some(5.0));
         assert!(!b.stuck());
+        assert_eq!(b.tokens_per_running(), Some(12.5));
+        // The batch emptied just before the scrape: the steps stand in for the streams.
+        let drained = Reading {
+            running: Some(0.0),
+            ..moving
+        };
+        let b = Backend::from_readings(drained, Some(&prev), Duration::from_secs(5));
+        assert_eq!(b.tokens_per_running(), Some(5.0));
         let b = Backend::from_readings(prev, Some(&prev), Duration::from_secs(5));
         assert!(b.stuck(), "queue and batch present, no tokens, no steps");
+        assert_eq!(b.tokens_per_running(), Some(0.0));
         // First scrape: no rate, so not judged stuck.
         assert!(!Backend::from_readings(prev, None, Duration::ZERO).stuck());
         // A counter reset gives no rate rather than a negative one.
