@@ -283,10 +283,15 @@ impl ProviderDetectors {
                 ErrorClass::Server => (w.server_errors(queueing), p.failure_run.counted(queueing)),
                 _ => ((w.errors_of(class), w.requests), 0),
             };
-            let share = rate(n, of);
+            let t = Tally {
+                n,
+                of,
+                run,
+                queue_timeouts: (class == ErrorClass::Server && queueing).then_some(w.timed_out),
+            };
             let onset = self.errors[i].update(now, n > 0);
-            let by_share = of >= MIN_ATTEMPTS && n >= rule.least && share >= rule.min_share;
             let in_a_row = run >= IN_A_ROW;
+            let by_share = of >= MIN_ATTEMPTS && n >= rule.least && t.share() >= rule.min_share;
             if !(by_share || in_a_row) {
                 continue;
             }
@@ -295,71 +300,26 @@ impl ProviderDetectors {
                 .chain(p.failure_run.since.filter(|_| in_a_row))
                 .min()
                 .unwrap_or(now);
-            let mut summary = format!(
-                "{} {}: {n} of the last {of} attempts ({:.0} %)",
-                p.id,
-                rule.what,
-                share * 100.0
-            );
-            let mut facts = vec![
-                Fact::new(
-                    "failure_share",
-                    share,
-                    "ratio",
-                    format!("{n} of {of} attempts"),
-                )
-                .threshold(rule.min_share),
-            ];
-            if in_a_row {
-                summary.push_str(&format!("; the last {run} in a row"));
-                facts.push(
-                    Fact::new(
-                        "server_failures_in_a_row",
-                        f64::from(run),
-                        "attempts",
-                        format!("its last {run} attempts all failed"),
-                    )
-                    .threshold(f64::from(IN_A_ROW)),
-                );
-            }
-            if class == ErrorClass::Server && queueing {
-                // The marker that these are the server's own answers (see
-                // `capacity::load_explains`), present even when no timeout was left out.
-                facts.push(Fact::new(
-                    QUEUE_TIMEOUTS_LEFT_OUT,
-                    w.timed_out as f64,
-                    "attempts",
-                    format!(
-                        "{} attempts that waited out their first-token limit in its queue \
-                         are not counted",
-                        w.timed_out
-                    ),
-                ));
-                if w.timed_out > 0 {
-                    summary.push_str(&format!(
-                        " it answered (besides {} that waited out their first-token limit in \
-                         its queue)",
-                        w.timed_out
-                    ));
-                }
-            }
-            out.push(Finding {
-                mode: rule.mode,
-                subject: p.id.to_owned(),
-                provider: Some(p.id.to_owned()),
-                severity: if share >= rule.critical || in_a_row {
-                    Severity::Critical
-                } else {
-                    Severity::Warning
-                },
-                onset_unix_ms: clock.ms(onset),
-                summary,
-                facts,
-                action: rule.action.into(),
-                root_cause: None,
-            });
+            out.push(rule.finding(p.id, &t, clock.ms(onset)));
         }
         out
+    }
+}
+
+/// What one class of ordinary failure counted in the window.
+struct Tally {
+    /// Failures, and the attempts they are a share of.
+    n: u64,
+    of: u64,
+    /// Server failures in a row (0 for the other classes).
+    run: u32,
+    /// For server failures at a queueing server: the first-token timeouts left out.
+    queue_timeouts: Option<u64>,
+}
+
+impl Tally {
+    fn share(&self) -> f64 {
+        rate(self.n, self.of)
     }
 }
 
@@ -422,6 +382,72 @@ impl Rule {
             critical,
             what,
             action,
+        }
+    }
+
+    /// The finding for provider `id` from what its window counted, with `onset` (Unix ms).
+    fn finding(&self, id: &str, t: &Tally, onset_unix_ms: i64) -> Finding {
+        let (n, of, run, share) = (t.n, t.of, t.run, t.share());
+        let in_a_row = run >= IN_A_ROW;
+        let mut summary = format!(
+            "{id} {}: {n} of the last {of} attempts ({:.0} %)",
+            self.what,
+            share * 100.0
+        );
+        let mut facts = vec![
+            Fact::new(
+                "failure_share",
+                share,
+                "ratio",
+                format!("{n} of {of} attempts"),
+            )
+            .threshold(self.min_share),
+        ];
+        if let Some(left_out) = t.queue_timeouts {
+            // The marker that these are the server's own answers (see
+            // `capacity::load_explains`), present even when no timeout was left out.
+            facts.push(Fact::new(
+                QUEUE_TIMEOUTS_LEFT_OUT,
+                left_out as f64,
+                "attempts",
+                format!(
+                    "{left_out} attempts that waited out their first-token limit in its queue \
+                     are not counted"
+                ),
+            ));
+            if left_out > 0 {
+                summary.push_str(&format!(
+                    " it answered (besides {left_out} that waited out their first-token limit \
+                     in its queue)"
+                ));
+            }
+        }
+        if in_a_row {
+            summary.push_str(&format!("; the last {run} in a row"));
+            facts.push(
+                Fact::new(
+                    "server_failures_in_a_row",
+                    f64::from(run),
+                    "attempts",
+                    format!("its last {run} attempts all failed"),
+                )
+                .threshold(f64::from(IN_A_ROW)),
+            );
+        }
+        Finding {
+            mode: self.mode,
+            subject: id.to_owned(),
+            provider: Some(id.to_owned()),
+            severity: if share >= self.critical || in_a_row {
+                Severity::Critical
+            } else {
+                Severity::Warning
+            },
+            onset_unix_ms,
+            summary,
+            facts,
+            action: self.action.into(),
+            root_cause: None,
         }
     }
 }
