@@ -124,8 +124,9 @@ pub struct Signals {
     pub load: f64,
     /// How long requests have been in flight with no token from anyone.
     pub stalled_for: Option<Duration>,
-    /// Three times the recent P95 TTFT: a provider whose first tokens normally take long
-    /// (long prompts) is not called stalled before that.
+    /// Three times the P95 TTFT of the last 30 s since the provider was last healthy: a
+    /// provider whose first tokens take long (long prompts, an intermittent delay) is not
+    /// called stalled before that.
     pub slow_first_token: Option<Duration>,
     /// The share of the recent window's first tokens later than max(1 s, 5 × the quickest
     /// first token learned): how much of a late tail the provider shows now.

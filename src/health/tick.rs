@@ -252,7 +252,13 @@ impl HealthTask {
             // The load now (a short average), matching the live decode rate it qualifies.
             load: t.load.unwrap_or(live.in_flight as f64),
             stalled_for,
-            slow_first_token: recent
+            // From the window kept since the provider was last healthy: the one the state
+            // machine judges is cleared when the state changes, and with it what a slow
+            // first-token tail had shown (a provider degraded for late first tokens would
+            // then be called hung the next time one of them is late).
+            slow_first_token: t
+                .since_healthy
+                .sum(now, RECENT)
                 .ttft
                 .quantile(0.95)
                 .map(|p95| Duration::from_secs_f64(p95 * 3.0)),
