@@ -291,7 +291,11 @@ impl ProviderDetectors {
             };
             let onset = self.errors[i].update(now, n > 0);
             let in_a_row = run >= IN_A_ROW;
-            let by_share = of >= MIN_ATTEMPTS && n >= rule.least && t.share() >= rule.min_share;
+            // A window too small to judge a share is judged when most of it failed: at light
+            // load, routing cools a provider down after a few failures and it then gets no
+            // traffic to add to the window (3 of 4 attempts failing is a burst all the same).
+            let judged = of >= MIN_ATTEMPTS || 2 * n > of;
+            let by_share = judged && n >= rule.least && t.share() >= rule.min_share;
             if !(by_share || in_a_row) {
                 continue;
             }

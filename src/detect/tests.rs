@@ -545,6 +545,22 @@ fn at_a_queueing_server_only_its_own_errors_count_toward_a_burst() {
 }
 
 #[test]
+fn at_light_load_most_of_a_small_window_failing_is_a_burst() {
+    let t0 = Instant::now();
+    let window = |ok_n: usize, failed_n: usize| {
+        let mut samples = vec![ok(0.1, GAPS, 0.02); ok_n];
+        samples.extend(vec![failed(ErrorClass::Server); failed_n]);
+        modes(&Fixture::new(slot(&samples)).step(&mut ProviderDetectors::default(), t0))
+    };
+    // Routing cooled the provider down after 3 of its 4 attempts failed: no fifth attempt
+    // comes to make the window big enough for a share.
+    assert_eq!(window(1, 3), [Mode::ErrorBurst]);
+    // Too few failures, or not most of a small window.
+    assert_eq!(window(2, 2), []);
+    assert_eq!(window(1, 2), []);
+}
+
+#[test]
 fn server_failures_in_a_row_are_a_burst_before_the_window_share_says_so() {
     let t0 = Instant::now();
     let run = |failure: Sample<'static>, n: usize, queue: bool| {
