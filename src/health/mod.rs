@@ -264,6 +264,9 @@ pub struct HealthTask {
     /// The span of real traffic the quality detector judges.
     quality_window: Duration,
     canary_interval: Duration,
+    /// The attempts' first-token timeout: the stall watchdog's patience with first tokens the
+    /// engine is not holding (see `HealthTask::first_token_patience`).
+    first_token_timeout: Duration,
     log: LogSender,
     alerts: Option<mpsc::Sender<incident::Event>>,
 }
@@ -323,6 +326,7 @@ impl HealthTask {
                 },
                 quality_window: config.canaries.traffic_window,
                 canary_interval: config.canaries.interval,
+                first_token_timeout: config.timeouts.ttft,
                 log,
                 alerts,
             },

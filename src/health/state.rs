@@ -128,6 +128,12 @@ pub struct Signals {
     /// provider whose first tokens take long (long prompts, an intermittent delay) is not
     /// called stalled before that.
     pub slow_first_token: Option<Duration>,
+    /// Set while every open stream still waits for its first token and the server's metrics
+    /// do not show its engine holding work without a step: the watchdog waits this long
+    /// before calling it a hang (the first-token timeout, or until the next scrape can say)
+    /// — a flaky path that delays a share of requests by seconds is not a hung engine, and a
+    /// front end that holds every request still gets named, later.
+    pub stall_patience: Option<Duration>,
     /// The share of the recent window's first tokens later than max(1 s, 5 × the quickest
     /// first token learned): how much of a late tail the provider shows now.
     pub late_share: Option<f64>,
@@ -490,10 +496,13 @@ fn peer_words(peer_ratio: Option<f64>, what: &str) -> String {
 }
 
 /// The stall watchdog: requests in flight with no token for this long is a hang —
-/// `stall_after`, or three times the recent P95 TTFT if that is longer.
+/// `stall_after`, or three times the recent P95 TTFT, or (first tokens only, the engine not
+/// seen holding them) `Signals::stall_patience`, whichever is longest.
 pub fn stall_limit(s: &Signals, cfg: &RoutingConfig) -> Duration {
-    s.slow_first_token
-        .map_or(cfg.stall_after, |t| t.max(cfg.stall_after))
+    [s.slow_first_token, s.stall_patience]
+        .into_iter()
+        .flatten()
+        .fold(cfg.stall_after, Duration::max)
 }
 
 /// Stalls and error storms: reasons to eject at once.

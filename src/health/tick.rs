@@ -207,6 +207,10 @@ impl HealthTask {
         };
         let live = p.live();
         let stale = self.scrape.stale_after;
+        let patience = Patience {
+            next_scrape: self.routing.stall_after + self.scrape.interval,
+            first_token_timeout: self.first_token_timeout,
+        };
         let Some(t) = self.providers.get_mut(i) else {
             return Signals::default();
         };
@@ -238,6 +242,9 @@ impl HealthTask {
             let since = live.last_progress_ms.max(live.busy_since_ms);
             Duration::from_millis(now_ms.saturating_sub(since))
         });
+        let stall_patience = stalled_for
+            .filter(|_| live.decoding == 0)
+            .and_then(|d| patience.of(t, now.checked_sub(d).unwrap_or(now)));
         let fresh = t.fresh_backend(stale, now).map(|(b, _)| b);
         Signals {
             requests: recent.requests,
@@ -252,6 +259,7 @@ impl HealthTask {
             // The load now (a short average), matching the live decode rate it qualifies.
             load: t.load.unwrap_or(live.in_flight as f64),
             stalled_for,
+            stall_patience,
             // From the window kept since the provider was last healthy: the one the state
             // machine judges is cleared when the state changes, and with it what a slow
             // first-token tail had shown (a provider degraded for late first tokens would
@@ -422,4 +430,80 @@ fn late_share(
     let reference = unqueued.or_else(|| ttft.quantile(0.5))?;
     let late = crate::detect::late_after(reference, target);
     (n > 0).then(|| ttft.count_above(late) as f64 / n as f64)
+}
+
+/// How long the stall watchdog waits when every open stream of a provider still waits for
+/// its first token. A late first token may be held in front of the engine (a slow path, a
+/// retry inside the provider) or stuck in it; only the server's own metrics tell which.
+struct Patience {
+    /// Until the next scrape can say.
+    next_scrape: Duration,
+    /// While the engine is seen serving or empty: the attempts' first-token timeout.
+    first_token_timeout: Duration,
+}
+
+impl Patience {
+    /// For `t`'s provider, its stall having begun at `since`: a scrape since then that shows
+    /// the engine holding work without a step, or a failed scrape, is a hang at the usual
+    /// limit (`None`); one that shows it stepping or empty gives the requests until their
+    /// first-token timeout; with no scrape since, the watchdog waits for the next one.
+    /// Without scrapes at all, the usual limit.
+    fn of(&self, t: &Tracked, since: Instant) -> Option<Duration> {
+        let (b, at) = t.backend.as_ref()?;
+        if t.backend_failed {
+            return None;
+        }
+        if *at < since {
+            return Some(self.next_scrape);
+        }
+        (!b.holds_work_still()).then_some(self.first_token_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scrape::{Backend, Reading};
+
+    fn scrape(waiting: f64, running: f64, tokens_per_s: f64, steps_per_s: f64) -> Backend {
+        Backend {
+            reading: Reading {
+                queue: Some(waiting),
+                running: Some(running),
+                ..Reading::default()
+            },
+            generation_tokens_per_s: Some(tokens_per_s),
+            engine_steps_per_s: Some(steps_per_s),
+            ..Backend::default()
+        }
+    }
+
+    #[test]
+    fn late_first_tokens_wait_for_the_server_to_say_whether_its_engine_holds_them() {
+        let t0 = Instant::now();
+        let patience = Patience {
+            next_scrape: Duration::from_secs(7),
+            first_token_timeout: Duration::from_secs(10),
+        };
+        let mut t = Tracked::new(t0);
+        let stall_began = t0 + Duration::from_secs(1);
+        // No scrapes configured: the usual limit.
+        assert_eq!(patience.of(&t, stall_began), None);
+        // The last scrape predates the stall: wait for the next one.
+        t.backend = Some((scrape(0.0, 2.0, 300.0, 20.0), t0));
+        assert_eq!(patience.of(&t, stall_began), Some(Duration::from_secs(7)));
+        // Since the stall began: an empty or stepping engine is not holding the requests...
+        let after = t0 + Duration::from_secs(2);
+        t.backend = Some((scrape(0.0, 0.0, 0.0, 0.0), after));
+        assert_eq!(patience.of(&t, stall_began), Some(Duration::from_secs(10)));
+        t.backend = Some((scrape(0.0, 2.0, 0.0, 0.2), after));
+        assert_eq!(patience.of(&t, stall_began), Some(Duration::from_secs(10)));
+        // ...one holding work without a step is hung, and so is a server that stopped
+        // answering its metrics.
+        t.backend = Some((scrape(3.0, 0.0, 0.0, 0.0), after));
+        assert_eq!(patience.of(&t, stall_began), None);
+        t.backend = Some((scrape(0.0, 2.0, 300.0, 20.0), after));
+        t.backend_failed = true;
+        assert_eq!(patience.of(&t, stall_began), None);
+    }
 }

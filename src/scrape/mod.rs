@@ -110,10 +110,22 @@ impl Backend {
     /// batch loop (reference §5.2).
     pub fn stuck(&self) -> bool {
         let r = &self.reading;
-        let work = r.queue.unwrap_or(0.0) > 0.0 && r.running.unwrap_or(0.0) > 0.0;
-        let still = |v: Option<f64>| v.is_some_and(|v| v == 0.0);
-        work && still(self.generation_tokens_per_s)
-            && (self.engine_steps_per_s.is_none() || still(self.engine_steps_per_s))
+        r.queue.unwrap_or(0.0) > 0.0 && r.running.unwrap_or(0.0) > 0.0 && self.still()
+    }
+
+    /// Work waiting or running, yet neither tokens nor engine steps advance: the engine
+    /// holds requests it does not serve (looser than [`Backend::stuck`]: a hang that began
+    /// with nothing running keeps its requests waiting).
+    pub fn holds_work_still(&self) -> bool {
+        let r = &self.reading;
+        (r.queue.unwrap_or(0.0) > 0.0 || r.running.unwrap_or(0.0) > 0.0) && self.still()
+    }
+
+    /// Neither tokens nor engine steps advanced since the previous scrape.
+    fn still(&self) -> bool {
+        let zero = |v: Option<f64>| v.is_some_and(|v| v == 0.0);
+        zero(self.generation_tokens_per_s)
+            && (self.engine_steps_per_s.is_none() || zero(self.engine_steps_per_s))
     }
 }
 

@@ -31,6 +31,7 @@ fn clean() -> Signals {
         load: 4.0,
         stalled_for: None,
         slow_first_token: None,
+        stall_patience: None,
         late_share: None,
         backend_stuck: false,
         throttle_reasons: Some(0),
@@ -276,6 +277,13 @@ fn a_stall_or_a_stuck_backend_ejects_at_once() {
         ..clean()
     };
     assert!(!h.on_tick(now, &long_prompts, None, None, &c, &targets(), true));
+    // First tokens the engine is not seen holding wait for their patience.
+    let held_elsewhere = Signals {
+        stalled_for: Some(Duration::from_secs(4)),
+        stall_patience: Some(Duration::from_secs(10)),
+        ..clean()
+    };
+    assert!(!h.on_tick(now, &held_elsewhere, None, None, &c, &targets(), true));
     let stuck = Signals {
         backend_stuck: true,
         ..clean()
