@@ -290,7 +290,7 @@ impl ProviderDetectors {
                 queue_timeouts: (class == ErrorClass::Server && queueing).then_some(w.timed_out),
             };
             let onset = self.errors[i].update(now, n > 0);
-            let in_a_row = run >= IN_A_ROW;
+            let in_a_row = t.in_a_row();
             // A window too small to judge a share is judged when most of it failed: at light
             // load, routing cools a provider down after a few failures and it then gets no
             // traffic to add to the window (3 of 4 attempts failing is a burst all the same).
@@ -325,6 +325,11 @@ impl Tally {
     fn share(&self) -> f64 {
         rate(self.n, self.of)
     }
+
+    /// Enough server failures in a row to be a burst whatever the share.
+    fn in_a_row(&self) -> bool {
+        self.run >= IN_A_ROW
+    }
 }
 
 /// How one class of ordinary failure is judged and named.
@@ -341,58 +346,50 @@ struct Rule {
 
 impl Rule {
     fn of(class: ErrorClass) -> Rule {
-        let (mode, least, min_share, critical, what, action) = match class {
-            ErrorClass::RateLimited => (
-                Mode::RateLimited,
-                3,
-                0.1,
-                0.5,
-                "answered 429 Too Many Requests",
-                "Candor honours retry-after and routes around it; raise the provider's \
-                 quota or spread the load over more keys or providers",
-            ),
-            ErrorClass::Connection => (
-                Mode::ConnectionFailures,
-                3,
-                0.2,
-                0.5,
-                "could not be connected to",
-                "Candor retries elsewhere and ejects after consecutive failures; check the \
-                 provider's process, network path and DNS",
-            ),
-            ErrorClass::MidStreamReset => (
-                Mode::MidStreamResets,
-                2,
-                0.05,
-                0.25,
-                "broke streams after their first token",
-                "streams cannot be failed over once tokens reached the client; check the \
-                 provider's proxies and idle timeouts and its logs for crashes",
-            ),
-            ErrorClass::Server => (
-                Mode::ErrorBurst,
-                3,
-                0.2,
-                0.5,
-                "failed with server errors or timeouts",
-                "Candor retries within its budget and ejects the provider when failures \
-                 persist; check the provider's logs",
-            ),
-        };
-        Rule {
-            mode,
-            least,
-            min_share,
-            critical,
-            what,
-            action,
+        match class {
+            ErrorClass::RateLimited => Rule {
+                mode: Mode::RateLimited,
+                least: 3,
+                min_share: 0.1,
+                critical: 0.5,
+                what: "answered 429 Too Many Requests",
+                action: "Candor honours retry-after and routes around it; raise the provider's \
+                         quota or spread the load over more keys or providers",
+            },
+            ErrorClass::Connection => Rule {
+                mode: Mode::ConnectionFailures,
+                least: 3,
+                min_share: 0.2,
+                critical: 0.5,
+                what: "could not be connected to",
+                action: "Candor retries elsewhere and ejects after consecutive failures; check \
+                         the provider's process, network path and DNS",
+            },
+            ErrorClass::MidStreamReset => Rule {
+                mode: Mode::MidStreamResets,
+                least: 2,
+                min_share: 0.05,
+                critical: 0.25,
+                what: "broke streams after their first token",
+                action: "streams cannot be failed over once tokens reached the client; check \
+                         the provider's proxies and idle timeouts and its logs for crashes",
+            },
+            ErrorClass::Server => Rule {
+                mode: Mode::ErrorBurst,
+                least: 3,
+                min_share: 0.2,
+                critical: 0.5,
+                what: "failed with server errors or timeouts",
+                action: "Candor retries within its budget and ejects the provider when \
+                         failures persist; check the provider's logs",
+            },
         }
     }
 
     /// The finding for provider `id` from what its window counted, with `onset` (Unix ms).
     fn finding(&self, id: &str, t: &Tally, onset_unix_ms: i64) -> Finding {
         let (n, of, run, share) = (t.n, t.of, t.run, t.share());
-        let in_a_row = run >= IN_A_ROW;
+        let in_a_row = t.in_a_row();
         let mut summary = format!(
             "{id} {}: {n} of the last {of} attempts ({:.0} %)",
             self.what,
