@@ -264,9 +264,8 @@ pub struct HealthTask {
     /// The span of real traffic the quality detector judges.
     quality_window: Duration,
     canary_interval: Duration,
-    /// The attempts' first-token timeout: the stall watchdog's patience with first tokens the
-    /// engine is not holding (see `HealthTask::first_token_patience`).
-    first_token_timeout: Duration,
+    /// The stall watchdog's patience with first tokens the engine is not seen holding.
+    patience: tick::Patience,
     log: LogSender,
     alerts: Option<mpsc::Sender<incident::Event>>,
 }
@@ -326,7 +325,11 @@ impl HealthTask {
                 },
                 quality_window: config.canaries.traffic_window,
                 canary_interval: config.canaries.interval,
-                first_token_timeout: config.timeouts.ttft,
+                patience: tick::Patience::new(
+                    config.routing.stall_after,
+                    config.scrape.interval,
+                    config.timeouts.ttft,
+                ),
                 log,
                 alerts,
             },

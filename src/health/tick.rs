@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::baseline::{Ratios, Reference};
 use super::snapshot::{ProviderView, Snapshot};
 use super::state::{Evidence, MIN_SAMPLES, Signals, stall_limit};
+use super::window::Slot;
 use super::{HealthTask, Tracked, fresh};
 use crate::detect::{
     Clock, Finding, Folding, GatewayInput, Member, Mode, ModelInput, PeerPool, ProviderInput, fold,
@@ -69,12 +70,21 @@ impl HealthTask {
     /// republishes the snapshot.
     pub(super) fn tick(&mut self, now: Instant) {
         let clock = self.clock(now);
-        let signals: Vec<Signals> = (0..self.providers.len())
-            .map(|i| self.measure(i, now))
+        // What each provider did since it was last healthy, over the detectors' window: the
+        // detectors judge it, and the stall watchdog takes its patience from it.
+        let since_healthy: Vec<Slot> = self
+            .providers
+            .iter()
+            .map(|t| t.since_healthy.sum(now, RECENT))
+            .collect();
+        let signals: Vec<Signals> = since_healthy
+            .iter()
+            .enumerate()
+            .map(|(i, w)| self.measure(i, w, now))
             .collect();
         let pools = self.quality_pools();
         let own = self.own_ratios(&signals);
-        for (i, s) in signals.iter().enumerate() {
+        for (i, (s, since_healthy)) in signals.iter().zip(&since_healthy).enumerate() {
             let peers = self.peer_ratios(i, &own);
             let can_eject = self.can_eject(i);
             let stale = self.scrape.stale_after;
@@ -82,10 +92,9 @@ impl HealthTask {
                 continue;
             };
             t.signals = *s;
-            let since_healthy = t.since_healthy.sum(now, RECENT);
             let input = ProviderInput {
                 id: &p.config.id,
-                since_healthy: &since_healthy,
+                since_healthy,
                 failure_run: t.failure_run,
                 signals: s,
                 state: t.health.state,
@@ -200,17 +209,14 @@ impl HealthTask {
             .collect()
     }
 
-    /// Provider `i`'s signals now; also advances its live decode-rate average.
-    fn measure(&mut self, i: usize, now: Instant) -> Signals {
+    /// Provider `i`'s signals now, `since_healthy` being its attempts over the last 30 s since
+    /// it was last healthy; also advances its live decode-rate average.
+    fn measure(&mut self, i: usize, since_healthy: &Slot, now: Instant) -> Signals {
         let Some(p) = self.upstreams.get(i).map(Arc::clone) else {
             return Signals::default();
         };
         let live = p.live();
         let stale = self.scrape.stale_after;
-        let patience = Patience {
-            next_scrape: self.routing.stall_after + self.scrape.interval,
-            first_token_timeout: self.first_token_timeout,
-        };
         let Some(t) = self.providers.get_mut(i) else {
             return Signals::default();
         };
@@ -244,7 +250,7 @@ impl HealthTask {
         });
         let stall_patience = stalled_for
             .filter(|_| live.decoding == 0)
-            .and_then(|d| patience.of(t, now.checked_sub(d).unwrap_or(now)));
+            .and_then(|d| self.patience.of(t, now.checked_sub(d).unwrap_or(now)));
         let fresh = t.fresh_backend(stale, now).map(|(b, _)| b);
         Signals {
             requests: recent.requests,
@@ -264,9 +270,7 @@ impl HealthTask {
             // machine judges is cleared when the state changes, and with it what a slow
             // first-token tail had shown (a provider degraded for late first tokens would
             // then be called hung the next time one of them is late).
-            slow_first_token: t
-                .since_healthy
-                .sum(now, RECENT)
+            slow_first_token: since_healthy
                 .ttft
                 .quantile(0.95)
                 .map(|p95| Duration::from_secs_f64(p95 * 3.0)),
@@ -435,7 +439,8 @@ fn late_share(
 /// How long the stall watchdog waits when every open stream of a provider still waits for
 /// its first token. A late first token may be held in front of the engine (a slow path, a
 /// retry inside the provider) or stuck in it; only the server's own metrics tell which.
-struct Patience {
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Patience {
     /// Until the next scrape can say.
     next_scrape: Duration,
     /// While the engine is seen serving or empty: the attempts' first-token timeout.
@@ -443,6 +448,19 @@ struct Patience {
 }
 
 impl Patience {
+    /// The patience the configuration gives: `stall_after` plus a scrape interval until the
+    /// next scrape, and the attempts' first-token timeout.
+    pub(super) fn new(
+        stall_after: Duration,
+        scrape_interval: Duration,
+        first_token_timeout: Duration,
+    ) -> Patience {
+        Patience {
+            next_scrape: stall_after + scrape_interval,
+            first_token_timeout,
+        }
+    }
+
     /// For `t`'s provider, its stall having begun at `since`: a scrape since then that shows
     /// the engine holding work without a step, or a failed scrape, is a hang at the usual
     /// limit (`None`); one that shows it stepping or empty gives the requests until their
@@ -481,10 +499,12 @@ mod tests {
     #[test]
     fn late_first_tokens_wait_for_the_server_to_say_whether_its_engine_holds_them() {
         let t0 = Instant::now();
-        let patience = Patience {
-            next_scrape: Duration::from_secs(7),
-            first_token_timeout: Duration::from_secs(10),
-        };
+        // Stall after 2 s, a scrape every 5 s, a 10 s first-token timeout.
+        let patience = Patience::new(
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            Duration::from_secs(10),
+        );
         let mut t = Tracked::new(t0);
         let stall_began = t0 + Duration::from_secs(1);
         // No scrapes configured: the usual limit.
