@@ -53,6 +53,9 @@ pub struct ProviderInput<'a> {
     /// The median of its peers' ratios to their own baselines (what the traffic did to
     /// every provider of the model at once).
     pub peers: Option<Ratios>,
+    /// The quickest token gaps its baseline learned at the batch it runs now, s: its decode
+    /// step when healthy (see [`Signals::quickest_gap`]).
+    pub quickest_gap_baseline: Option<f64>,
     /// The latest fresh scrape.
     pub backend: Option<&'a Backend>,
     /// Whether the provider's own health endpoint answered 2xx at its last check.

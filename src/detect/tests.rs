@@ -56,6 +56,7 @@ struct Fixture {
     state: State,
     baseline: Option<Reference>,
     peers: Option<Ratios>,
+    quickest_gap_baseline: Option<f64>,
     health_ok: Option<bool>,
     backend: Option<crate::scrape::Backend>,
     queued_recently: bool,
@@ -86,6 +87,7 @@ impl Fixture {
                 decode: Some(1.0),
                 late: None,
             }),
+            quickest_gap_baseline: None,
             health_ok: None,
             backend: None,
             queued_recently: false,
@@ -109,6 +111,7 @@ impl Fixture {
             state: self.state,
             baseline: self.baseline,
             peers: self.peers,
+            quickest_gap_baseline: self.quickest_gap_baseline,
             backend: self.backend.as_ref(),
             health_endpoint_ok: self.health_ok,
             in_flight: 6,
@@ -659,6 +662,35 @@ fn a_per_stream_slowdown_the_engines_own_count_does_not_show_is_not_hardware() {
     // a slowdown on top of the queue leaves less than 0.6 of the baseline.
     assert!(!slowed(224.0, 20.0));
     assert!(slowed(160.0, 20.0));
+}
+
+#[test]
+fn behind_a_queue_a_decode_step_as_quick_as_ever_is_load_not_hardware() {
+    let t0 = Instant::now();
+    // A full batch behind a standing queue, the engine prefilling what it admits between
+    // steps: each stream decodes at a third of its baseline, the engine's own count agrees
+    // (both what a slowed GPU would show too), and its peers decode as usual.
+    let judged = |quickest_gap: Option<f64>, waiting: f64| {
+        let mut fx = Fixture::new(clean_slot());
+        let mut d = learned_on_clean_traffic(t0);
+        fx.signals.decode = Some(27.0);
+        fx.signals.quickest_gap = quickest_gap;
+        fx.quickest_gap_baseline = Some(0.030);
+        fx.backend = Some(server(waiting, 32.0, 32.0 * 27.0));
+        fx.finds(
+            &mut d,
+            t0 + Duration::from_secs(10),
+            20,
+            Mode::HardwareDegradation,
+        )
+    };
+    // Its quickest gaps are the 30 ms step it learned at this batch: the queue's doing.
+    assert!(!judged(Some(0.031), 40.0));
+    // Every step a third slower (the documented sensitivity is a quarter): a slowdown.
+    assert!(judged(Some(0.045), 40.0));
+    // Without enough gaps to tell, or without a queue, the step says nothing either way.
+    assert!(judged(None, 40.0));
+    assert!(judged(Some(0.031), 0.0));
 }
 
 #[test]

@@ -146,6 +146,7 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
 pub struct Baseline {
     buckets: [Bucket; BUCKETS.len()],
     step: StepFit,
+    quickest: StepFit,
 }
 
 /// Ticks of data before the step-time line is trusted.
@@ -254,6 +255,22 @@ impl Baseline {
         })
     }
 
+    /// Learns from one healthy tick the quickest token gaps (s) seen with `batch` streams
+    /// decoding on average.
+    pub fn learn_quickest_gap(&mut self, batch: f64, gap: f64) {
+        if batch.is_finite() && gap.is_finite() && gap > 0.0 {
+            self.quickest.learn(batch, gap);
+        }
+    }
+
+    /// The quickest token gaps learned at a batch of `batch` decoding streams: the decode
+    /// step itself, with nothing prefilled between two tokens. Fitted as a line in the batch
+    /// (a step costs a fixed part plus a part per sequence), it reaches as far as the
+    /// time-per-token line does.
+    pub fn quickest_gap_at(&self, batch: f64) -> Option<f64> {
+        self.quickest.predict(batch).map(|(step, _)| step)
+    }
+
     /// The quickest first token learned at any load: what a first token costs with no queue
     /// in front of it.
     pub fn unqueued_ttft(&self) -> Option<f64> {
@@ -315,6 +332,7 @@ mod tests {
         for i in 0..40 {
             let load = if i % 2 == 0 { 4.0 } else { 16.0 };
             b.learn(load, 0.1, 1.0 / (0.010 + 0.001 * load));
+            b.learn_quickest_gap(load, 0.010 + 0.001 * load);
         }
         let at = |load: f64| b.at(load).and_then(|r| r.decode).unwrap();
         // 10 in flight (a bucket never learned): 50 tokens/s, not either bucket's figure.
@@ -323,6 +341,10 @@ mod tests {
             (at(24.0) - 1.0 / 0.034).abs() < 1e-6,
             "reaches 1.5x the heaviest"
         );
+        // The quickest gaps learned beside it follow the same line.
+        let step = b.quickest_gap_at(20.0).unwrap();
+        assert!((step - 0.030).abs() < 1e-9, "{step}");
+        assert_eq!(b.quickest_gap_at(30.0), None, "beyond 1.5x the heaviest");
         // Beyond that the buckets answer again (here: none heavier, one lighter).
         assert!((at(30.0) - 1.0 / 0.026 * 0.75).abs() < 1e-6, "{}", at(30.0));
         // An exact line has no spread; one rate alternating 60/100 spreads by a quarter.

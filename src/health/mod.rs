@@ -152,6 +152,8 @@ struct Tracked {
     live: Option<(Live, Instant)>,
     live_decode: Option<f64>,
     load: Option<f64>,
+    /// Mean streams decoding at once (see [`Signals::batch`]).
+    batch: Option<f64>,
     /// Mean completion tokens of the latest answers (kept while no answer arrives).
     mean_output_tokens: Option<f64>,
     signals: state::Signals,
@@ -201,6 +203,7 @@ impl Tracked {
             live: None,
             live_decode: None,
             load: None,
+            batch: None,
             mean_output_tokens: None,
             signals: state::Signals::default(),
             backend: None,

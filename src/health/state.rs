@@ -117,6 +117,15 @@ pub struct Signals {
     pub decode: Option<f64>,
     /// Median end to end, s.
     pub e2e_p50: Option<f64>,
+    /// The quickest quarter of the recent window's token gaps, s (its first quartile), when
+    /// there were enough gaps to tell: how long the engine's decode step takes when nothing
+    /// is prefilled between two tokens. A slowed GPU lengthens every step; a loaded engine
+    /// keeps its step and spends the rest of its time on the prompts it admits.
+    pub quickest_gap: Option<f64>,
+    /// Streams decoding at once on average over the last several seconds (stream-time
+    /// decoding over wall time): the batch the engine runs for Candor, which a queue at the
+    /// server does not inflate the way it does the load.
+    pub batch: Option<f64>,
     /// `decode` was measured on this tick's own streams (not the recent window's median,
     /// which repeats itself tick after tick while no stream runs).
     pub decode_live: bool,
@@ -457,6 +466,15 @@ impl ProviderHealth {
                 && !s.overloaded
             {
                 self.baseline.learn(s.load, t, d);
+            }
+            // The decode step is learned over capacity too: a queue lengthens first tokens and
+            // the time per token, not the quickest gaps (a model may be over capacity from
+            // its first minute, and then this is all there is to judge a slowdown by).
+            if let (Some(b), Some(g)) = (s.batch, s.quickest_gap)
+                && s.decode_live
+                && self.state == State::Healthy
+            {
+                self.baseline.learn_quickest_gap(b, g);
             }
             if self.state != State::Healthy {
                 return self.set(State::Healthy, Vec::new(), now);

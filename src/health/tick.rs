@@ -63,6 +63,15 @@ const GATEWAY_RECENT: Duration = Duration::from_secs(10);
 const MIN_STREAM_S: f64 = 0.25;
 /// Weight of the newest live decode-rate measurement.
 const LIVE_ALPHA: f64 = 0.5;
+/// The quantile of the recent window's token gaps taken as the engine's bare decode step:
+/// under a standing queue an engine that prefills whole prompts between its steps does so on
+/// a fraction of them, so its quickest quarter of gaps are steps with nothing in between.
+const QUICKEST_GAPS: f64 = 0.25;
+/// Token gaps in the recent window before their quickest quarter is taken.
+const MIN_GAPS: u64 = 200;
+/// Weight of the newest tick in the mean decoding batch: a time constant of about ten
+/// seconds, near the age of the gaps in the recent window (recorded as streams end).
+const BATCH_ALPHA: f64 = 0.05;
 
 impl HealthTask {
     /// Re-judges every provider at `now`: runs the detectors, steps the state machines (a
@@ -100,6 +109,7 @@ impl HealthTask {
                 state: t.health.state,
                 baseline: t.health.baseline.at(s.load),
                 peers,
+                quickest_gap_baseline: s.batch.and_then(|b| t.health.baseline.quickest_gap_at(b)),
                 backend: fresh(t.backend.as_ref(), t.backend_failed, stale, now).map(|(b, _)| b),
                 health_endpoint_ok: t.health_endpoint_ok,
                 in_flight: p.in_flight(),
@@ -220,10 +230,18 @@ impl HealthTask {
         let Some(t) = self.providers.get_mut(i) else {
             return Signals::default();
         };
-        if let Some((prev, _)) = t.live {
+        if let Some((prev, at)) = t.live {
             // Tokens over the exact stream-time spent decoding since the last tick (streams
             // shorter than a tick included); a quarter of a stream-second is enough to judge.
             let stream_s = live.decoding_ms.saturating_sub(prev.decoding_ms) as f64 / 1000.0;
+            let wall_s = now.saturating_duration_since(at).as_secs_f64();
+            if wall_s > 0.0 {
+                let batch = stream_s / wall_s;
+                t.batch = Some(
+                    t.batch
+                        .map_or(batch, |old| old + BATCH_ALPHA * (batch - old)),
+                );
+            }
             t.live_decode = if stream_s >= MIN_STREAM_S {
                 let rate = live.tokens.saturating_sub(prev.tokens) as f64 / stream_s;
                 Some(match t.live_decode {
@@ -261,6 +279,10 @@ impl HealthTask {
             ttft_p95: recent.ttft.quantile(0.95),
             decode: t.live_decode.or_else(|| recent.decode.quantile(0.5)),
             decode_live: t.live_decode.is_some(),
+            batch: t.batch,
+            quickest_gap: (recent.itl.count() >= MIN_GAPS)
+                .then(|| recent.itl.quantile(QUICKEST_GAPS))
+                .flatten(),
             e2e_p50: recent.e2e.quantile(0.5),
             // The load now (a short average), matching the live decode rate it qualifies.
             load: t.load.unwrap_or(live.in_flight as f64),

@@ -97,7 +97,11 @@ impl ProviderDetectors {
             .backend
             .and_then(Backend::tokens_per_running)
             .is_some_and(|r| r >= floor * own);
-        let usual = load || engine_as_usual || ratio >= half || own_ratio >= half;
+        // Under a queue, the decode step itself: a slowed GPU takes longer over every step,
+        // its quickest token gaps included; a loaded engine steps as quickly as ever and
+        // loses the rest of its time to the prompts it admits between steps.
+        let steps_as_usual = queue && step_ratio(p).is_some_and(|r| r >= DECODE_RATIO);
+        let usual = load || engine_as_usual || steps_as_usual || ratio >= half || own_ratio >= half;
         if !alarm || (!named && usual) {
             self.last_hw = None;
             return None;
@@ -146,6 +150,23 @@ impl ProviderDetectors {
                 format!("{} of {} attempts failed", s.failures, s.requests)
             },
         ));
+        if let (Some(gap), Some(base)) = (s.quickest_gap, p.quickest_gap_baseline) {
+            facts.push(
+                Fact::new(
+                    "quickest_token_gap_ms",
+                    gap * 1000.0,
+                    "ms",
+                    format!(
+                        "its quickest quarter of token gaps take {:.1} ms, against {:.1} ms \
+                         learned at this batch (the decode step with nothing between)",
+                        gap * 1000.0,
+                        base * 1000.0
+                    ),
+                )
+                .baseline(Some(base * 1000.0))
+                .threshold(base * 1000.0 / DECODE_RATIO),
+            );
+        }
         let mut confirmed = false;
         if let Some(b) = p.backend {
             if let Some(r) = b.tokens_per_running() {
@@ -223,4 +244,11 @@ impl ProviderDetectors {
         });
         self.last_hw.clone()
     }
+}
+
+/// The provider's decode step now against its baseline's at the batch it runs: the learned
+/// quickest token gaps over today's (below 1: each step slower).
+fn step_ratio(p: &ProviderInput<'_>) -> Option<f64> {
+    let now = p.signals.quickest_gap.filter(|&g| g > 0.0)?;
+    p.quickest_gap_baseline.map(|base| base / now)
 }

@@ -29,6 +29,8 @@ fn clean() -> Signals {
         decode_live: true,
         e2e_p50: Some(3.0),
         load: 4.0,
+        batch: Some(4.0),
+        quickest_gap: Some(0.018),
         stalled_for: None,
         slow_first_token: None,
         stall_patience: None,
