@@ -265,8 +265,8 @@ impl Baseline {
 
     /// The quickest token gaps learned at a batch of `batch` decoding streams: the decode
     /// step itself, with nothing prefilled between two tokens. Fitted as a line in the batch
-    /// (a step costs a fixed part plus a part per sequence), it reaches as far as the
-    /// time-per-token line does.
+    /// (a step costs a fixed part plus a part per sequence), it predicts up to 1.5 times the
+    /// largest batch it has seen.
     pub fn quickest_gap_at(&self, batch: f64) -> Option<f64> {
         self.quickest.predict(batch).map(|(step, _)| step)
     }

@@ -41,6 +41,27 @@ fn clean() -> Signals {
     }
 }
 
+#[test]
+fn the_decode_step_is_learned_over_capacity_too() {
+    let now = Instant::now();
+    let mut h = ProviderHealth::new(now);
+    let over = Signals {
+        overloaded: true,
+        ..clean()
+    };
+    for _ in 0..30 {
+        h.on_tick(now, &over, None, None, &cfg(), &targets(), true);
+    }
+    assert_eq!(h.state, State::Healthy);
+    assert_eq!(
+        h.baseline.at(4.0),
+        None,
+        "no time per token learned over capacity"
+    );
+    let step = h.baseline.quickest_gap_at(4.0).expect("the step is");
+    assert!((step - 0.018).abs() < 1e-9, "{step}");
+}
+
 /// A provider that has learned its baseline on clean traffic.
 fn learned(now: Instant) -> ProviderHealth {
     let mut h = ProviderHealth::new(now);
