@@ -219,18 +219,28 @@ routing_key_env = "TEST_PROVIDER_KEY"
     })
     .await;
 
-    let list: Value = api("/api/incidents?history=true")
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let stored = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == incident["id"])
-        .expect("the incident is stored");
+    // The request log stores incidents from its own writer, in batches, so the sinks can
+    // hear of the resolution a moment before the stored row says so.
+    let started = Instant::now();
+    let (list, stored) = loop {
+        let list: Value = api("/api/incidents?history=true")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let stored = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == incident["id"])
+            .expect("the incident is stored")
+            .clone();
+        if stored["state"] == "resolved" || started.elapsed() > Duration::from_secs(10) {
+            break (list, stored);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(stored["state"], "resolved");
     let kinds: Vec<&str> = stored["history"]
         .as_array()
