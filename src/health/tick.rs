@@ -236,27 +236,15 @@ impl HealthTask {
             let stream_s = live.decoding_ms.saturating_sub(prev.decoding_ms) as f64 / 1000.0;
             let wall_s = now.saturating_duration_since(at).as_secs_f64();
             if wall_s > 0.0 {
-                let batch = stream_s / wall_s;
-                t.batch = Some(
-                    t.batch
-                        .map_or(batch, |old| old + BATCH_ALPHA * (batch - old)),
-                );
+                t.batch = Some(smooth(t.batch, stream_s / wall_s, BATCH_ALPHA));
             }
-            t.live_decode = if stream_s >= MIN_STREAM_S {
+            t.live_decode = (stream_s >= MIN_STREAM_S).then(|| {
                 let rate = live.tokens.saturating_sub(prev.tokens) as f64 / stream_s;
-                Some(match t.live_decode {
-                    Some(old) => old + LIVE_ALPHA * (rate - old),
-                    None => rate,
-                })
-            } else {
-                None
-            };
+                smooth(t.live_decode, rate, LIVE_ALPHA)
+            });
         }
         t.live = Some((live, now));
-        t.load = Some(match t.load {
-            Some(old) => old + LIVE_ALPHA * (live.in_flight as f64 - old),
-            None => live.in_flight as f64,
-        });
+        t.load = Some(smooth(t.load, live.in_flight as f64, LIVE_ALPHA));
         let recent = t.recent.sum(now, RECENT);
         if recent.completed > 0 {
             t.mean_output_tokens = Some(recent.tokens_out as f64 / recent.completed as f64);
@@ -456,6 +444,11 @@ fn late_share(
     let reference = unqueued.or_else(|| ttft.quantile(0.5))?;
     let late = crate::detect::late_after(reference, target);
     (n > 0).then(|| ttft.count_above(late) as f64 / n as f64)
+}
+
+/// An exponential average: `new` weighted `alpha` into `old`, or `new` when there is none.
+fn smooth(old: Option<f64>, new: f64, alpha: f64) -> f64 {
+    old.map_or(new, |o| o + alpha * (new - o))
 }
 
 /// How long the stall watchdog waits when every open stream of a provider still waits for

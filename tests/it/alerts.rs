@@ -13,7 +13,7 @@ use axum::routing::post;
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::support::{ADMIN_TOKEN, Script, TestGateway, spawn_mock};
+use crate::support::{ADMIN_TOKEN, Script, TestGateway, eventually, spawn_mock};
 
 type Received = Arc<Mutex<Vec<(String, Value)>>>;
 
@@ -221,8 +221,7 @@ routing_key_env = "TEST_PROVIDER_KEY"
 
     // The request log stores incidents from its own writer, in batches, so the sinks can
     // hear of the resolution a moment before the stored row says so.
-    let started = Instant::now();
-    let (list, stored) = loop {
+    let (list, stored) = eventually("the stored incident to say resolved", || async {
         let list: Value = api("/api/incidents?history=true")
             .await
             .unwrap()
@@ -236,11 +235,9 @@ routing_key_env = "TEST_PROVIDER_KEY"
             .find(|i| i["id"] == incident["id"])
             .expect("the incident is stored")
             .clone();
-        if stored["state"] == "resolved" || started.elapsed() > Duration::from_secs(10) {
-            break (list, stored);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (stored["state"] == "resolved").then_some((list, stored))
+    })
+    .await;
     assert_eq!(stored["state"], "resolved");
     let kinds: Vec<&str> = stored["history"]
         .as_array()
