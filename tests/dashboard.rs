@@ -3,7 +3,7 @@
 //! `tests/browser/dashboard.mjs` — Debian's `chromium` driven by `playwright-core` — which
 //! logs in, watches the live cards, injects a batch-queue deadlock into one simulator,
 //! expects its card to turn and the incident to appear, and uses the request explorer.
-//! Needs `node`, `npm ci --prefix tests/browser` and `/usr/bin/chromium` (`bash .ci/run`
+//! Needs `node`, `npm ci --prefix tests/browser` and `/usr/bin/chromium` (`scripts/test`
 //! installs them). Screenshots land in `$CARGO_TARGET_TMPDIR/dashboard/`.
 //!
 //! Its own test binary, so the browser never shares the 2-core machine with the timing-
@@ -103,12 +103,12 @@ async fn the_dashboard_shows_live_health_a_fault_and_the_request_log_in_chromium
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
         browser_dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is not installed: run `npm ci --prefix tests/browser` (bash .ci/run does)"
+        "playwright-core is not installed: run `npm ci --prefix tests/browser` (`scripts/test` does)"
     );
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
-        "{chromium} not found: install Debian's chromium (bash .ci/run does)"
+        "{chromium} not found: install Debian's chromium (`scripts/test` does)"
     );
     let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     let _ = std::fs::remove_dir_all(&artifacts);

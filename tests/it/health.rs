@@ -125,7 +125,9 @@ async fn metrics_pass_promtool_and_count_traffic() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool (Debian package prometheus) must be installed: .ci/run installs it");
+        .expect(
+            "promtool (Debian package prometheus) must be installed: `scripts/test` installs it",
+        );
     use std::io::Write;
     child
         .stdin

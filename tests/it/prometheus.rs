@@ -73,7 +73,9 @@ async fn a_real_prometheus_scrapes_candor_and_loads_its_rules() {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("prometheus (Debian package prometheus) must be installed: .ci/run installs it");
+        .expect(
+            "prometheus (Debian package prometheus) must be installed: `scripts/test` installs it",
+        );
     let prom = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 

@@ -22,7 +22,9 @@ fn promtool(dir: &std::path::Path, args: &[&str]) {
         .args(args)
         .current_dir(dir)
         .output()
-        .expect("promtool (Debian package prometheus) must be installed: .ci/run installs it");
+        .expect(
+            "promtool (Debian package prometheus) must be installed: `scripts/test` installs it",
+        );
     assert!(
         out.status.success(),
         "promtool {args:?} failed:\n{}{}",

@@ -421,7 +421,7 @@ pub(crate) async fn sdk_script(script: &str, args: Vec<String>) -> Value {
     .expect("python3 must be installed");
     assert!(
         output.status.success(),
-        "the SDK script failed (is the `openai` package installed? .ci/run installs it):\n{}",
+        "the SDK script failed (is the `openai` package installed? `scripts/test` installs it):\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()

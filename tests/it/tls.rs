@@ -27,7 +27,7 @@ async fn the_openai_sdk_talks_to_candor_over_tls() {
                -extfile leaf.ext -out cert.pem",
         )
         .output()
-        .expect("sh and openssl must be installed (.ci/run installs openssl)");
+        .expect("sh and openssl must be installed (`scripts/test` installs openssl)");
     assert!(
         made.status.success(),
         "{}",

