@@ -133,6 +133,15 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         }
     }
 
+    let (tracer, spans) = crate::otel::Tracer::new(config.tracing.as_ref());
+    if let (Some(c), Some(rx)) = (&config.tracing, spans) {
+        tracker.spawn(crate::otel::export::run(
+            c.clone(),
+            tracer.clone(),
+            rx,
+            stop_workers.clone(),
+        ));
+    }
     let gateway = Arc::new(Gateway::new(
         Arc::clone(&config),
         upstreams,
@@ -140,6 +149,7 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
         health,
         log,
         snapshot,
+        tracer,
     ));
     if config.canaries.enabled {
         tracker.spawn(crate::canary::run(

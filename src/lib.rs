@@ -15,6 +15,7 @@
 //! - [`health`]: the task owning rolling windows and metrics; builds the health report.
 //! - [`metrics`]: every Prometheus metric name.
 //! - [`request_log`]: one SQLite row per request, written off the request path.
+//! - [`otel`]: OpenTelemetry spans per request and attempt, exported over OTLP/HTTP.
 //! - [`app`]: starts and stops every long-lived worker.
 //! - [`cli`]: the `candor` command.
 
@@ -29,6 +30,7 @@ pub mod incident;
 pub mod load;
 pub mod metrics;
 pub mod observation;
+pub mod otel;
 pub mod proxy;
 pub mod quality;
 pub mod request_log;

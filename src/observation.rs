@@ -182,6 +182,8 @@ pub struct Observation {
     pub served_model: Option<String>,
     /// `system_fingerprint` from the response.
     pub system_fingerprint: Option<String>,
+    /// The response's `id`.
+    pub response_id: Option<String>,
     /// Node that served it, from the provider's node header.
     pub node: Option<String>,
     /// Output descriptors (chat and text completions).
@@ -227,6 +229,7 @@ impl Observation {
             finish_reason: None,
             served_model: None,
             system_fingerprint: None,
+            response_id: None,
             node: None,
             quality: None,
             probe: false,

@@ -25,6 +25,8 @@ pub struct Provider {
     pub id: Arc<str>,
     /// What the configuration says.
     pub config: ProviderConfig,
+    /// Host and port of `base_url` (the `server.address` and `server.port` of its spans).
+    server: Option<(String, u16)>,
     epoch: Instant,
     in_flight: AtomicI64,
     streams: AtomicI64,
@@ -59,6 +61,11 @@ pub struct Live {
 }
 
 impl Provider {
+    /// Host and port the provider is reached at.
+    pub fn server(&self) -> Option<(String, u16)> {
+        self.server.clone()
+    }
+
     /// Attempts currently open against this provider.
     pub fn in_flight(&self) -> i64 {
         self.in_flight.load(Ordering::Relaxed)
@@ -222,6 +229,9 @@ impl Upstreams {
                     index,
                     id: Arc::from(c.id.as_str()),
                     config: c.clone(),
+                    server: reqwest::Url::parse(&c.base_url)
+                        .ok()
+                        .and_then(|u| Some((u.host_str()?.to_owned(), u.port_or_known_default()?))),
                     epoch,
                     in_flight: AtomicI64::new(0),
                     streams: AtomicI64::new(0),

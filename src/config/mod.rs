@@ -7,6 +7,7 @@ mod alerting;
 mod canaries;
 mod raw;
 mod routing;
+mod tracing;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -21,6 +22,7 @@ pub use alerting::{
 pub use canaries::{Builtin, CanaryConfig, CustomProbe, Expect};
 use raw::{RawConfig, RawProvider};
 pub use routing::{Hedge, HedgeDelay, Policy, RoutingConfig, ScrapeConfig};
+pub use tracing::TracingConfig;
 
 /// A secret value (provider key, client key, admin token). Its `Debug` is redacted and it
 /// has no `Display` or `Serialize`, so it cannot reach a log line or a response by accident.
@@ -104,6 +106,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Synthetic probes.
     pub canaries: CanaryConfig,
+    /// OpenTelemetry trace export; `None` when off.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// Listener, authentication and limits.
@@ -558,6 +562,7 @@ impl Config {
         let slo = raw.slo.validate(&mut problems);
         let alerts = raw.alerts.validate(&mut secret, &mut problems);
         let canaries = raw.canaries.validate(&mut problems);
+        let tracing = raw.tracing.validate(&mut secret, &mut problems);
 
         if raw.providers.is_empty() {
             problems.push("providers: at least one [[providers]] entry is required".into());
@@ -617,6 +622,7 @@ impl Config {
             slo,
             alerts,
             canaries,
+            tracing,
         })
     }
 }

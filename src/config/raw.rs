@@ -34,6 +34,8 @@ pub(crate) struct RawConfig {
     pub(crate) alerts: super::alerting::RawAlerts,
     #[serde(default)]
     pub(crate) canaries: super::canaries::RawCanaries,
+    #[serde(default)]
+    pub(crate) tracing: super::tracing::RawTracing,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -242,3 +242,38 @@ fn urls_are_shown_without_credentials() {
     );
     assert!(!e.contains("s3cret"), "{e}");
 }
+
+#[test]
+fn tracing_is_off_by_default_and_validated_when_on() {
+    assert!(Config::parse(MINIMAL, env).unwrap().tracing.is_none());
+    let on = format!(
+        "[tracing]\nendpoint = \"http://127.0.0.1:6006/v1/traces\"\nheaders_env = {{ authorization = \"KEY\" }}\nsample_ratio = 0.25\n{MINIMAL}"
+    );
+    let c = Config::parse(&on, env).unwrap();
+    let t = c.tracing.unwrap();
+    assert_eq!(t.sample_ratio, 0.25);
+    assert_eq!(t.service_name, "candor");
+    assert_eq!(t.headers[0].0.as_str(), "authorization");
+    assert_eq!(t.headers[0].1.expose(), "sk-secret");
+    assert!(
+        !format!("{t:?}").contains("sk-secret"),
+        "the header value never prints"
+    );
+
+    let bad = format!(
+        "[tracing]\nendpoint = \"localhost:6006\"\nheaders_env = {{ \"bad header\" = \"KEY\", x-key = \"UNSET_VAR\" }}\nsample_ratio = 1.5\nbatch_size = 0\n{MINIMAL}"
+    );
+    let Err(ConfigError::Invalid(problems)) = Config::parse(&bad, env) else {
+        panic!("an invalid [tracing] section must be refused");
+    };
+    let all = problems.join("\n");
+    for want in [
+        "tracing.endpoint",
+        "tracing.headers_env.bad header: \"bad header\" is not a valid header name",
+        "tracing.headers_env.x-key: environment variable UNSET_VAR is not set",
+        "tracing.sample_ratio: must be between 0 and 1, got 1.5",
+        "tracing.batch_size: must be above 0",
+    ] {
+        assert!(all.contains(want), "{want} missing from:\n{all}");
+    }
+}

@@ -39,6 +39,8 @@ pub struct ProviderView {
     pub cooldown_until: Option<Instant>,
     /// The provider asked for no traffic until then (`retry-after`).
     pub retry_after_until: Option<Instant>,
+    /// An incident open on the provider: (id, failure mode).
+    pub incident: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl ProviderView {
@@ -58,6 +60,7 @@ impl ProviderView {
             backend_unknown: false,
             cooldown_until: None,
             retry_after_until: None,
+            incident: None,
         }
     }
 }

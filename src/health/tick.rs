@@ -406,7 +406,15 @@ impl HealthTask {
             .all()
             .iter()
             .zip(&self.providers)
-            .map(|(p, t)| self.view(p.config.metrics_url.is_some(), t, now))
+            .map(|(p, t)| {
+                let mut view = self.view(p.config.metrics_url.is_some(), t, now);
+                view.incident = self
+                    .incidents
+                    .open()
+                    .find(|i| i.provider.as_deref() == Some(&*p.id))
+                    .map(|i| (Arc::from(i.id.as_str()), Arc::from(i.mode.as_str())));
+                view
+            })
             .collect();
         self.snapshot.store(Arc::new(Snapshot { providers }));
     }
@@ -429,6 +437,7 @@ impl HealthTask {
             backend_unknown: scraped && fresh.is_none(),
             cooldown_until: t.cooldown_until.filter(|&u| u > now),
             retry_after_until: t.retry_after_until.filter(|&u| u > now),
+            incident: None,
         }
     }
 }

@@ -27,6 +27,49 @@ pub struct RequestHead {
     pub prompt_chars: u64,
     /// Messages in the prompt.
     pub messages: u64,
+    /// The sampling parameters, for traces.
+    pub sampling: Sampling,
+}
+
+/// The sampling parameters a request asked for, as far as they have the documented types
+/// (a value of another type is the upstream's to refuse, and is left out here).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    /// `temperature`.
+    pub temperature: Option<f64>,
+    /// `top_p`.
+    pub top_p: Option<f64>,
+    /// `frequency_penalty`.
+    pub frequency_penalty: Option<f64>,
+    /// `presence_penalty`.
+    pub presence_penalty: Option<f64>,
+    /// `seed`.
+    pub seed: Option<i64>,
+    /// `n`: choices asked for.
+    pub n: Option<u64>,
+    /// `stop`: one sequence or several.
+    pub stop: Vec<String>,
+}
+
+impl Sampling {
+    fn from_head(h: &Head<'_>) -> Sampling {
+        fn read<T: serde::de::DeserializeOwned>(v: Option<&RawValue>) -> Option<T> {
+            v.and_then(|v| serde_json::from_str(v.get()).ok())
+        }
+        let stop = read::<String>(h.stop)
+            .map(|s| vec![s])
+            .or_else(|| read::<Vec<String>>(h.stop))
+            .unwrap_or_default();
+        Sampling {
+            temperature: read(h.temperature),
+            top_p: read(h.top_p),
+            frequency_penalty: read(h.frequency_penalty),
+            presence_penalty: read(h.presence_penalty),
+            seed: read(h.seed),
+            n: read(h.n),
+            stop,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -47,6 +90,20 @@ struct Head<'a> {
     prompt: Option<&'a RawValue>,
     #[serde(default)]
     response_format: Option<FormatHead>,
+    #[serde(default, borrow)]
+    temperature: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    top_p: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    frequency_penalty: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    presence_penalty: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    seed: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    n: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    stop: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +274,7 @@ impl RequestHead {
                 "We could not parse the JSON body of your request ({e}). The body must be a JSON object."
             ))
         })?;
+        let sampling = Sampling::from_head(&head);
         let model = match head.model {
             Some(Value::String(m)) if !m.trim().is_empty() => m,
             _ => return Err(BodyError::MissingModel),
@@ -245,6 +303,7 @@ impl RequestHead {
                 .unwrap_or(false),
             has_stream_options: head.stream_options.is_some(),
             max_tokens: head.max_completion_tokens.or(head.max_tokens),
+            sampling,
         })
     }
 

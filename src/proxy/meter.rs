@@ -38,6 +38,7 @@ pub struct Meter {
     finish_reason: Option<String>,
     model: Option<String>,
     fingerprint: Option<String>,
+    response_id: Option<String>,
     done: bool,
     error: Option<String>,
     /// What the request asked, when output descriptors are wanted.
@@ -67,6 +68,8 @@ struct ChunkView<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     system_fingerprint: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     error: Option<&'a serde_json::value::RawValue>,
 }
@@ -140,6 +143,8 @@ struct BodyView<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     system_fingerprint: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +183,7 @@ impl Meter {
             finish_reason: None,
             model: None,
             fingerprint: None,
+            response_id: None,
             done: false,
             error: None,
             ask: None,
@@ -209,6 +215,9 @@ impl Meter {
         }
         if self.fingerprint.is_none() {
             self.fingerprint = chunk.system_fingerprint.map(Cow::into_owned);
+        }
+        if self.response_id.is_none() {
+            self.response_id = chunk.id.map(Cow::into_owned);
         }
         if let Some(u) = chunk.usage {
             self.usage = Some(u);
@@ -255,6 +264,7 @@ impl Meter {
             self.usage = b.usage;
             self.model = b.model.map(Cow::into_owned);
             self.fingerprint = b.system_fingerprint.map(Cow::into_owned);
+            self.response_id = b.id.map(Cow::into_owned);
             if let Some(c) = b.choices.into_iter().next() {
                 if self.ask.is_some() {
                     let text = c.message.and_then(|m| m.content).or(c.text);
@@ -298,6 +308,7 @@ impl Meter {
             .map(|t| t.saturating_duration_since(self.started));
         obs.served_model = self.model;
         obs.system_fingerprint = self.fingerprint;
+        obs.response_id = self.response_id;
         obs.finish_reason = self.finish_reason;
         obs.prompt_tokens = self.usage.and_then(|u| u.prompt_tokens);
         let token_chunks = self.first_token.map_or(0, |_| 1 + self.chunks.len() as u64);

@@ -54,6 +54,8 @@ pub struct Gateway {
     pub hedge_budgets: BTreeMap<String, Budget>,
     /// The limit on client requests in flight.
     pub admission: Arc<admission::Admission>,
+    /// OpenTelemetry trace export (off unless configured).
+    pub tracer: crate::otel::Tracer,
     rotation: AtomicUsize,
     /// Random tie-breaks and jitter (`routing.seed`).
     dice: SharedSplitMix,
@@ -69,6 +71,7 @@ impl Gateway {
         health: HealthHandle,
         request_log: LogSender,
         snapshot: SharedSnapshot,
+        tracer: crate::otel::Tracer,
     ) -> Gateway {
         let r = &config.routing;
         Gateway {
@@ -90,6 +93,7 @@ impl Gateway {
             health,
             request_log,
             snapshot,
+            tracer,
             rotation: AtomicUsize::new(0),
             epoch: Instant::now(),
         }
@@ -210,7 +214,11 @@ fn all_failed_message(attempts: &[AttemptFailure]) -> String {
 pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Error> {
     let mut record = RequestRecord {
         request_id: req.request_id.clone(),
-        trace_id: req.traceparent.as_ref().and_then(trace_id),
+        trace_id: req
+            .traceparent
+            .as_ref()
+            .and_then(crate::otel::context::parse)
+            .map(|p| crate::otel::context::hex(&p.trace_id)),
         ts_ms: unix_ms_now(),
         operation: req.operation.as_str().to_owned(),
         client_key_id: req.client_key_id.clone(),
@@ -219,10 +227,14 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
         }),
         ..RequestRecord::default()
     };
+    let trace = gw.tracer.begin(req.traceparent.as_ref());
     let head = match RequestHead::parse(&req.body) {
         Ok(h) => h,
         Err(e) => {
             let mut track = RequestTrack::new(Arc::clone(gw), req.arrived, req.source, record);
+            if let Some(t) = trace {
+                track.traced(t, &body::Sampling::default());
+            }
             track.finish(400, Some(("invalid_request", e.to_string())));
             return Err(e.into());
         }
@@ -251,6 +263,9 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
         record.kv_usage = b.reading.kv_usage;
     }
     let mut track = RequestTrack::new(Arc::clone(gw), req.arrived, req.source, record);
+    if let Some(t) = trace {
+        track.traced(t, &head.sampling);
+    }
     if plan.order.is_empty() {
         if let Some(message) = plan.deadline_unmet {
             track.finish(504, Some(("deadline_exceeded", message.clone())));
@@ -269,15 +284,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
         head: &head,
         snapshot: &snapshot,
         route: Arc::from(plan.reason.as_str()),
+        trace,
     };
     race::run(&ctx, &plan, track).await
-}
-
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
-fn trace_id(tp: &HeaderValue) -> Option<String> {
-    let s = tp.to_str().ok()?;
-    let mut parts = s.split('-');
-    let (_version, trace) = (parts.next()?, parts.next()?);
-    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))
-        .then(|| trace.to_ascii_lowercase())
 }

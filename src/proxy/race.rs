@@ -35,6 +35,8 @@ pub(super) struct Ctx<'a> {
     /// The health snapshot the plan was made from.
     pub(super) snapshot: &'a Snapshot,
     pub(super) route: Arc<str>,
+    /// The request's trace, when tracing is on.
+    pub(super) trace: Option<crate::otel::RequestTrace>,
 }
 
 /// How one step (an attempt, or a hedged pair) ended.
@@ -238,8 +240,14 @@ async fn attempt_on(
         timeouts.ttft = timeouts.ttft.min(gw.config.targets.ttft);
     }
     let mut forward = HeaderMap::new();
-    if let Some(tp) = &ctx.req.traceparent {
-        forward.insert(HeaderName::from_static("traceparent"), tp.clone());
+    // The trace goes on with this attempt's span as the provider's parent; with tracing
+    // off, the client's own `traceparent` is passed through unchanged.
+    let traceparent = match &ctx.trace {
+        Some(t) => t.header_for(slot.span_id),
+        None => ctx.req.traceparent.clone(),
+    };
+    if let Some(tp) = traceparent {
+        forward.insert(HeaderName::from_static("traceparent"), tp);
     }
     if let Some(deadline) = ctx.req.deadline {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -7,7 +7,11 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::Gateway;
+use super::body::Sampling;
 use crate::observation::{Observation, Outcome, RequestSummary, Source, unix_ms_now};
+use crate::otel::RequestTrace;
+use crate::otel::context::{SpanId, new_span_id};
+use crate::otel::span::{self, AttemptSpan};
 use crate::request_log::{AttemptRecord, RequestRecord, ms};
 use crate::upstream::{InFlight, Provider};
 
@@ -22,6 +26,8 @@ pub struct Slot {
     pub obs: Observation,
     /// The provider's in-flight count when it started (itself included).
     pub in_flight: i64,
+    /// The attempt's span, sent upstream in `traceparent` (zero when tracing is off).
+    pub span_id: SpanId,
     guard: Option<InFlight>,
 }
 
@@ -48,6 +54,8 @@ struct Answer {
     ttft: Option<std::time::Duration>,
     /// Decode rate of the answering attempt.
     decode: Option<f64>,
+    /// The answering provider.
+    provider: usize,
 }
 
 /// The life of one client request.
@@ -63,6 +71,20 @@ pub struct RequestTrack {
     committed: Option<Slot>,
     answer: Option<Answer>,
     finished: bool,
+    /// The request's trace, when tracing is on.
+    trace: Option<RequestTrace>,
+    /// What the spans need beyond the record, when this request's trace is recorded.
+    spans: Option<Box<Spans>>,
+}
+
+/// What a recorded trace needs beyond the request-log row.
+#[derive(Debug)]
+struct Spans {
+    /// Arrival, Unix ns.
+    start_ns: u64,
+    sampling: Sampling,
+    /// Per attempt, aligned with the record's attempts.
+    attempts: Vec<AttemptSpan>,
 }
 
 impl RequestTrack {
@@ -89,6 +111,25 @@ impl RequestTrack {
             committed: None,
             answer: None,
             finished: false,
+            trace: None,
+            spans: None,
+        }
+    }
+
+    /// Follows the request in `trace`; a recorded trace keeps what its spans need.
+    pub fn traced(&mut self, trace: RequestTrace, sampling: &Sampling) {
+        self.record.trace_id = Some(trace.trace_hex());
+        self.trace = Some(trace);
+        if trace.sampled {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .saturating_sub(self.started.elapsed());
+            self.spans = Some(Box::new(Spans {
+                start_ns: u64::try_from(now.as_nanos()).unwrap_or(0),
+                sampling: sampling.clone(),
+                attempts: Vec::new(),
+            }));
         }
     }
 
@@ -100,9 +141,15 @@ impl RequestTrack {
     /// Reserves a slot for an attempt described by `obs`; it goes out when launched.
     pub fn reserve(&mut self, obs: Observation) -> usize {
         self.record.provider = Some(obs.provider_id.to_string());
+        let span_id = if self.trace.is_some() {
+            new_span_id()
+        } else {
+            [0; 8]
+        };
         self.slots.push(Some(Slot {
             obs,
             in_flight: 0,
+            span_id,
             guard: None,
         }));
         self.slots.len() - 1
@@ -157,6 +204,7 @@ impl RequestTrack {
         let Some(Slot {
             obs,
             in_flight,
+            span_id,
             guard,
         }) = slot
         else {
@@ -182,6 +230,11 @@ impl RequestTrack {
         self.record
             .attempts
             .push(AttemptRecord::from_observation(&obs, in_flight));
+        if let Some(spans) = &mut self.spans {
+            spans
+                .attempts
+                .push(attempt_span(&self.gw, &obs, span_id, self.started));
+        }
         if cost > 0.0 {
             *self.record.cost_usd.get_or_insert(0.0) += cost;
         }
@@ -226,6 +279,7 @@ impl RequestTrack {
                 .ttft
                 .map(|t| a.started.saturating_duration_since(self.started) + t),
             decode: a.decode_rate,
+            provider: a.provider,
         });
     }
 
@@ -266,7 +320,54 @@ impl RequestTrack {
                 .and_then(|d| u64::try_from(d).ok())
                 .map(std::time::Duration::from_millis),
         });
+        self.export_spans();
         self.gw.request_log.send(std::mem::take(&mut self.record));
+    }
+
+    /// Builds and hands over the spans of a recorded trace.
+    fn export_spans(&mut self) {
+        let (Some(trace), Some(spans)) = (self.trace, self.spans.take()) else {
+            return;
+        };
+        let incident = self
+            .answer
+            .and_then(|a| open_incident(&self.gw, a.provider));
+        let built = span::build(&span::Finished {
+            trace,
+            record: &self.record,
+            attempts: &spans.attempts,
+            start_ns: spans.start_ns,
+            sampling: &spans.sampling,
+            incident,
+        });
+        self.gw.tracer.send(built);
+    }
+}
+
+/// The incident open on provider `index`, if any: (id, failure mode).
+fn open_incident(gw: &Gateway, index: usize) -> Option<(String, String)> {
+    let snapshot = gw.snapshot.load();
+    let (id, mode) = snapshot.providers.get(index)?.incident.as_ref()?;
+    Some((id.to_string(), mode.to_string()))
+}
+
+/// What an attempt's span needs beyond its request-log record.
+fn attempt_span(gw: &Gateway, obs: &Observation, span_id: SpanId, arrived: Instant) -> AttemptSpan {
+    let provider = gw.upstreams.get(obs.provider);
+    AttemptSpan {
+        span_id,
+        offset: obs.started.saturating_duration_since(arrived),
+        server: provider.and_then(|p| p.server()),
+        upstream_model: provider.map_or_else(
+            || obs.model.to_string(),
+            |p| p.config.upstream_model(&obs.model).to_owned(),
+        ),
+        response_id: obs.response_id.clone(),
+        served_model: obs.served_model.clone(),
+        finish_reason: obs.finish_reason.clone(),
+        prompt_tokens: obs.prompt_tokens,
+        completion_tokens: obs.completion_tokens,
+        incident: open_incident(gw, obs.provider),
     }
 }
 

@@ -74,6 +74,7 @@ pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     match gw.health.metrics().await {
         Some(mut text) => {
             gw.admission.render(&mut text);
+            gw.tracer.render(&mut text);
             (
                 [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                 text,

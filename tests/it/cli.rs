@@ -13,6 +13,7 @@ fn candor(args: &[&str]) -> std::process::Output {
         .env("CANDOR_WEBHOOK_URL", "http://127.0.0.1:9/hook")
         .env("SLACK_WEBHOOK_URL", "http://127.0.0.1:9/slack")
         .env("PAGERDUTY_ROUTING_KEY", "rk")
+        .env("OTLP_AUTH_HEADER", "Bearer otlp-test")
         .output()
         .unwrap()
 }
