@@ -1,8 +1,10 @@
 //! The composition root: builds the shared state, starts every long-lived worker by name,
 //! and shuts them down in order. The only module that spawns long-lived tasks.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -40,6 +42,20 @@ pub enum AppError {
     /// The listener's certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] server::listen::TlsError),
+    /// The configuration file could not be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Where the configuration came from, when it came from a file: a reload reads it again.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The file.
+    pub path: PathBuf,
+    /// Its text as last applied.
+    pub text: String,
+    /// Reload on SIGHUP too (the `candor serve` process; tests ask through the API only).
+    pub sighup: bool,
 }
 
 /// A running gateway.
@@ -58,12 +74,29 @@ pub struct Running {
     grace: std::time::Duration,
 }
 
-/// Starts the gateway: request-log writer, health task, HTTP server.
+/// Starts the gateway from a configuration file, which `SIGHUP` (when `sighup`) and
+/// `POST /api/config/reload` read again.
+pub async fn start_from(path: &Path, sighup: bool) -> Result<Running, AppError> {
+    let (config, text) = Config::load_source(path)?;
+    let source = Source {
+        path: path.to_path_buf(),
+        text,
+        sighup,
+    };
+    start_with(config, Some(source)).await
+}
+
+/// Starts the gateway: request-log writer, health task, HTTP server (no reload: there is
+/// no file to read again).
+pub async fn start(config: Config) -> Result<Running, AppError> {
+    start_with(config, None).await
+}
+
 #[expect(
     clippy::disallowed_methods,
     reason = "app.rs is where long-lived tasks start"
 )]
-pub async fn start(config: Config) -> Result<Running, AppError> {
+async fn start_with(config: Config, source: Option<Source>) -> Result<Running, AppError> {
     // Before anything starts: a bad certificate stops the start with nothing to undo.
     let tls = config
         .server
@@ -118,19 +151,16 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             stop_workers.clone(),
         ));
     }
-    for p in upstreams.all() {
-        if p.config.metrics_url.is_some()
-            || p.config.gpu_metrics_url.is_some()
-            || p.config.health_url.is_some()
-        {
-            tracker.spawn(scrape::run(
-                Arc::clone(p),
-                client.clone(),
-                config.scrape,
-                health.clone(),
-                stop_workers.clone(),
-            ));
-        }
+    let mut scrapers = Scrapers {
+        tracker: tracker.clone(),
+        client: client.clone(),
+        config: config.scrape,
+        health: health.clone(),
+        stop: stop_workers.clone(),
+        running: HashMap::new(),
+    };
+    for (i, p) in upstreams.active() {
+        scrapers.start(i, p);
     }
 
     let (tracer, spans) = crate::otel::Tracer::new(config.tracing.as_ref());
@@ -142,15 +172,29 @@ pub async fn start(config: Config) -> Result<Running, AppError> {
             stop_workers.clone(),
         ));
     }
-    let gateway = Arc::new(Gateway::new(
-        Arc::clone(&config),
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(8);
+    let reload = crate::reload::Control {
+        status: Arc::default(),
+        requests: source.is_some().then_some(reload_tx),
+    };
+    let gateway = Arc::new(Gateway::new(crate::proxy::Parts {
+        config: Arc::clone(&config),
         upstreams,
         client,
         health,
-        log,
+        request_log: log,
         snapshot,
         tracer,
-    ));
+        reload,
+    }));
+    if let Some(source) = source {
+        let reloader = Reloader {
+            source,
+            gateway: Arc::clone(&gateway),
+            scrapers,
+        };
+        tracker.spawn(reloader.run(reload_rx, stop_workers.clone()));
+    }
     if config.canaries.enabled {
         tracker.spawn(crate::canary::run(
             Arc::clone(&gateway),
@@ -213,6 +257,166 @@ impl Running {
         tracing::info!("candor stopped");
         Ok(())
     }
+}
+
+/// Per-provider backend scrapers, each under its own token so a reload can stop one.
+struct Scrapers {
+    tracker: TaskTracker,
+    client: reqwest::Client,
+    config: crate::config::ScrapeConfig,
+    health: crate::health::HealthHandle,
+    stop: CancellationToken,
+    /// By provider slot.
+    running: HashMap<usize, CancellationToken>,
+}
+
+impl Scrapers {
+    /// Starts scraping provider `index`, if it has anything to scrape.
+    fn start(&mut self, index: usize, p: &Arc<crate::upstream::Provider>) {
+        let c = &p.config;
+        if c.metrics_url.is_none() && c.gpu_metrics_url.is_none() && c.health_url.is_none() {
+            return;
+        }
+        let stop = self.stop.child_token();
+        self.tracker.spawn(scrape::run(
+            Arc::clone(p),
+            self.client.clone(),
+            self.config,
+            self.health.clone(),
+            stop.clone(),
+        ));
+        self.running.insert(index, stop);
+    }
+
+    /// Stops scraping provider `index`.
+    fn stop(&mut self, index: usize) {
+        if let Some(t) = self.running.remove(&index) {
+            t.cancel();
+        }
+    }
+}
+
+/// Applies configuration reloads, one at a time: asked through the admin API, or on SIGHUP.
+struct Reloader {
+    source: Source,
+    gateway: Arc<Gateway>,
+    scrapers: Scrapers,
+}
+
+impl Reloader {
+    async fn run(
+        mut self,
+        mut requests: tokio::sync::mpsc::Receiver<crate::reload::Request>,
+        stop: CancellationToken,
+    ) {
+        let mut hangup = self.source.sighup.then(hangups).flatten();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                asked = requests.recv() => {
+                    let Some(reply) = asked else { return };
+                    let outcome = self.reload().await;
+                    let _ = reply.send(outcome);
+                }
+                Some(()) = recv(&mut hangup) => {
+                    self.reload().await;
+                }
+            }
+        }
+    }
+
+    /// Reads the file again and, if it is valid, puts it in force: providers added,
+    /// removed or changed, client keys and admin token replaced. An invalid file changes
+    /// nothing. Recorded for `/health` and `/metrics`, and logged.
+    async fn reload(&mut self) -> crate::reload::Outcome {
+        let now = crate::observation::unix_ms_now();
+        let outcome = match Config::load_source(&self.source.path) {
+            Err(e) => {
+                let problems = match e {
+                    crate::config::ConfigError::Invalid(p) => p,
+                    other => vec![other.to_string()],
+                };
+                crate::reload::Outcome::refused(now, problems)
+            }
+            Ok((config, text)) => self.apply(config, text, now).await,
+        };
+        match outcome.result {
+            crate::reload::Verdict::Applied => tracing::info!(
+                added = ?outcome.added,
+                removed = ?outcome.removed,
+                updated = ?outcome.updated,
+                replaced = ?outcome.replaced,
+                restart_required = ?outcome.restart_required,
+                "configuration reloaded"
+            ),
+            crate::reload::Verdict::Refused => tracing::warn!(
+                problems = ?outcome.problems,
+                "configuration reload refused; the running configuration stays"
+            ),
+        }
+        self.gateway.reload.status.record(&outcome);
+        outcome
+    }
+
+    async fn apply(&mut self, config: Config, text: String, now: i64) -> crate::reload::Outcome {
+        let gw = &self.gateway;
+        let restart = crate::config::restart_required(&self.source.text, &text);
+        let (upstreams, changes) = gw.upstreams().reconcile(&config.providers);
+        let upstreams = Arc::new(upstreams);
+        // The health task first: it publishes a view of every new provider before the
+        // router can pick one.
+        if gw
+            .health
+            .reload(Arc::clone(&upstreams), changes.clone())
+            .await
+            .is_none()
+        {
+            return crate::reload::Outcome::refused(
+                now,
+                vec!["the health task is not running".into()],
+            );
+        }
+        gw.set_upstreams(Arc::clone(&upstreams));
+        gw.set_access(config.access());
+        for c in &changes {
+            self.scrapers.stop(c.index());
+            if let (false, Some(p)) = (
+                matches!(c, crate::upstream::Change::Removed(_)),
+                upstreams.get(c.index()),
+            ) {
+                self.scrapers.start(c.index(), p);
+            }
+        }
+        self.source.text = text;
+        crate::reload::Outcome::applied(now, &upstreams, &changes, restart)
+    }
+}
+
+/// SIGHUPs, where the platform has them.
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; reload through the admin API");
+            None
+        }
+    }
+}
+
+/// The next SIGHUP, or never.
+async fn recv(hangup: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match hangup {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the gateway from a configuration file until `shutdown` resolves; SIGHUP reloads it.
+pub async fn serve_file(path: &Path, shutdown: impl Future<Output = ()>) -> Result<(), AppError> {
+    let running = start_from(path, true).await?;
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight requests");
+    running.stop().await
 }
 
 /// Runs the gateway until `shutdown` resolves.

@@ -14,6 +14,7 @@
 //! - [`observation`]: the per-attempt fact that flows from the request path to the rest.
 //! - [`health`]: the task owning rolling windows and metrics; builds the health report.
 //! - [`metrics`]: every Prometheus metric name.
+//! - [`reload`]: what a configuration reload did, for `/health`, `/metrics` and the admin API.
 //! - [`request_log`]: one SQLite row per request, written off the request path.
 //! - [`otel`]: OpenTelemetry spans per request and attempt, exported over OTLP/HTTP.
 //! - [`app`]: starts and stops every long-lived worker.
@@ -33,6 +34,7 @@ pub mod observation;
 pub mod otel;
 pub mod proxy;
 pub mod quality;
+pub mod reload;
 pub mod request_log;
 pub mod route;
 pub mod scenario;

@@ -27,6 +27,9 @@ pub struct Provider {
     pub config: ProviderConfig,
     /// Host and port of `base_url` (the `server.address` and `server.port` of its spans).
     server: Option<(String, u16)>,
+    /// Removed from the configuration by a reload: kept in its slot so indices stay valid
+    /// (its open streams finish), never routed to again.
+    pub retired: bool,
     epoch: Instant,
     in_flight: AtomicI64,
     streams: AtomicI64,
@@ -61,6 +64,27 @@ pub struct Live {
 }
 
 impl Provider {
+    fn build(index: usize, c: &ProviderConfig, epoch: Instant, retired: bool) -> Provider {
+        Provider {
+            index,
+            id: Arc::from(c.id.as_str()),
+            config: c.clone(),
+            server: reqwest::Url::parse(&c.base_url)
+                .ok()
+                .and_then(|u| Some((u.host_str()?.to_owned(), u.port_or_known_default()?))),
+            retired,
+            epoch,
+            in_flight: AtomicI64::new(0),
+            streams: AtomicI64::new(0),
+            decoding: Mutex::new(DecodeClock::default()),
+            tokens: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
+            busy_since_ms: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            abandon: tokio::sync::Notify::new(),
+        }
+    }
+
     /// Host and port the provider is reached at.
     pub fn server(&self) -> Option<(String, u16)> {
         self.server.clone()
@@ -211,43 +235,107 @@ impl Drop for InFlight {
 pub struct Upstreams {
     providers: Vec<Arc<Provider>>,
     by_model: BTreeMap<String, Vec<usize>>,
+    epoch: Instant,
+}
+
+/// What a reload did to one provider slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A new provider (or one removed earlier and back): its health starts afresh.
+    Added(usize),
+    /// Taken out of the configuration: retired in place.
+    Removed(usize),
+    /// Same server (URL and models), other settings changed (key, prices, model map,
+    /// metrics URLs, ...): its health, baselines and incidents carry on.
+    Updated(usize),
+    /// Same id, another server or other models: its health starts afresh.
+    Replaced(usize),
+}
+
+impl Change {
+    /// The slot.
+    pub fn index(self) -> usize {
+        match self {
+            Change::Added(i) | Change::Removed(i) | Change::Updated(i) | Change::Replaced(i) => i,
+        }
+    }
 }
 
 impl Upstreams {
     /// Builds the registry from validated provider configs.
     pub fn new(configs: &[ProviderConfig]) -> Upstreams {
-        let mut by_model: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         let epoch = Instant::now();
         let providers = configs
             .iter()
             .enumerate()
-            .map(|(index, c)| {
+            .map(|(index, c)| Arc::new(Provider::build(index, c, epoch, false)))
+            .collect();
+        Upstreams::index(providers, configs, epoch)
+    }
+
+    /// The registry after a reload to `configs`, and what changed, slot by slot. Slots never
+    /// move: a provider keeps its index for as long as the process runs (a removed one is
+    /// retired in place, a new one takes a new slot at the end, or its old slot back), so
+    /// an index held by a request, an observation or the health task stays valid.
+    pub fn reconcile(&self, configs: &[ProviderConfig]) -> (Upstreams, Vec<Change>) {
+        let mut providers = self.providers.clone();
+        let mut changes = Vec::new();
+        for (index, p) in self.providers.iter().enumerate() {
+            if !p.retired && !configs.iter().any(|c| c.id == p.config.id) {
+                providers[index] = Arc::new(Provider::build(index, &p.config, self.epoch, true));
+                changes.push(Change::Removed(index));
+            }
+        }
+        for c in configs {
+            let Some(index) = providers.iter().position(|p| p.config.id == c.id) else {
+                let index = providers.len();
+                providers.push(Arc::new(Provider::build(index, c, self.epoch, false)));
+                changes.push(Change::Added(index));
+                continue;
+            };
+            let old = &providers[index];
+            let change = if old.retired {
+                Change::Added(index)
+            } else if old.config == *c {
+                continue;
+            } else if old.config.base_url == c.base_url && old.config.models == c.models {
+                Change::Updated(index)
+            } else {
+                Change::Replaced(index)
+            };
+            providers[index] = Arc::new(Provider::build(index, c, self.epoch, false));
+            changes.push(change);
+        }
+        (Upstreams::index(providers, configs, self.epoch), changes)
+    }
+
+    /// The model index over `providers`, in the order of `configs` (the file's order).
+    fn index(
+        providers: Vec<Arc<Provider>>,
+        configs: &[ProviderConfig],
+        epoch: Instant,
+    ) -> Upstreams {
+        let mut by_model: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for c in configs {
+            if let Some(index) = providers.iter().position(|p| p.config.id == c.id) {
                 for m in &c.models {
                     by_model.entry(m.clone()).or_default().push(index);
                 }
-                Arc::new(Provider {
-                    index,
-                    id: Arc::from(c.id.as_str()),
-                    config: c.clone(),
-                    server: reqwest::Url::parse(&c.base_url)
-                        .ok()
-                        .and_then(|u| Some((u.host_str()?.to_owned(), u.port_or_known_default()?))),
-                    epoch,
-                    in_flight: AtomicI64::new(0),
-                    streams: AtomicI64::new(0),
-                    decoding: Mutex::new(DecodeClock::default()),
-                    tokens: AtomicU64::new(0),
-                    last_progress_ms: AtomicU64::new(0),
-                    busy_since_ms: AtomicU64::new(0),
-                    probing: AtomicBool::new(false),
-                    abandon: tokio::sync::Notify::new(),
-                })
-            })
-            .collect();
+            }
+        }
         Upstreams {
             providers,
             by_model,
+            epoch,
         }
+    }
+
+    /// The providers in service (not retired), with their indices.
+    pub fn active(&self) -> impl Iterator<Item = (usize, &Arc<Provider>)> {
+        self.providers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.retired)
     }
 
     /// Every provider in configuration order.
@@ -356,7 +444,77 @@ pub fn http_client(timeouts: &Timeouts) -> reqwest::Result<reqwest::Client> {
 
 #[cfg(test)]
 mod tests {
-    use super::DecodeClock;
+    use super::{Change, DecodeClock, Upstreams};
+    use crate::config::{Config, ProviderConfig};
+
+    fn providers(text: &str) -> Vec<ProviderConfig> {
+        Config::parse(text, |_| Some("k".into())).unwrap().providers
+    }
+
+    fn block(id: &str, port: u16, models: &str, extra: &str) -> String {
+        format!(
+            "[[providers]]\nid = \"{id}\"\nbase_url = \"http://127.0.0.1:{port}/v1\"\nmodels = [{models}]\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn a_reconcile_keeps_every_slot_where_it_was() {
+        let start = Upstreams::new(&providers(&format!(
+            "{}{}{}",
+            block("a", 1, "\"m\"", ""),
+            block("b", 2, "\"m\"", ""),
+            block("c", 3, "\"m\"", "")
+        )));
+        // `a` leaves, `b` gets a price (same server), `c` moves, `d` joins, listed first.
+        let (next, changes) = start.reconcile(&providers(&format!(
+            "{}{}{}",
+            block("d", 4, "\"m\"", ""),
+            block("b", 2, "\"m\"", "price = { input_per_million = 1.0 }"),
+            block("c", 9, "\"m\"", "")
+        )));
+        assert_eq!(
+            changes,
+            [
+                Change::Removed(0),
+                Change::Added(3),
+                Change::Updated(1),
+                Change::Replaced(2)
+            ]
+        );
+        assert!(next.get(0).unwrap().retired);
+        assert_eq!(next.get(3).unwrap().config.id, "d");
+        assert_eq!(next.serving("m"), [3, 1, 2], "the file's order, by slot");
+        assert_eq!(next.active().count(), 3);
+        // Nothing changed: nothing to do, and the same objects stay.
+        let (again, none) = next.reconcile(&providers(&format!(
+            "{}{}{}",
+            block("d", 4, "\"m\"", ""),
+            block("b", 2, "\"m\"", "price = { input_per_million = 1.0 }"),
+            block("c", 9, "\"m\"", "")
+        )));
+        assert!(none.is_empty());
+        assert!(std::sync::Arc::ptr_eq(
+            again.get(1).unwrap(),
+            next.get(1).unwrap()
+        ));
+        // `a` comes back into its old slot, afresh; a model change is a new server too.
+        let (back, changes) = again.reconcile(&providers(&format!(
+            "{}{}",
+            block("a", 1, "\"m\"", ""),
+            block("d", 4, "\"m\", \"n\"", "")
+        )));
+        assert_eq!(
+            changes,
+            [
+                Change::Removed(1),
+                Change::Removed(2),
+                Change::Added(0),
+                Change::Replaced(3)
+            ]
+        );
+        assert_eq!(back.serving("n"), [3]);
+        assert_eq!(back.models().collect::<Vec<_>>(), ["m", "n"]);
+    }
 
     #[test]
     fn decode_clock_counts_open_and_ended_stream_time() {

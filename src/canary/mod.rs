@@ -43,19 +43,6 @@ struct Target {
 pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
     let cfg = gw.config.canaries.clone();
     let probes = probe::probes(&cfg);
-    let targets: Vec<Target> = gw
-        .upstreams
-        .all()
-        .iter()
-        .enumerate()
-        .flat_map(|(i, p)| {
-            p.config.models.iter().map(move |m| Target {
-                provider: i,
-                id: p.config.id.clone(),
-                model: m.clone(),
-            })
-        })
-        .collect();
     let mut states: BTreeMap<(usize, String, String), ProbeState> = BTreeMap::new();
     let mut tick = tokio::time::interval_at(Instant::now() + cfg.interval, cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,6 +57,8 @@ pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
             .filter(|p| round.is_multiple_of(p.every))
             .collect();
         round = round.wrapping_add(1);
+        // Read each round: a configuration reload adds and removes providers.
+        let targets = targets(&gw);
         let runs = targets.iter().map(|t| {
             let gw = &gw;
             let due = &due;
@@ -95,6 +84,20 @@ pub async fn run(gw: Arc<Gateway>, stop: CancellationToken) {
             gw.health.canary(r);
         }
     }
+}
+
+/// Every (provider in service, model it serves).
+fn targets(gw: &Gateway) -> Vec<Target> {
+    gw.upstreams()
+        .active()
+        .flat_map(|(i, p)| {
+            p.config.models.iter().map(move |m| Target {
+                provider: i,
+                id: p.config.id.clone(),
+                model: m.clone(),
+            })
+        })
+        .collect()
 }
 
 fn applies(p: &Probe, model: &str) -> bool {

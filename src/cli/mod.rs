@@ -83,9 +83,9 @@ pub fn out(text: &str) {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => {
-            let config = Config::load(&config)
-                .with_context(|| format!("invalid configuration {}", config.display()))?;
-            crate::app::serve(config, shutdown_signal()).await?;
+            crate::app::serve_file(&config, shutdown_signal())
+                .await
+                .with_context(|| format!("cannot serve {}", config.display()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config {

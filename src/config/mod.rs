@@ -167,6 +167,25 @@ pub struct ClientKey {
     pub key: Secret,
 }
 
+/// Who may call Candor: the part of `[server]` a reload applies at once (key rotation).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Client keys; when empty, `/v1` is open.
+    pub client_keys: Vec<ClientKey>,
+    /// Token the admin API requires, when set.
+    pub admin_token: Option<Secret>,
+}
+
+impl Config {
+    /// Who may call, as this configuration says.
+    pub fn access(&self) -> Access {
+        Access {
+            client_keys: self.server.client_keys.clone(),
+            admin_token: self.server.admin_token.clone(),
+        }
+    }
+}
+
 /// Per-attempt timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -253,7 +272,7 @@ impl Price {
 }
 
 /// One upstream provider.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProviderConfig {
     /// Stable id used in logs, metrics and headers.
     pub id: String,
@@ -402,12 +421,19 @@ fn connection_limits(raw: &raw::RawServer, problems: &mut Vec<String>) -> Connec
 impl Config {
     /// Reads, parses and validates a config file, taking secrets from the process environment.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_source(path).map(|(c, _)| c)
+    }
+
+    /// Reads, parses and validates `path`, and returns its text too (a reload compares it
+    /// with the next version to tell which sections changed).
+    pub fn load_source(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         #[expect(clippy::disallowed_methods, reason = "config is where env is read")]
-        Config::parse(&text, |name| std::env::var(name).ok())
+        let config = Config::parse(&text, |name| std::env::var(name).ok())?;
+        Ok((config, text))
     }
 
     /// Parses and validates config text; `env` looks up environment variables.
@@ -627,6 +653,46 @@ impl Config {
     }
 }
 
+/// What a reload applies at once: the providers, the client keys and the admin token.
+/// Everything else in the file is read at start only.
+const RELOADED: [&str; 3] = ["providers", "server.client_keys", "server.admin_token_env"];
+
+/// The sections (and `[server]` keys) that differ between two versions of a valid file
+/// but take effect only after a restart, sorted; a reload names them rather than half-apply
+/// them.
+pub fn restart_required(old: &str, new: &str) -> Vec<String> {
+    let (Ok(old), Ok(new)) = (old.parse::<toml::Table>(), new.parse::<toml::Table>()) else {
+        return Vec::new();
+    };
+    let flatten = |t: &toml::Table| -> BTreeMap<String, toml::Value> {
+        let mut out = BTreeMap::new();
+        for (k, v) in t {
+            match (k.as_str(), v) {
+                ("server", toml::Value::Table(server)) => {
+                    for (sk, sv) in server {
+                        out.insert(format!("server.{sk}"), sv.clone());
+                    }
+                }
+                _ => {
+                    out.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        out.retain(|k, _| !RELOADED.contains(&k.as_str()));
+        out
+    };
+    let (old, new) = (flatten(&old), flatten(&new));
+    let mut changed: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect();
+    changed.sort_unstable();
+    changed.dedup();
+    changed
+}
+
 fn check_fraction(problems: &mut Vec<String>, path: &str, v: f64) {
     if !(v.is_finite() && v > 0.0 && v <= 1.0) {
         problems.push(format!("{path}: must be a fraction in (0, 1], got {v}"));
@@ -666,10 +732,15 @@ fn validate_provider(
             check_url(problems, &format!("{path}.{name}"), u);
         }
     }
-    let api_key = p
-        .api_key_env
-        .as_deref()
-        .and_then(|var| secret(&format!("{path}.api_key_env"), var, problems));
+    let api_key = match (&p.api_key_env, &p.api_key_file) {
+        (Some(_), Some(_)) => {
+            problems.push(format!("{path}: set api_key_env or api_key_file, not both"));
+            None
+        }
+        (Some(var), None) => secret(&format!("{path}.api_key_env"), var, problems),
+        (None, Some(file)) => secret_file(&format!("{path}.api_key_file"), file, problems),
+        (None, None) => None,
+    };
     if p.models.is_empty() {
         problems.push(format!("{path}.models: list at least one model"));
     }
@@ -707,6 +778,23 @@ fn validate_provider(
         gpu_metrics_url: p.gpu_metrics_url,
         health_url: p.health_url,
     })
+}
+
+/// A secret read from a file (a mounted Kubernetes or Docker secret, say): its content less
+/// surrounding whitespace. Read at start and again at every reload, so replacing the file
+/// and reloading rotates the key. Problems name the file, never its content.
+fn secret_file(path: &str, file: &Path, problems: &mut Vec<String>) -> Option<Secret> {
+    match std::fs::read_to_string(file) {
+        Ok(text) if !text.trim().is_empty() => Some(Secret(text.trim().to_owned())),
+        Ok(_) => {
+            problems.push(format!("{path}: {} is empty", file.display()));
+            None
+        }
+        Err(e) => {
+            problems.push(format!("{path}: cannot read {}: {e}", file.display()));
+            None
+        }
+    }
 }
 
 fn check_url(problems: &mut Vec<String>, path: &str, url: &str) {

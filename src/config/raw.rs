@@ -125,6 +125,7 @@ pub(crate) struct RawProvider {
     pub(crate) id: String,
     pub(crate) base_url: String,
     pub(crate) api_key_env: Option<String>,
+    pub(crate) api_key_file: Option<PathBuf>,
     #[serde(default)]
     pub(crate) models: Vec<String>,
     #[serde(default)]

@@ -277,3 +277,59 @@ fn tracing_is_off_by_default_and_validated_when_on() {
         assert!(all.contains(want), "{want} missing from:\n{all}");
     }
 }
+
+#[test]
+fn a_provider_key_can_come_from_a_file_and_never_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "sk-from-file\n").unwrap();
+    let text = format!("{MINIMAL}api_key_file = \"{}\"\n", key.display());
+    let c = Config::parse(&text, env).unwrap();
+    assert_eq!(
+        c.providers[0].api_key.as_ref().unwrap().expose(),
+        "sk-from-file"
+    );
+
+    let both = format!(
+        "{MINIMAL}api_key_file = \"{}\"\napi_key_env = \"KEY\"\n",
+        key.display()
+    );
+    let missing = format!(
+        "{MINIMAL}api_key_file = \"{}\"\n",
+        dir.path().join("nope").display()
+    );
+    std::fs::write(dir.path().join("empty"), " \n").unwrap();
+    let empty = format!(
+        "{MINIMAL}api_key_file = \"{}\"\n",
+        dir.path().join("empty").display()
+    );
+    for (text, want) in [
+        (both, "set api_key_env or api_key_file, not both"),
+        (missing, "providers[0].api_key_file: cannot read"),
+        (empty, "is empty"),
+    ] {
+        let Err(ConfigError::Invalid(problems)) = Config::parse(&text, env) else {
+            panic!("refused: {want}");
+        };
+        let all = problems.join("\n");
+        assert!(all.contains(want), "{want} not in {all}");
+        assert!(!all.contains("sk-from-file"));
+    }
+}
+
+#[test]
+fn a_reload_names_the_sections_that_need_a_restart() {
+    let old =
+        format!("[server]\nlisten = \"127.0.0.1:8080\"\n[routing]\npolicy = \"candor\"\n{MINIMAL}");
+    let providers_and_keys = format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\nadmin_token_env = \"ADMIN\"\n[routing]\npolicy = \"candor\"\n{MINIMAL}[[providers]]\nid = \"b\"\nbase_url = \"http://127.0.0.1:9001/v1\"\nmodels = [\"m\"]\n"
+    );
+    assert!(restart_required(&old, &providers_and_keys).is_empty());
+    let more = format!(
+        "[server]\nlisten = \"127.0.0.1:9090\"\n[routing]\npolicy = \"least_loaded\"\n[slo]\nobjective = 0.99\n{MINIMAL}"
+    );
+    assert_eq!(
+        restart_required(&old, &more),
+        ["routing", "server.listen", "slo"]
+    );
+}

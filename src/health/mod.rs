@@ -31,7 +31,7 @@ use crate::quality::CanaryResult;
 use crate::request_log::LogSender;
 use crate::scrape::Backend;
 use crate::slo::Slo;
-use crate::upstream::{Live, Upstreams};
+use crate::upstream::{Change, Live, Provider, Upstreams};
 use report::{
     BackendReport, DependencyReport, HealthReport, ProviderReport, RequestLogReport, ScopeReport,
     TargetsView, Verdict, Windows,
@@ -61,6 +61,7 @@ enum Msg {
     Report(oneshot::Sender<HealthReport>),
     Series(SeriesSpan, oneshot::Sender<Series>),
     Metrics(oneshot::Sender<String>),
+    Reload(Arc<Upstreams>, Vec<Change>, oneshot::Sender<()>),
 }
 
 /// The request path's and admin API's handle on the health task.
@@ -125,6 +126,19 @@ impl HealthHandle {
     pub async fn series(&self, span: SeriesSpan) -> Option<Series> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Msg::Series(span, tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Takes the providers of a reloaded configuration: new slots start afresh, changed
+    /// ones keep or restart their health as `changes` says, removed ones stop being judged
+    /// (their incidents resolve); the snapshot for the new providers is published before
+    /// this returns, so the router never sees a provider it has no view of.
+    pub async fn reload(&self, upstreams: Arc<Upstreams>, changes: Vec<Change>) -> Option<()> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Reload(upstreams, changes, tx))
+            .await
+            .ok()?;
         rx.await.ok()
     }
 
@@ -414,6 +428,10 @@ impl HealthTask {
             Msg::Metrics(reply) => {
                 let _ = reply.send(self.metrics.render(&self.gauges(now)));
             }
+            Msg::Reload(upstreams, changes, reply) => {
+                self.reload(upstreams, &changes, now);
+                let _ = reply.send(());
+            }
         }
     }
 
@@ -564,19 +582,45 @@ impl HealthTask {
         })
     }
 
+    /// See [`HealthHandle::reload`].
+    fn reload(&mut self, upstreams: Arc<Upstreams>, changes: &[Change], now: Instant) {
+        for &change in changes {
+            let i = change.index();
+            while self.providers.len() <= i {
+                self.providers.push(Tracked::new(now));
+            }
+            let Some(t) = self.providers.get_mut(i) else {
+                continue;
+            };
+            match change {
+                Change::Added(_) | Change::Replaced(_) => *t = Tracked::new(now),
+                // Another object with its own counters: the next tick starts from them.
+                Change::Updated(_) => t.live = None,
+                Change::Removed(_) => t.findings.clear(),
+            }
+        }
+        self.upstreams = upstreams;
+        self.publish(now);
+    }
+
+    /// Providers in service with their bookkeeping (a retired slot is kept for its index
+    /// only).
+    fn active(&self) -> impl Iterator<Item = (&Arc<Provider>, &Tracked)> {
+        self.upstreams
+            .all()
+            .iter()
+            .zip(&self.providers)
+            .filter(|(p, _)| !p.retired)
+    }
+
     fn gauges(&self, now: Instant) -> Gauges {
         Gauges {
             in_flight: self
-                .upstreams
-                .all()
-                .iter()
-                .map(|p| (Arc::clone(&p.id), p.in_flight()))
+                .active()
+                .map(|(p, _)| (Arc::clone(&p.id), p.in_flight()))
                 .collect(),
             routing: self
-                .upstreams
-                .all()
-                .iter()
-                .zip(&self.providers)
+                .active()
                 .map(|(p, t)| {
                     (
                         Arc::clone(&p.id),
@@ -614,10 +658,7 @@ impl HealthTask {
     /// The performance health report at `now`.
     pub fn report(&self, now: Instant) -> HealthReport {
         let providers: Vec<ProviderReport> = self
-            .upstreams
-            .all()
-            .iter()
-            .zip(&self.providers)
+            .active()
             .map(|(p, t)| ProviderReport {
                 id: p.config.id.clone(),
                 models: p.config.models.clone(),
@@ -704,6 +745,8 @@ impl HealthTask {
                     anomalous_since_unix_ms: d.anomalous_since().map(|t| clock.ms(t)),
                 })
                 .collect(),
+            // The server fills this in: reloads are not the health task's business.
+            config_reload: None,
         }
     }
 
@@ -719,10 +762,7 @@ impl HealthTask {
         Series::build(
             &clock,
             pick(&self.overall, span),
-            self.upstreams
-                .all()
-                .iter()
-                .zip(&self.providers)
+            self.active()
                 .map(|(p, t)| (p.config.id.as_str(), pick(&t.windows, span))),
             now,
         )

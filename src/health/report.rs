@@ -355,6 +355,8 @@ pub struct HealthReport {
     pub dependencies: Vec<DependencyReport>,
     /// Whether the request log keeps what it is sent.
     pub request_log: RequestLogReport,
+    /// The last configuration reload (when, result, what changed); `None` before any.
+    pub config_reload: Option<crate::reload::Outcome>,
 }
 
 /// The request log as `/health` shows it.

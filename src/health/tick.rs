@@ -100,6 +100,10 @@ impl HealthTask {
             let (Some(p), Some(t)) = (self.upstreams.get(i), self.providers.get_mut(i)) else {
                 continue;
             };
+            if p.retired {
+                t.findings.clear();
+                continue;
+            }
             t.signals = *s;
             let input = ProviderInput {
                 id: &p.config.id,

@@ -22,10 +22,11 @@ pub(super) fn plan(
     deadline: Option<Instant>,
     now: Instant,
 ) -> Plan {
-    let serving = gw.upstreams.serving(&head.model);
+    let upstreams = gw.upstreams();
+    let serving = upstreams.serving(&head.model);
     let mut options = Vec::with_capacity(serving.len());
     for &i in serving {
-        let (Some(p), Some(view)) = (gw.upstreams.get(i), snapshot.providers.get(i)) else {
+        let (Some(p), Some(view)) = (upstreams.get(i), snapshot.providers.get(i)) else {
             continue;
         };
         options.push(Choice {
@@ -66,8 +67,9 @@ pub(super) fn plan(
 /// The plan for a request pinned to provider `i` (a canary): that provider alone, if it
 /// serves the model.
 pub(super) fn pinned(gw: &Arc<Gateway>, head: &RequestHead, i: usize) -> Plan {
-    let serves = gw.upstreams.serving(&head.model).contains(&i);
-    let id = gw.upstreams.get(i).map_or("?", |p| p.config.id.as_str());
+    let upstreams = gw.upstreams();
+    let serves = upstreams.serving(&head.model).contains(&i);
+    let id = upstreams.get(i).map_or("?", |p| p.config.id.as_str());
     Plan {
         order: if serves { vec![i] } else { Vec::new() },
         candidates: Vec::new(),

@@ -38,8 +38,10 @@ use track::RequestTrack;
 pub struct Gateway {
     /// Validated configuration.
     pub config: Arc<Config>,
-    /// Providers at run time.
-    pub upstreams: Arc<Upstreams>,
+    /// Client keys and the admin token (replaced by a configuration reload).
+    access: arc_swap::ArcSwap<crate::config::Access>,
+    /// Providers at run time (replaced whole by a configuration reload).
+    upstreams: arc_swap::ArcSwap<Upstreams>,
     /// Pooled upstream client.
     pub client: reqwest::Client,
     /// Handle on the health task.
@@ -56,6 +58,8 @@ pub struct Gateway {
     pub admission: Arc<admission::Admission>,
     /// OpenTelemetry trace export (off unless configured).
     pub tracer: crate::otel::Tracer,
+    /// Configuration reloads: ask for one, and what the last did.
+    pub reload: crate::reload::Control,
     rotation: AtomicUsize,
     /// Random tie-breaks and jitter (`routing.seed`).
     dice: SharedSplitMix,
@@ -64,15 +68,17 @@ pub struct Gateway {
 
 impl Gateway {
     /// Assembles the shared request-path state.
-    pub fn new(
-        config: Arc<Config>,
-        upstreams: Arc<Upstreams>,
-        client: reqwest::Client,
-        health: HealthHandle,
-        request_log: LogSender,
-        snapshot: SharedSnapshot,
-        tracer: crate::otel::Tracer,
-    ) -> Gateway {
+    pub fn new(parts: Parts) -> Gateway {
+        let Parts {
+            config,
+            upstreams,
+            client,
+            health,
+            request_log,
+            snapshot,
+            tracer,
+            reload,
+        } = parts;
         let r = &config.routing;
         Gateway {
             retry_budget: Budget::new(
@@ -86,23 +92,72 @@ impl Gateway {
                 .map(|(m, h)| (m.clone(), Budget::new(h.budget, 0.0, 10.0)))
                 .collect(),
             admission: admission::Admission::new(config.server.max_in_flight),
+            access: arc_swap::ArcSwap::from_pointee(config.access()),
             dice: SharedSplitMix::new(r.seed.unwrap_or_else(rand::random)),
             config,
-            upstreams,
+            upstreams: arc_swap::ArcSwap::new(upstreams),
             client,
             health,
             request_log,
             snapshot,
             tracer,
+            reload,
             rotation: AtomicUsize::new(0),
             epoch: Instant::now(),
         }
+    }
+
+    /// The providers now. Indices never change meaning (see `Upstreams::reconcile`), so an
+    /// index taken from one load is valid in any later one.
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.upstreams.load_full()
+    }
+
+    /// Client keys and the admin token now.
+    pub fn access(&self) -> arc_swap::Guard<Arc<crate::config::Access>> {
+        self.access.load()
+    }
+
+    /// Puts the client keys and admin token of a reloaded configuration in force.
+    pub fn set_access(&self, access: crate::config::Access) {
+        self.access.store(Arc::new(access));
+    }
+
+    /// The provider at `index` now.
+    pub fn provider(&self, index: usize) -> Option<Arc<crate::upstream::Provider>> {
+        self.upstreams.load().get(index).cloned()
+    }
+
+    /// Puts the providers of a reloaded configuration in service.
+    pub fn set_upstreams(&self, upstreams: Arc<Upstreams>) {
+        self.upstreams.store(upstreams);
     }
 
     /// Milliseconds since the gateway started (the budgets' clock).
     fn ms_now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
+}
+
+/// What the gateway is assembled from (`app` builds each part).
+#[derive(Debug)]
+pub struct Parts {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Providers at start.
+    pub upstreams: Arc<Upstreams>,
+    /// Pooled upstream client.
+    pub client: reqwest::Client,
+    /// Handle on the health task.
+    pub health: HealthHandle,
+    /// Request-log sender.
+    pub request_log: LogSender,
+    /// What the health model publishes.
+    pub snapshot: SharedSnapshot,
+    /// Trace export.
+    pub tracer: crate::otel::Tracer,
+    /// Configuration reloads.
+    pub reload: crate::reload::Control,
 }
 
 /// One client request, as the server hands it over.
@@ -273,7 +328,7 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
         }
         let err = Error::UnknownModel {
             model: head.model.clone(),
-            served: gw.upstreams.models().map(str::to_owned).collect(),
+            served: gw.upstreams().models().map(str::to_owned).collect(),
         };
         track.finish(404, Some(("model_not_found", err.to_string())));
         return Err(err);

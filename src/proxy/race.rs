@@ -78,7 +78,7 @@ pub(super) async fn run(
             failures.push(note("deadline", "the client's deadline passed"));
             break;
         }
-        let Some(provider) = gw.upstreams.get(index) else {
+        let Some(provider) = gw.provider(index) else {
             continue;
         };
         // A recovering provider gets one probe at a time: if another request took the
@@ -91,7 +91,7 @@ pub(super) async fn run(
         tried.push(index);
         let mut obs = observation(ctx, index);
         obs.probe = probe;
-        let a = track.open(obs, provider);
+        let a = track.open(obs, &provider);
         let hedge = if probe {
             None
         } else {
@@ -99,7 +99,7 @@ pub(super) async fn run(
         };
         let step = match hedge {
             None => match track.slot_mut(a) {
-                Some(slot) => match attempt_on(ctx, slot, provider, probe).await {
+                Some(slot) => match attempt_on(ctx, slot, &provider, probe).await {
                     Ok(answer) => Step::Won(a, index, answer),
                     Err(e) => Step::Failed(vec![(a, index, e)]),
                 },
@@ -125,7 +125,7 @@ pub(super) async fn run(
                         s.obs.outcome = err.outcome();
                     }
                     track.close(slot);
-                    if let (Some(wait), Some(p)) = (err.retry_after, gw.upstreams.get(index)) {
+                    if let (Some(wait), Some(p)) = (err.retry_after, gw.provider(index)) {
                         gw.health.retry_after(p.index, wait);
                     }
                     if !err.retryable {
@@ -137,7 +137,7 @@ pub(super) async fn run(
                     all_timed_out &= err.is_timeout();
                     failures.push(AttemptFailure {
                         provider: gw
-                            .upstreams
+                            .upstreams()
                             .get(index)
                             .map_or_else(String::new, |p| p.config.id.clone()),
                         kind: err.kind,
@@ -177,7 +177,7 @@ fn note(kind: &'static str, message: &str) -> AttemptFailure {
 fn observation(ctx: &Ctx<'_>, index: usize) -> Observation {
     let id = ctx
         .gw
-        .upstreams
+        .upstreams()
         .get(index)
         .map_or_else(|| Arc::from(""), |p| Arc::clone(&p.id));
     Observation::start(
@@ -307,7 +307,7 @@ async fn race(
     delay: Duration,
 ) -> (Step, bool) {
     let gw = ctx.gw;
-    let (Some(prov_a), Some(prov_b)) = (gw.upstreams.get(pa), gw.upstreams.get(pb)) else {
+    let (Some(prov_a), Some(prov_b)) = (gw.provider(pa), gw.provider(pb)) else {
         return (Step::Failed(Vec::new()), false);
     };
     let fired = AtomicBool::new(false);
@@ -315,7 +315,7 @@ async fn race(
         let Some((slot_a, slot_b)) = track.pair_mut(a, b) else {
             return (Step::Failed(Vec::new()), false);
         };
-        let first = attempt_on(ctx, slot_a, prov_a, false);
+        let first = attempt_on(ctx, slot_a, &prov_a, false);
         let hedge = async {
             tokio::time::sleep(delay).await;
             let allowed = gw
@@ -325,9 +325,9 @@ async fn race(
             if !allowed {
                 return std::future::pending().await;
             }
-            slot_b.launch(prov_b);
+            slot_b.launch(&prov_b);
             fired.store(true, Ordering::Relaxed);
-            attempt_on(ctx, slot_b, prov_b, false).await
+            attempt_on(ctx, slot_b, &prov_b, false).await
         };
         race_pair(first, hedge, &fired).await
     };
@@ -423,7 +423,7 @@ fn commit(
     answer: Answer,
 ) -> Reply {
     let gw = ctx.gw;
-    let Some(provider) = gw.upstreams.get(index).map(Arc::clone) else {
+    let Some(provider) = gw.provider(index) else {
         track.finish(502, Some(("internal", "provider vanished".into())));
         return Reply::Complete {
             status: StatusCode::BAD_GATEWAY,
@@ -484,7 +484,7 @@ fn passthrough(ctx: &Ctx<'_>, mut track: RequestTrack, err: CallError, index: us
         body,
         provider: ctx
             .gw
-            .upstreams
+            .upstreams()
             .get(index)
             .map_or_else(|| Arc::from(""), |p| Arc::clone(&p.id)),
         route: Arc::clone(&ctx.route),

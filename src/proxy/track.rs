@@ -215,9 +215,9 @@ impl RequestTrack {
             return;
         }
         drop(guard);
-        let provider = self.gw.upstreams.get(obs.provider);
+        let provider = self.gw.provider(obs.provider);
         if obs.probe
-            && let Some(p) = provider
+            && let Some(p) = &provider
         {
             p.release_probe();
         }
@@ -260,7 +260,7 @@ impl RequestTrack {
         let r = &mut self.record;
         r.quantization = self
             .gw
-            .upstreams
+            .upstreams()
             .get(a.provider)
             .and_then(|p| p.config.quantization.clone());
         r.served_model.clone_from(&a.served_model);
@@ -353,11 +353,11 @@ fn open_incident(gw: &Gateway, index: usize) -> Option<(String, String)> {
 
 /// What an attempt's span needs beyond its request-log record.
 fn attempt_span(gw: &Gateway, obs: &Observation, span_id: SpanId, arrived: Instant) -> AttemptSpan {
-    let provider = gw.upstreams.get(obs.provider);
+    let provider = gw.provider(obs.provider);
     AttemptSpan {
         span_id,
         offset: obs.started.saturating_duration_since(arrived),
-        server: provider.and_then(|p| p.server()),
+        server: provider.as_ref().and_then(|p| p.server()),
         upstream_model: provider.map_or_else(
             || obs.model.to_string(),
             |p| p.config.upstream_model(&obs.model).to_owned(),

@@ -23,10 +23,32 @@ use crate::request_log::{IncidentFilter, LogFilter, RequestRecord, Store};
 use crate::triage::Triage;
 
 async fn report(gw: &Gateway) -> Result<HealthReport, ApiError> {
-    gw.health
+    let mut r = gw
+        .health
         .report()
         .await
-        .ok_or_else(|| ApiError::internal("the health task is not running"))
+        .ok_or_else(|| ApiError::internal("the health task is not running"))?;
+    r.config_reload = gw.reload.status.last();
+    Ok(r)
+}
+
+/// `POST /api/config/reload`: reads the configuration file again and applies it if valid
+/// (200 with what changed); 422 with every problem when it is not (nothing changes); 409
+/// when Candor was started without a file.
+pub(super) async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.reload.reload().await {
+        Some(o) => {
+            let status = match o.result {
+                crate::reload::Verdict::Applied => StatusCode::OK,
+                crate::reload::Verdict::Refused => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (status, Json(o)).into_response()
+        }
+        None => ApiError::conflict(
+            "Candor was started without a configuration file (or is stopping): there is nothing to reload.",
+        )
+        .into_response(),
+    }
 }
 
 /// `GET /health`: the report, 200 only when within bounds, 503 otherwise.
@@ -75,6 +97,7 @@ pub(super) async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         Some(mut text) => {
             gw.admission.render(&mut text);
             gw.tracer.render(&mut text);
+            gw.reload.status.render(&mut text);
             (
                 [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
                 text,
@@ -112,10 +135,9 @@ pub(super) async fn providers(
     let views = gw.snapshot.load();
     let (now, now_unix) = (Instant::now(), unix_ms_now());
     Ok(Json(
-        gw.upstreams
-            .all()
-            .iter()
-            .map(|p| ProviderView {
+        gw.upstreams()
+            .active()
+            .map(|(_, p)| ProviderView {
                 id: p.config.id.clone(),
                 base_url: crate::config::shown_url(&p.config.base_url),
                 models: p.config.models.clone(),
@@ -236,7 +258,7 @@ pub(super) async fn triage(
 ) -> Result<Json<Triage>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     if let Some(p) = &q.provider
-        && !gw.upstreams.all().iter().any(|u| &u.config.id == p)
+        && !gw.upstreams().active().any(|(_, u)| &u.config.id == p)
     {
         return Err(ApiError::not_found(format!("No provider {p}.")));
     }

@@ -170,6 +170,16 @@ impl ApiError {
         }
     }
 
+    /// 409 for a request the current state does not allow.
+    pub fn conflict(message: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "conflict",
+            message.into(),
+        )
+    }
+
     /// 500 for Candor's own failure (details go to the log, not the client).
     pub fn internal(message: &str) -> ApiError {
         ApiError::new(

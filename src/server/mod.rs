@@ -39,6 +39,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/api/incidents/{id}", get(admin::incident))
         .route("/api/triage", get(admin::triage))
         .route("/api/series", get(admin::series))
+        .route("/api/config/reload", post(admin::reload))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&gw),
             require_admin,
@@ -118,7 +119,7 @@ fn bearer(req: &Request) -> Option<&[u8]> {
 }
 
 async fn require_admin(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
-    if let Some(token) = &gw.config.server.admin_token
+    if let Some(token) = &gw.access().admin_token
         && !bearer(&req).is_some_and(|b| token.matches(b))
     {
         return ApiError::bad_admin_token().into_response();

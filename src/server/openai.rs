@@ -37,7 +37,7 @@ pub(super) async fn models(State(gw): State<Arc<Gateway>>, req: Request) -> Resp
         return e.into_response();
     }
     let data: Vec<_> = gw
-        .upstreams
+        .upstreams()
         .models()
         .map(|m| {
             serde_json::json!({
@@ -53,7 +53,8 @@ pub(super) async fn models(State(gw): State<Arc<Gateway>>, req: Request) -> Resp
 
 /// Checks the client key; returns its id (None when no keys are configured).
 fn client_key(gw: &Gateway, req: &Request) -> Result<Option<String>, ApiError> {
-    let keys = &gw.config.server.client_keys;
+    let access = gw.access();
+    let keys = &access.client_keys;
     if keys.is_empty() {
         return Ok(None);
     }

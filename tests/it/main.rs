@@ -18,6 +18,7 @@ mod failover;
 mod health;
 mod hostile;
 mod prometheus;
+mod reload;
 mod routing;
 mod rules;
 mod scenario;

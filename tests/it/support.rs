@@ -303,6 +303,20 @@ impl TestGateway {
         }
     }
 
+    /// Starts the gateway from the configuration file `dir/candor.toml` holding `text`, so
+    /// that `POST /api/config/reload` can read it again.
+    pub(crate) async fn from_file(text: &str, dir: tempfile::TempDir) -> TestGateway {
+        let path = dir.path().join("candor.toml");
+        std::fs::write(&path, text).unwrap();
+        let running = app::start_from(&path, false).await.unwrap();
+        TestGateway {
+            url: format!("http://{}", running.addr),
+            running: Some(running),
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
     pub(crate) fn db(&self) -> std::path::PathBuf {
         self.dir.path().join("log.db")
     }
@@ -596,6 +610,16 @@ impl Served {
     /// True while the process runs.
     pub(crate) fn alive(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Sends the process SIGHUP (reload the configuration).
+    pub(crate) fn hangup(&mut self) {
+        assert!(self.alive(), "candor serve died: {}", self.output());
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap();
     }
 
     /// Stops the process with SIGTERM, asserts a clean exit, and returns what it wrote.
