@@ -51,14 +51,6 @@ impl Drop for Phoenix {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn start_phoenix() -> Phoenix {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -219,6 +211,11 @@ async fn spans_reach_phoenix_with_genai_attributes_links_and_the_callers_trace()
     assert!(attr(first, "candor.route.reason").is_string());
     let (_, attempts) = request(&all, first);
     assert_eq!(attempts.len(), 2);
+    // The trace as Phoenix returns it (`cargo test --test traces -- --nocapture` shows it).
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&[first, attempts[0], attempts[1]]).unwrap()
+    );
     let (failed, answered) = (attempts[0], attempts[1]);
     assert_eq!(trace_id(failed), TRACE);
     assert_eq!(failed["span_kind"], "LLM");

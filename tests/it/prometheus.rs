@@ -9,14 +9,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A Prometheus API answer, checked for `"status": "success"`.
 async fn api(request: reqwest::RequestBuilder) -> Value {
     let v: Value = request.send().await.unwrap().json().await.unwrap();

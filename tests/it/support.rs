@@ -420,6 +420,15 @@ pub(crate) async fn start_sim(model: &str, step: Duration) -> (app::Background, 
     (bg, url)
 }
 
+/// A loopback port free a moment ago (for a child process that must be told its port).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs `tests/sdk/<script>` with `args` on a blocking thread and returns the JSON it
 /// prints, failing the test with its stderr when it fails.
 pub(crate) async fn sdk_script(script: &str, args: Vec<String>) -> Value {
@@ -487,11 +496,7 @@ impl Served {
 
     async fn launch(config: &str, fds: Option<u32>, ca: Option<&std::path::Path>) -> Served {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let cfg = dir.path().join("candor.toml");
         let text = config
             .replace("{listen}", &format!("127.0.0.1:{port}"))
