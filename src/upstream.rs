@@ -221,6 +221,13 @@ impl DecodeClock {
 #[derive(Debug)]
 pub struct InFlight(Arc<Provider>, bool);
 
+impl InFlight {
+    /// The provider it holds a count on.
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.0
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);

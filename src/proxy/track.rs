@@ -210,30 +210,31 @@ impl RequestTrack {
         else {
             return;
         };
-        if guard.is_none() {
+        let Some(guard) = guard else {
             // A hedge that never went out is not an attempt.
             return;
-        }
+        };
+        // The provider the attempt went to, even if a reload has replaced it since.
+        let provider = Arc::clone(guard.provider());
         drop(guard);
-        let provider = self.gw.provider(obs.provider);
-        if obs.probe
-            && let Some(p) = &provider
-        {
-            p.release_probe();
+        if obs.probe {
+            provider.release_probe();
         }
-        let cost = provider.map_or(0.0, |p| {
-            p.config.price.cost(
-                obs.prompt_tokens.unwrap_or(0),
-                obs.completion_tokens.unwrap_or(0),
-            )
-        });
+        let cost = provider.config.price.cost(
+            obs.prompt_tokens.unwrap_or(0),
+            obs.completion_tokens.unwrap_or(0),
+        );
         self.record
             .attempts
             .push(AttemptRecord::from_observation(&obs, in_flight));
         if let Some(spans) = &mut self.spans {
-            spans
-                .attempts
-                .push(attempt_span(&self.gw, &obs, span_id, self.started));
+            spans.attempts.push(attempt_span(
+                &self.gw,
+                &provider,
+                &obs,
+                span_id,
+                self.started,
+            ));
         }
         if cost > 0.0 {
             *self.record.cost_usd.get_or_insert(0.0) += cost;
@@ -352,49 +353,23 @@ fn open_incident(gw: &Gateway, index: usize) -> Option<(String, String)> {
 }
 
 /// What an attempt's span needs beyond its request-log record.
-fn attempt_span(gw: &Gateway, obs: &Observation, span_id: SpanId, arrived: Instant) -> AttemptSpan {
-    let provider = gw.provider(obs.provider);
+fn attempt_span(
+    gw: &Gateway,
+    provider: &Provider,
+    obs: &Observation,
+    span_id: SpanId,
+    arrived: Instant,
+) -> AttemptSpan {
     AttemptSpan {
         span_id,
         offset: obs.started.saturating_duration_since(arrived),
-        server: provider.as_ref().and_then(|p| p.server()),
-        upstream_model: provider.map_or_else(
-            || obs.model.to_string(),
-            |p| p.config.upstream_model(&obs.model).to_owned(),
-        ),
+        server: provider.server(),
+        upstream_model: provider.config.upstream_model(&obs.model).to_owned(),
         response_id: obs.response_id.clone(),
         served_model: obs.served_model.clone(),
         finish_reason: obs.finish_reason.clone(),
         prompt_tokens: obs.prompt_tokens,
         completion_tokens: obs.completion_tokens,
         incident: open_incident(gw, obs.provider),
-    }
-}
-
-impl Drop for RequestTrack {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        // The request future was dropped: the client went away mid-request.
-        let now = Instant::now();
-        for s in self
-            .slots
-            .iter_mut()
-            .flatten()
-            .chain(self.committed.as_mut())
-        {
-            if s.obs.e2e.is_zero() {
-                s.obs.e2e = now.saturating_duration_since(s.obs.started);
-            }
-            s.obs.outcome = Outcome::ClientCancelled;
-        }
-        self.finish(
-            CLIENT_CLOSED,
-            Some((
-                "client_cancelled",
-                "the client closed the connection".into(),
-            )),
-        );
     }
 }
