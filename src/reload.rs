@@ -76,9 +76,11 @@ impl Outcome {
         changes: &[Change],
         restart_required: Vec<String>,
     ) -> Outcome {
-        let mut o = Outcome::refused(at_unix_ms, Vec::new());
-        o.result = Verdict::Applied;
-        o.restart_required = restart_required;
+        let mut o = Outcome {
+            result: Verdict::Applied,
+            restart_required,
+            ..Outcome::refused(at_unix_ms, Vec::new())
+        };
         for &c in changes {
             let id = upstreams
                 .get(c.index())

@@ -160,9 +160,20 @@ async fn spans_reach_phoenix_with_genai_attributes_links_and_the_callers_trace()
 
     // Requests 1 and 3 failed over (a server span and two attempts each), request 2 went
     // straight to p1 (two spans), request 4's caller did not sample: eight spans.
+    let metrics = eventually("eight spans exported", || async {
+        let m = gw.get("/metrics").await.text().await.ok()?;
+        m.contains("candor_trace_spans_exported_total 8\n")
+            .then_some(m)
+    })
+    .await;
+    assert!(metrics.contains("candor_trace_spans_dropped_total{reason=\"queue_full\"} 0\n"));
+    // Stopping flushes the exporter: after it, its own count is all Candor ever sent, so
+    // Phoenix holding that many means nothing more is on its way.
+    let gateway = std::sync::Arc::clone(&gw.running.as_ref().unwrap().gateway);
+    gw.stop().await;
+    let status = gateway.tracer.status().unwrap();
+    assert_eq!((status.exported(), status.dropped()), (8, (0, 0)));
     let all = spans(&phoenix, 8).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let all = spans(&phoenix, all.len()).await;
     assert_eq!(all.len(), 8, "{all:#?}");
     assert!(all.iter().all(|s| trace_id(s) != UNSAMPLED_TRACE));
 
@@ -285,12 +296,4 @@ async fn spans_reach_phoenix_with_genai_attributes_links_and_the_callers_trace()
         }
     }
     assert_eq!(received, 5, "five attempts went out in sampled traces");
-
-    let metrics = gw.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains("candor_trace_spans_exported_total 8\n"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("candor_trace_spans_dropped_total{reason=\"queue_full\"} 0\n"));
-    gw.stop().await;
 }

@@ -586,8 +586,10 @@ impl HealthTask {
     fn reload(&mut self, upstreams: Arc<Upstreams>, changes: &[Change], now: Instant) {
         for &change in changes {
             let i = change.index();
-            while self.providers.len() <= i {
+            // Slots are appended in order (`Upstreams::reconcile`), so a new one is the next.
+            if i >= self.providers.len() {
                 self.providers.push(Tracked::new(now));
+                continue;
             }
             let Some(t) = self.providers.get_mut(i) else {
                 continue;
@@ -596,7 +598,8 @@ impl HealthTask {
                 Change::Added(_) | Change::Replaced(_) => *t = Tracked::new(now),
                 // Another object with its own counters: the next tick starts from them.
                 Change::Updated(_) => t.live = None,
-                Change::Removed(_) => t.findings.clear(),
+                // The tick stops judging a retired provider and drops its findings.
+                Change::Removed(_) => {}
             }
         }
         self.upstreams = upstreams;

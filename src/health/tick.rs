@@ -15,6 +15,7 @@ use super::{HealthTask, Tracked, fresh};
 use crate::detect::{
     Clock, Finding, Folding, GatewayInput, Member, Mode, ModelInput, PeerPool, ProviderInput, fold,
 };
+use crate::upstream::Provider;
 
 /// Span of the recent window.
 const RECENT: Duration = Duration::from_secs(30);
@@ -410,20 +411,13 @@ impl HealthTask {
             .all()
             .iter()
             .zip(&self.providers)
-            .map(|(p, t)| {
-                let mut view = self.view(p.config.metrics_url.is_some(), t, now);
-                view.incident = self
-                    .incidents
-                    .open()
-                    .find(|i| i.provider.as_deref() == Some(&*p.id))
-                    .map(|i| (Arc::from(i.id.as_str()), Arc::from(i.mode.as_str())));
-                view
-            })
+            .map(|(p, t)| self.view(p, t, now))
             .collect();
         self.snapshot.store(Arc::new(Snapshot { providers }));
     }
 
-    fn view(&self, scraped: bool, t: &Tracked, now: Instant) -> ProviderView {
+    fn view(&self, p: &Provider, t: &Tracked, now: Instant) -> ProviderView {
+        let scraped = p.config.metrics_url.is_some();
         let s = &t.signals;
         let baseline = t.health.baseline.at(s.load);
         let fresh = self.fresh_backend(t, now);
@@ -441,7 +435,11 @@ impl HealthTask {
             backend_unknown: scraped && fresh.is_none(),
             cooldown_until: t.cooldown_until.filter(|&u| u > now),
             retry_after_until: t.retry_after_until.filter(|&u| u > now),
-            incident: None,
+            incident: self
+                .incidents
+                .open()
+                .find(|i| i.provider.as_deref() == Some(&*p.id))
+                .map(|i| (Arc::from(i.id.as_str()), Arc::from(i.mode.as_str()))),
         }
     }
 }

@@ -32,11 +32,6 @@ impl RequestTrace {
         ))
         .ok()
     }
-
-    /// The trace id as 32 lowercase hex digits.
-    pub fn trace_hex(&self) -> String {
-        hex(&self.trace_id)
-    }
 }
 
 /// What a valid `traceparent` says: trace, parent span, sampled flag.

@@ -122,7 +122,8 @@ impl Sink {
         if batch.is_empty() {
             return;
         }
-        let body = proto::export_request(&self.resource, &batch);
+        // `Bytes`: the retry shares the encoded body instead of copying it.
+        let body = bytes::Bytes::from(proto::export_request(&self.resource, &batch));
         let mut result = self.post(body.clone()).await;
         if let Err(Failure::Busy(why)) = &result {
             tracing::debug!(%why, "trace export: the backend is busy; retrying once");
@@ -143,7 +144,7 @@ impl Sink {
         }
     }
 
-    async fn post(&self, body: Vec<u8>) -> Result<(), Failure> {
+    async fn post(&self, body: bytes::Bytes) -> Result<(), Failure> {
         let response = self
             .client
             .post(&self.endpoint)

@@ -14,7 +14,6 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use reqwest::header::HeaderValue;
 use tokio::sync::mpsc;
 
 use crate::config::TracingConfig;
@@ -84,13 +83,14 @@ impl Tracer {
         self.inner.as_ref().map(|i| Arc::clone(&i.status))
     }
 
-    /// The trace of a request that arrived with `traceparent`, or `None` when tracing is
-    /// off. A valid parent is continued and decides sampling (parent-based sampling); a
-    /// request without one starts a trace sampled by `sample_ratio`.
-    pub fn begin(&self, traceparent: Option<&HeaderValue>) -> Option<RequestTrace> {
+    /// The trace of a request whose caller's context is `parent` (a valid `traceparent`),
+    /// or `None` when tracing is off. A parent is continued and decides sampling
+    /// (parent-based sampling); a request without one starts a trace sampled by
+    /// `sample_ratio`.
+    pub fn begin(&self, parent: Option<context::Parent>) -> Option<RequestTrace> {
         let inner = self.inner.as_ref()?;
         let span_id = context::new_span_id();
-        Some(match traceparent.and_then(context::parse) {
+        Some(match parent {
             Some(p) => RequestTrace {
                 trace_id: p.trace_id,
                 span_id,
@@ -148,6 +148,8 @@ impl Tracer {
 
 #[cfg(test)]
 mod tests {
+    use reqwest::header::HeaderValue;
+
     use super::*;
 
     fn config(ratio: f64, queue: usize) -> TracingConfig {
@@ -167,9 +169,9 @@ mod tests {
     #[test]
     fn the_clients_sampling_decision_is_kept_and_new_traces_follow_the_ratio() {
         let (none, _rx) = Tracer::new(Some(&config(0.0, 4)));
-        let sampled =
-            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let t = none.begin(Some(&sampled)).unwrap();
+        let parent = |tp: &'static str| context::parse(&HeaderValue::from_static(tp));
+        let sampled = parent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let t = none.begin(sampled).unwrap();
         assert!(t.sampled, "a sampled parent is recorded whatever the ratio");
         assert_eq!(
             t.parent,
@@ -177,16 +179,15 @@ mod tests {
         );
         assert!(!none.begin(None).unwrap().sampled);
         let (all, _rx) = Tracer::new(Some(&config(1.0, 4)));
-        let unsampled =
-            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
-        assert!(!all.begin(Some(&unsampled)).unwrap().sampled);
+        let unsampled = parent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        assert!(!all.begin(unsampled).unwrap().sampled);
         assert!(all.begin(None).unwrap().sampled);
         let (half, _rx) = Tracer::new(Some(&config(0.5, 4)));
         let n = (0..4000)
             .filter(|_| half.begin(None).unwrap().sampled)
             .count();
         assert!((1700..2300).contains(&n), "{n} of 4000 sampled at 0.5");
-        assert_eq!(Tracer::default().begin(Some(&sampled)), None, "off");
+        assert_eq!(Tracer::default().begin(sampled), None, "off");
     }
 
     #[test]

@@ -267,13 +267,18 @@ fn all_failed_message(attempts: &[AttemptFailure]) -> String {
 
 /// Runs `req` to a committed reply or an error.
 pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Error> {
+    // The caller's trace context, read once: continued when tracing is on, recorded either way.
+    let parent = req
+        .traceparent
+        .as_ref()
+        .and_then(crate::otel::context::parse);
+    let trace = gw.tracer.begin(parent);
     let mut record = RequestRecord {
         request_id: req.request_id.clone(),
-        trace_id: req
-            .traceparent
-            .as_ref()
-            .and_then(crate::otel::context::parse)
-            .map(|p| crate::otel::context::hex(&p.trace_id)),
+        trace_id: trace
+            .map(|t| t.trace_id)
+            .or(parent.map(|p| p.trace_id))
+            .map(|id| crate::otel::context::hex(&id)),
         ts_ms: unix_ms_now(),
         operation: req.operation.as_str().to_owned(),
         client_key_id: req.client_key_id.clone(),
@@ -282,7 +287,6 @@ pub async fn handle(gw: &Arc<Gateway>, req: ClientRequest) -> Result<Reply, Erro
         }),
         ..RequestRecord::default()
     };
-    let trace = gw.tracer.begin(req.traceparent.as_ref());
     let head = match RequestHead::parse(&req.body) {
         Ok(h) => h,
         Err(e) => {

@@ -118,7 +118,6 @@ impl RequestTrack {
 
     /// Follows the request in `trace`; a recorded trace keeps what its spans need.
     pub fn traced(&mut self, trace: RequestTrace, sampling: &Sampling) {
-        self.record.trace_id = Some(trace.trace_hex());
         self.trace = Some(trace);
         if trace.sampled {
             let now = std::time::SystemTime::now()
