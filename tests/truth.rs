@@ -115,3 +115,22 @@ fn a_flaky_provider_whose_state_changed_is_a_tail_not_a_hang() {
         "{r:#?}"
     );
 }
+
+#[test]
+fn a_creeping_slowdown_under_noisy_per_stream_rates_is_named_from_the_decode_step() {
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Eight providers at moderate load on the code trace (long prompts, short answers: the
+    // per-stream rate spreads by a quarter from tick to tick when healthy); one slows from
+    // 0.95x to 0.6x over 90 s. The rate alone never alarmed; the decode step (the fastest
+    // token gaps, nothing waiting at the server) names it within the creeping bound.
+    let r = truth::run_seed(20584).unwrap();
+    println!("{}", serde_json::to_string(&r).unwrap());
+    assert_eq!(r.faults.len(), 1, "{r:#?}");
+    let f = &r.faults[0];
+    assert!(f.fault.gradual, "{r:#?}");
+    assert_eq!(f.fault.expected, Mode::HardwareDegradation, "{r:#?}");
+    assert!(f.detect_s.is_some_and(|d| d <= f.fault.bound_s), "{r:#?}");
+    assert!(!f.wrong_provider && r.false_incidents.is_empty(), "{r:#?}");
+}

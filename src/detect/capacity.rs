@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::cusum::Since;
-use super::provider::QUEUE_TIMEOUTS_LEFT_OUT;
+use super::provider::{QUEUE_TIMEOUTS_LEFT_OUT, STEP_RATIO};
 use super::{Clock, Fact, Finding, Mode, Severity};
 
 /// How long every provider must queue before the model is called over capacity: a burst of
@@ -247,10 +247,10 @@ fn load_explains(f: &Finding, queueing: bool, common: bool) -> bool {
         }
         Mode::HardwareDegradation => {
             queueing
-                && !f
-                    .facts
-                    .iter()
-                    .any(|x| x.signal == "peer_decode_ratio" && x.value >= PEERS_AS_USUAL)
+                && !f.facts.iter().any(|x| {
+                    (x.signal == "peer_decode_ratio" && x.value >= PEERS_AS_USUAL)
+                        || x.signal == STEP_RATIO
+                })
         }
         Mode::SilentQualityDegradation => {
             queueing
@@ -559,6 +559,32 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[test]
+    fn a_slowdown_named_from_its_decode_step_is_not_the_loads() {
+        // Named before the queue formed, from a decode step a third slower with nothing
+        // waiting: when the model then runs over capacity, the slowdown is the cause.
+        let capacity = finding(Mode::CapacityExhausted, "m", 200);
+        let mut hw = finding(Mode::HardwareDegradation, "a", 150);
+        hw.facts
+            .push(Fact::new(STEP_RATIO, 0.7, "ratio", String::new()));
+        let mut a = vec![hw];
+        let mut b = vec![];
+        let mut members = [
+            Folding {
+                findings: &mut a,
+                queueing: true,
+                serving: true,
+            },
+            Folding {
+                findings: &mut b,
+                queueing: true,
+                serving: true,
+            },
+        ];
+        assert!(fold(Some(capacity), &mut members).is_none());
+        assert!(a[0].facts.iter().any(|x| x.signal == "capacity_shortfall"));
     }
 
     #[test]

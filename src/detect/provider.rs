@@ -11,6 +11,7 @@ mod hardware;
 mod kv;
 mod tail;
 
+pub(super) use hardware::STEP_RATIO;
 pub use tail::late_after;
 
 use kv::Tails;
@@ -56,6 +57,9 @@ pub struct ProviderInput<'a> {
     /// The quickest token gaps its baseline learned at the batch it runs now, s: its decode
     /// step when healthy (see [`Signals::quickest_gap`]).
     pub quickest_gap_baseline: Option<f64>,
+    /// The fastest token gaps its baseline learned at the batch it runs now with nothing
+    /// waiting, s (see [`Signals::fastest_gap`]).
+    pub fastest_gap_baseline: Option<f64>,
     /// The latest fresh scrape.
     pub backend: Option<&'a Backend>,
     /// Whether the provider's own health endpoint answered 2xx at its last check.
@@ -91,6 +95,7 @@ impl ProviderInput<'_> {
 #[derive(Debug, Clone)]
 pub struct ProviderDetectors {
     decode: Cusum,
+    step: Cusum,
     tails: Tails,
     stalls: Since,
     stuck: Since,
@@ -109,6 +114,7 @@ impl Default for ProviderDetectors {
     fn default() -> Self {
         ProviderDetectors {
             decode: Cusum::new(hardware::DECODE_K, hardware::DECODE_H),
+            step: Cusum::new(hardware::STEP_K, hardware::STEP_H),
             tails: Tails::default(),
             stalls: Since::default(),
             stuck: Since::default(),

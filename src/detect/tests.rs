@@ -57,6 +57,7 @@ struct Fixture {
     baseline: Option<Reference>,
     peers: Option<Ratios>,
     quickest_gap_baseline: Option<f64>,
+    fastest_gap_baseline: Option<f64>,
     health_ok: Option<bool>,
     backend: Option<crate::scrape::Backend>,
     queued_recently: bool,
@@ -86,8 +87,10 @@ impl Fixture {
                 ttft: Some(1.0),
                 decode: Some(1.0),
                 late: None,
+                step: None,
             }),
             quickest_gap_baseline: None,
+            fastest_gap_baseline: None,
             health_ok: None,
             backend: None,
             queued_recently: false,
@@ -112,6 +115,7 @@ impl Fixture {
             baseline: self.baseline,
             peers: self.peers,
             quickest_gap_baseline: self.quickest_gap_baseline,
+            fastest_gap_baseline: self.fastest_gap_baseline,
             backend: self.backend.as_ref(),
             health_endpoint_ok: self.health_ok,
             in_flight: 6,
@@ -372,6 +376,7 @@ fn a_slowdown_every_peer_shares_is_the_traffic_not_hardware() {
         decode: Some(0.6),
         ttft: Some(1.5),
         late: None,
+        step: None,
     });
     for i in 0..120 {
         let f = fx.step(&mut d, t0 + Duration::from_millis(500 * i));
@@ -382,6 +387,7 @@ fn a_slowdown_every_peer_shares_is_the_traffic_not_hardware() {
         decode: Some(0.98),
         ttft: Some(1.0),
         late: None,
+        step: None,
     });
     let later = t0 + Duration::from_secs(60);
     let named = (0..20).find_map(|i| {
@@ -433,6 +439,7 @@ fn a_fifth_of_first_tokens_seconds_late_with_a_flat_median_is_tail_latency() {
     let mut fx = Fixture::new(slot(&samples));
     fx.peers = Some(Ratios {
         late: Some(0.15),
+        step: None,
         ..fx.peers.unwrap_or_default()
     });
     let f = fx.step(&mut learned.clone(), now);
@@ -440,6 +447,7 @@ fn a_fifth_of_first_tokens_seconds_late_with_a_flat_median_is_tail_latency() {
     // Peers with a few late ones of their own excuse nothing.
     fx.peers = Some(Ratios {
         late: Some(0.02),
+        step: None,
         ..fx.peers.unwrap_or_default()
     });
     let f = fx.step(&mut learned, now);
@@ -691,6 +699,44 @@ fn behind_a_queue_a_decode_step_as_quick_as_ever_is_load_not_hardware() {
     // Without enough gaps to tell, or without a queue, the step says nothing either way.
     assert!(judged(None, 40.0));
     assert!(judged(Some(0.031), 0.0));
+}
+
+#[test]
+fn a_slower_decode_step_with_nothing_waiting_is_named_however_noisy_the_rate() {
+    let t0 = Instant::now();
+    // Short answers and long prompts: the per-stream rate swings by 30 % when healthy, so
+    // a 12 % lower rate says nothing; the fastest token gaps (the decode step alone) say
+    // each step takes `gap` against the 30 ms learned at this batch.
+    let judged = |gap: f64, queued: bool, peers_step: Option<f64>| {
+        let mut fx = Fixture::new(clean_slot());
+        let mut d = learned_on_clean_traffic(t0);
+        fx.baseline = Some(Reference {
+            decode_spread: Some(0.3),
+            ..fx.baseline.expect("set")
+        });
+        fx.signals.decode = Some(70.0);
+        fx.signals.fastest_gap = Some(gap);
+        fx.signals.queued = queued;
+        fx.fastest_gap_baseline = Some(0.030);
+        fx.peers = fx.peers.map(|r| Ratios {
+            step: peers_step,
+            ..r
+        });
+        let from = t0 + Duration::from_secs(10);
+        (0..20)
+            .flat_map(|i| fx.step(&mut d, from + Duration::from_millis(500 * i)))
+            .find(|f| f.mode == Mode::HardwareDegradation)
+    };
+    // A quarter slower: named within a few ticks, with the step as its evidence.
+    let f = judged(0.040, false, Some(1.0)).expect("named");
+    let step = f.facts.iter().find(|x| x.signal == "decode_step_ratio");
+    assert!(step.is_some_and(|x| x.value < 0.8), "{:?}", f.facts);
+    assert!(f.summary.contains("25 % slower"), "{}", f.summary);
+    // A step within its noise, or a step its peers share (the traffic), is nothing.
+    assert!(judged(0.033, false, Some(1.0)).is_none());
+    assert!(judged(0.040, false, Some(0.75)).is_none());
+    // Behind a queue an engine that chunks prompts prefills inside its steps: not judged.
+    assert!(judged(0.040, true, Some(1.0)).is_none());
 }
 
 #[test]

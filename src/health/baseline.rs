@@ -77,6 +77,9 @@ pub struct Ratios {
     /// The share of first tokens seconds late (not a ratio: a burst queues first tokens at
     /// every provider at once, a flaky one delays its own).
     pub late: Option<f64>,
+    /// The decode step learned at the batch it runs over the step now (the fastest token
+    /// gaps with nothing waiting; below 1: each step slower).
+    pub step: Option<f64>,
 }
 
 impl Ratios {
@@ -90,6 +93,7 @@ impl Ratios {
             decode: div(current.decode, reference.and_then(|r| r.decode)),
             ttft: div(current.ttft, reference.and_then(|r| r.ttft)),
             late: None,
+            step: None,
         }
     }
 
@@ -103,8 +107,10 @@ impl Ratios {
             decode: pick(|r| r.decode),
             ttft: pick(|r| r.ttft),
             late: pick(|r| r.late),
+            step: pick(|r| r.step),
         };
-        (r.decode.is_some() || r.ttft.is_some() || r.late.is_some()).then_some(r)
+        (r.decode.is_some() || r.ttft.is_some() || r.late.is_some() || r.step.is_some())
+            .then_some(r)
     }
 
     /// How much of a drop in decode rate the peers share: their ratio over `SHARED_NOISE`,
@@ -117,6 +123,14 @@ impl Ratios {
             .map_or(1.0, |d| (d / SHARED_NOISE).clamp(f64::MIN_POSITIVE, 1.0))
     }
 
+    /// How much of a slower decode step the peers share: their step ratio over
+    /// `SHARED_STEP_NOISE`, capped at 1.
+    pub fn shared_step_drop(peers: Option<Ratios>) -> f64 {
+        peers.and_then(|p| p.step).map_or(1.0, |d| {
+            (d / SHARED_STEP_NOISE).clamp(f64::MIN_POSITIVE, 1.0)
+        })
+    }
+
     /// How much of a rise in TTFT the peers share: their ratio, at least 1.
     pub fn shared_ttft_rise(peers: Option<Ratios>) -> f64 {
         peers.and_then(|p| p.ttft).map_or(1.0, |t| t.max(1.0))
@@ -125,6 +139,18 @@ impl Ratios {
 
 /// The spread of a provider's decode ratio around its baseline from one tick to the next.
 const SHARED_NOISE: f64 = 0.9;
+/// The same for its decode step: the quickest quarter of token gaps moves little with the
+/// traffic (a histogram's bucket, about 5 %).
+const SHARED_STEP_NOISE: f64 = 0.95;
+
+/// The decode step `learned` at a batch over the step `now` at that batch (the quickest
+/// token gaps, s): below 1, each step is slower than it was when healthy.
+pub fn step_ratio(learned: Option<f64>, now: Option<f64>) -> Option<f64> {
+    match (learned, now) {
+        (Some(base), Some(gap)) if gap > 0.0 && base > 0.0 => Some(base / gap),
+        _ => None,
+    }
+}
 
 /// The median of `v` (sorted in place).
 pub fn median(v: &mut [f64]) -> Option<f64> {
@@ -147,12 +173,17 @@ pub struct Baseline {
     buckets: [Bucket; BUCKETS.len()],
     step: StepFit,
     quickest: StepFit,
+    fastest: StepFit,
 }
 
 /// Ticks of data before the step-time line is trusted.
 const FIT_TICKS: u32 = 20;
 /// The line predicts up to this multiple of the heaviest load it was fitted on.
 const FIT_REACH: f64 = 1.5;
+/// The fastest gaps' line reaches less far: a slowdown is named from it alone, and a batch
+/// far beyond any it has run (a provider taking a failed peer's traffic) also brings
+/// prefill into more of its steps than the line has seen.
+const FASTEST_REACH: f64 = 1.2;
 
 /// A continuous-batching engine's decode step costs a fixed part plus a part per sequence in
 /// the batch, so the time a stream waits per token is close to a line in the load:
@@ -184,8 +215,8 @@ impl StepFit {
 
     /// The step time predicted at `load` and the spread around the line (as a share of the
     /// mean step time), when the line has seen enough and reaches that far.
-    fn predict(&self, load: f64) -> Option<(f64, f64)> {
-        if self.ticks < FIT_TICKS || load > FIT_REACH * self.max_x.max(1.0) {
+    fn predict(&self, load: f64, reach: f64) -> Option<(f64, f64)> {
+        if self.ticks < FIT_TICKS || load > reach * self.max_x.max(1.0) {
             return None;
         }
         let var_x = self.xx - self.x * self.x;
@@ -231,7 +262,7 @@ impl Baseline {
     /// degradation rather than call ordinary load one), and no TTFT (queueing makes first
     /// tokens at a heavier load unknowable from a lighter one).
     pub fn at(&self, load: f64) -> Option<Reference> {
-        let fitted = self.step.predict(load);
+        let fitted = self.step.predict(load, FIT_REACH);
         let here = bucket_of(load);
         let learned = self.buckets[here..].iter().find(|b| b.ticks >= MIN_TICKS);
         // One bucket lighter at most: twice the load is a batch the same server still
@@ -268,7 +299,25 @@ impl Baseline {
     /// (a step costs a fixed part plus a part per sequence), it predicts up to 1.5 times the
     /// largest batch it has seen.
     pub fn quickest_gap_at(&self, batch: f64) -> Option<f64> {
-        self.quickest.predict(batch).map(|(step, _)| step)
+        self.quickest
+            .predict(batch, FIT_REACH)
+            .map(|(step, _)| step)
+    }
+
+    /// Learns from one healthy tick with nothing waiting at the server the fastest token gaps
+    /// (s) seen with `batch` streams decoding on average.
+    pub fn learn_fastest_gap(&mut self, batch: f64, gap: f64) {
+        if batch.is_finite() && gap.is_finite() && gap > 0.0 {
+            self.fastest.learn(batch, gap);
+        }
+    }
+
+    /// The fastest token gaps learned at a batch of `batch` decoding streams (see
+    /// [`Baseline::quickest_gap_at`]).
+    pub fn fastest_gap_at(&self, batch: f64) -> Option<f64> {
+        self.fastest
+            .predict(batch, FASTEST_REACH)
+            .map(|(step, _)| step)
     }
 
     /// The quickest first token learned at any load: what a first token costs with no queue

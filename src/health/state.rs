@@ -122,6 +122,11 @@ pub struct Signals {
     /// is prefilled between two tokens. A slowed GPU lengthens every step; a loaded engine
     /// keeps its step and spends the rest of its time on the prompts it admits.
     pub quickest_gap: Option<f64>,
+    /// The fastest tenth of the last ten seconds' token gaps, s, when there were enough to
+    /// tell: the decode step alone even when a burst of arrivals prefills between most steps
+    /// (a quarter of them would then include a prompt), and recent enough to follow a step
+    /// that slows a little more every few seconds.
+    pub fastest_gap: Option<f64>,
     /// Streams decoding at once on average over the last several seconds (stream-time
     /// decoding over wall time): the batch the engine runs for Candor, which a queue at the
     /// server does not inflate the way it does the load.
@@ -153,6 +158,9 @@ pub struct Signals {
     /// A model it serves is over capacity: slow answers and timeouts are the load's, not
     /// the provider's.
     pub overloaded: bool,
+    /// Work waited at the server within the span of `fastest_gap` (a scrape said so) or the
+    /// model is over capacity.
+    pub queued: bool,
 }
 
 /// The state machine for one provider.
@@ -475,6 +483,15 @@ impl ProviderHealth {
                 && self.state == State::Healthy
             {
                 self.baseline.learn_quickest_gap(b, g);
+            }
+            // The fastest gaps only with nothing waiting: behind a queue, an engine that
+            // chunks its prompts runs prefill inside every step.
+            if let (Some(b), Some(g)) = (s.batch, s.fastest_gap)
+                && s.decode_live
+                && self.state == State::Healthy
+                && !s.queued
+            {
+                self.baseline.learn_fastest_gap(b, g);
             }
             if self.state != State::Healthy {
                 return self.set(State::Healthy, Vec::new(), now);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::baseline::{Ratios, Reference};
+use super::baseline::{Ratios, Reference, step_ratio};
 use super::snapshot::{ProviderView, Snapshot};
 use super::state::{Evidence, MIN_SAMPLES, Signals, stall_limit};
 use super::window::Slot;
@@ -68,7 +68,11 @@ const LIVE_ALPHA: f64 = 0.5;
 /// under a standing queue an engine that prefills whole prompts between its steps does so on
 /// a fraction of them, so its quickest quarter of gaps are steps with nothing in between.
 const QUICKEST_GAPS: f64 = 0.25;
-/// Token gaps in the recent window before their quickest quarter is taken.
+/// The quantile of the last `LATEST` seconds' token gaps taken as the decode step alone.
+const FASTEST_GAPS: f64 = 0.1;
+/// The window of the fastest gaps: short, so the step follows a slowdown within seconds.
+const LATEST: Duration = Duration::from_secs(10);
+/// Token gaps in a window before its quickest gaps are taken.
 const MIN_GAPS: u64 = 200;
 /// Weight of the newest tick in the mean decoding batch: a time constant of about ten
 /// seconds, near the age of the gaps in the recent window (recorded as streams end).
@@ -115,6 +119,7 @@ impl HealthTask {
                 baseline: t.health.baseline.at(s.load),
                 peers,
                 quickest_gap_baseline: s.batch.and_then(|b| t.health.baseline.quickest_gap_at(b)),
+                fastest_gap_baseline: s.batch.and_then(|b| t.health.baseline.fastest_gap_at(b)),
                 backend: fresh(t.backend.as_ref(), t.backend_failed, stale, now).map(|(b, _)| b),
                 health_endpoint_ok: t.health_endpoint_ok,
                 in_flight: p.in_flight(),
@@ -251,6 +256,7 @@ impl HealthTask {
         t.live = Some((live, now));
         t.load = Some(smooth(t.load, live.in_flight as f64, LIVE_ALPHA));
         let recent = t.recent.sum(now, RECENT);
+        let latest = t.recent.sum(now, LATEST);
         if recent.completed > 0 {
             t.mean_output_tokens = Some(recent.tokens_out as f64 / recent.completed as f64);
         }
@@ -276,6 +282,9 @@ impl HealthTask {
             quickest_gap: (recent.itl.count() >= MIN_GAPS)
                 .then(|| recent.itl.quantile(QUICKEST_GAPS))
                 .flatten(),
+            fastest_gap: (latest.itl.count() >= MIN_GAPS)
+                .then(|| latest.itl.quantile(FASTEST_GAPS))
+                .flatten(),
             e2e_p50: recent.e2e.quantile(0.5),
             // The load now (a short average), matching the live decode rate it qualifies.
             load: t.load.unwrap_or(live.in_flight as f64),
@@ -296,6 +305,10 @@ impl HealthTask {
             ),
             backend_stuck: fresh.is_some_and(crate::scrape::Backend::stuck),
             overloaded: t.overloaded,
+            queued: t.overloaded
+                || fresh.is_some_and(crate::scrape::Backend::queued)
+                || t.queued_at
+                    .is_some_and(|at| now.saturating_duration_since(at) <= LATEST),
             throttle_reasons: fresh.and_then(|b| b.reading.throttle_reasons),
         }
     }
@@ -379,6 +392,10 @@ impl HealthTask {
                 let serving = t.health.state.in_rotation();
                 (serving && s.requests >= MIN_SAMPLES).then(|| Ratios {
                     late: s.late_share,
+                    step: step_ratio(
+                        s.batch.and_then(|b| t.health.baseline.fastest_gap_at(b)),
+                        s.fastest_gap,
+                    ),
                     ..Ratios::of(
                         Reference {
                             ttft: s.ttft_p50,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::health::baseline::Ratios;
+use crate::health::baseline::{self, Ratios};
 use crate::scrape::Backend;
 
 use super::{
@@ -33,6 +33,18 @@ const DECODE_RATIO: f64 = 0.8;
 /// rate (measured on the simulator's engines with whole-prompt prefill). A slowdown
 /// multiplies on top of that: 0.6x under a queue leaves about 0.4, 0.75x about 0.5.
 const QUEUED_ENGINE_RATIO: f64 = 0.6;
+/// Decode-step CUSUM, on the fastest tenth of the last ten seconds' token gaps against the
+/// line the provider learned in its mean batch with nothing waiting: the step a GPU takes
+/// with nothing prefilled between two tokens, which neither short answers nor long prompts
+/// move the way they move the per-stream rate (a histogram bucket, about 5 %, is its noise).
+/// A step 15 % slower or less adds nothing (k = 3σ); 20 % slower alarms in about eight
+/// ticks, 25 % in four or five (capped at 5σ a tick, so one wild tick cannot alarm alone).
+const STEP_SIGMA: f64 = 0.05;
+pub(super) const STEP_K: f64 = 3.0;
+pub(super) const STEP_H: f64 = 8.0;
+const STEP_Z_CAP: f64 = 5.0;
+/// The fact a slowdown named from its decode step carries: the load cannot explain it.
+pub(in crate::detect) const STEP_RATIO: &str = "decode_step_ratio";
 
 impl ProviderDetectors {
     /// FM 4: decode rate at comparable load below the provider's own baseline and its peers
@@ -48,16 +60,19 @@ impl ProviderDetectors {
         if s.stalled_for.is_some_and(|d| d >= NO_PROGRESS) {
             return None;
         }
+        let live = s.decode_live && p.since_healthy.requests >= MIN_ATTEMPTS;
+        let step = self.step_evidence(p, live, now);
         // Too little traffic to judge (a state change just cleared the window, the router
         // sends it little), or no stream ran this tick (each tick's streams are evidence once;
         // the window's median would add the same figure tick after tick): what was found
-        // stands while the CUSUM is in alarm.
-        let (Some(own), Some(decode)) = (
-            p.baseline.and_then(|r| r.decode),
-            s.decode
-                .filter(|_| s.decode_live && p.since_healthy.requests >= MIN_ATTEMPTS),
-        ) else {
-            return self.last_hw.clone().filter(|_| self.decode.excursion());
+        // stands while a CUSUM is in alarm.
+        let (Some(own), Some(decode)) =
+            (p.baseline.and_then(|r| r.decode), s.decode.filter(|_| live))
+        else {
+            return self
+                .last_hw
+                .clone()
+                .filter(|_| self.decode.excursion() || self.step.excursion());
         };
         let peers = p.peers.and_then(|r| r.decode);
         // Against its own baseline at this load (a fleet may mix hardware, so a provider is
@@ -73,8 +88,8 @@ impl ProviderDetectors {
             .and_then(|r| r.decode_spread)
             .map_or(DECODE_SIGMA, |s| s.max(DECODE_SIGMA));
         let z = ((1.0 - ratio) / sigma).clamp(-Z_CAP, Z_CAP);
-        // Once named, the finding stands until the sum is back at rest: a noisy ratio around
-        // the limit is one slowdown, not a string of them.
+        // Once named, the finding stands until the sums are back at rest: a noisy ratio
+        // around the limit is one slowdown, not a string of them.
         let named = self.last_hw.is_some();
         let alarm = self.decode.step(now, z) || (named && self.decode.excursion());
         let half = 1.0 - (1.0 - DECODE_RATIO) / 2.0;
@@ -102,15 +117,28 @@ impl ProviderDetectors {
         // loses the rest of its time to the prompts it admits between steps.
         let steps_as_usual = queue && step_ratio(p).is_some_and(|r| r >= DECODE_RATIO);
         let usual = load || engine_as_usual || steps_as_usual || ratio >= half || own_ratio >= half;
-        if !alarm || (!named && usual) {
+        // The step is read at the mean batch of the last seconds, which a burst of traffic
+        // moved onto the provider can leave behind its quickest gaps: the per-stream rate must
+        // agree that it slowed.
+        let step = step.filter(|_| own_ratio < half);
+        let by_rate = alarm && !usual;
+        if step.is_none() && !by_rate {
+            if named && (alarm || self.step.excursion()) {
+                // Recovering (or loaded), the sums not yet at rest: the finding stands as
+                // named.
+                return self.last_hw.clone();
+            }
             self.last_hw = None;
             return None;
         }
-        if named && usual {
-            // Recovering (or loaded), the sum not yet at rest: the finding stands as named.
-            return self.last_hw.clone();
-        }
-        let onset = self.decode.onset().unwrap_or(now);
+        let onset = [
+            self.decode.onset().filter(|_| self.decode.excursion()),
+            self.step.onset().filter(|_| step.is_some()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now);
         let mut facts = vec![
             Fact::new(
                 "decode_tokens_per_s",
@@ -167,6 +195,22 @@ impl ProviderDetectors {
                 .threshold(base * 1000.0 / DECODE_RATIO),
             );
         }
+        if let Some(r) = step {
+            facts.push(
+                Fact::new(
+                    STEP_RATIO,
+                    r,
+                    "ratio",
+                    format!(
+                        "each decode step takes {:.0} % longer than it did at this batch when \
+                         healthy, with nothing waiting at the server",
+                        (1.0 / r - 1.0) * 100.0
+                    ),
+                )
+                .baseline(Some(1.0))
+                .threshold(DECODE_RATIO),
+            );
+        }
         let mut confirmed = false;
         if let Some(b) = p.backend {
             if let Some(r) = b.tokens_per_running() {
@@ -206,7 +250,8 @@ impl ProviderDetectors {
                 ));
             }
         }
-        let severity = if ratio < 0.6 || p.state.weight() < 0.6 {
+        let slowest = step.map_or(ratio, |r| r.min(ratio));
+        let severity = if slowest < 0.6 || p.state.weight() < 0.6 {
             Severity::Critical
         } else {
             Severity::Warning
@@ -220,7 +265,7 @@ impl ProviderDetectors {
             summary: format!(
                 "{} decodes {:.0} % slower than its own baseline at this load{}{}",
                 p.id,
-                (1.0 - own_ratio) * 100.0,
+                (1.0 - step.map_or(own_ratio, |r| r.min(own_ratio))) * 100.0,
                 match peers {
                     Some(q) if q < 1.0 =>
                         format!(", while its peers are at {:.0} % of theirs", q * 100.0),
@@ -244,11 +289,25 @@ impl ProviderDetectors {
         });
         self.last_hw.clone()
     }
+
+    /// The decode step's evidence this tick: steps its CUSUM when streams ran and nothing
+    /// waits at the server (behind a queue, prefill runs inside the steps of an engine that
+    /// chunks its prompts, and the quickest gaps are no longer the decode step alone), less
+    /// the slowdown its peers share. Some(ratio) while in alarm and the step is slower than
+    /// `DECODE_RATIO` of its learned figure.
+    fn step_evidence(&mut self, p: &ProviderInput<'_>, live: bool, now: Instant) -> Option<f64> {
+        if !live || p.signals.queued {
+            return None;
+        }
+        let r = baseline::step_ratio(p.fastest_gap_baseline, p.signals.fastest_gap)?
+            / Ratios::shared_step_drop(p.peers);
+        let z = ((1.0 - r) / STEP_SIGMA).min(STEP_Z_CAP);
+        (self.step.step(now, z) && r < DECODE_RATIO).then_some(r)
+    }
 }
 
 /// The provider's decode step now against its baseline's at the batch it runs: the learned
 /// quickest token gaps over today's (below 1: each step slower).
 fn step_ratio(p: &ProviderInput<'_>) -> Option<f64> {
-    let now = p.signals.quickest_gap.filter(|&g| g > 0.0)?;
-    p.quickest_gap_baseline.map(|base| base / now)
+    baseline::step_ratio(p.quickest_gap_baseline, p.signals.quickest_gap)
 }

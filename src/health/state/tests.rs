@@ -31,6 +31,7 @@ fn clean() -> Signals {
         load: 4.0,
         batch: Some(4.0),
         quickest_gap: Some(0.018),
+        fastest_gap: Some(0.017),
         stalled_for: None,
         slow_first_token: None,
         stall_patience: None,
@@ -38,6 +39,7 @@ fn clean() -> Signals {
         backend_stuck: false,
         throttle_reasons: Some(0),
         overloaded: false,
+        queued: false,
     }
 }
 
@@ -47,6 +49,7 @@ fn the_decode_step_is_learned_over_capacity_too() {
     let mut h = ProviderHealth::new(now);
     let over = Signals {
         overloaded: true,
+        queued: true,
         ..clean()
     };
     for _ in 0..30 {
@@ -60,6 +63,17 @@ fn the_decode_step_is_learned_over_capacity_too() {
     );
     let step = h.baseline.quickest_gap_at(4.0).expect("the step is");
     assert!((step - 0.018).abs() < 1e-9, "{step}");
+    // The fastest gaps only with nothing waiting: behind a queue, prefill runs inside the
+    // steps of an engine that chunks its prompts.
+    assert_eq!(h.baseline.fastest_gap_at(4.0), None);
+    for _ in 0..30 {
+        h.on_tick(now, &clean(), None, None, &cfg(), &targets(), true);
+    }
+    let fastest = h
+        .baseline
+        .fastest_gap_at(4.0)
+        .expect("learned without a queue");
+    assert!((fastest - 0.017).abs() < 1e-9, "{fastest}");
 }
 
 /// A provider that has learned its baseline on clean traffic.
@@ -77,6 +91,7 @@ fn steady_peers() -> Ratios {
         decode: Some(1.0),
         ttft: Some(1.0),
         late: None,
+        step: None,
     }
 }
 
@@ -177,6 +192,7 @@ fn a_drop_every_peer_shares_is_the_traffic_and_one_they_do_not_is_the_provider()
         decode: Some(0.6),
         ttft: Some(1.0),
         late: None,
+        step: None,
     };
     let mut h = learned(now);
     for _ in 0..10 {
