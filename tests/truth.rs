@@ -11,6 +11,13 @@ use candor::scenario::truth::{self, LoadLevel, RunOutcome};
 /// delivery; two scorecards at once on two cores can let a clock jump ahead of a packet.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// This test's turn (a test that failed holding it does not stop the others).
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `mode/subject@opened` split into the incident and the second it opened.
 fn split(incident: &str) -> (&str, f64) {
     let (what, at) = incident.rsplit_once('@').unwrap();
@@ -38,9 +45,7 @@ fn run_all(seeds: &[u64]) -> Vec<RunOutcome> {
 
 #[test]
 fn a_seed_runs_the_same_every_time() {
-    let _turn = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _turn = one_at_a_time();
     // Four providers, a KV shortage and a slowdown, a busy trace: anything racy would show.
     let seed = 7003;
     let a = truth::run_seed(seed).unwrap();
@@ -56,9 +61,7 @@ fn a_seed_runs_the_same_every_time() {
 
 #[test]
 fn the_scorecard_on_fixed_seeds() {
-    let _turn = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _turn = one_at_a_time();
     // A deadlock under heavy load, a KV shortage with a slowdown elsewhere, a KV shortage in
     // an overload, a rate limit, and clean light and moderate runs.
     let seeds = [7002, 7003, 7006, 7007, 7009, 7010];
@@ -95,9 +98,7 @@ fn the_scorecard_on_fixed_seeds() {
 
 #[test]
 fn a_flaky_provider_whose_state_changed_is_a_tail_not_a_hang() {
-    let _turn = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _turn = one_at_a_time();
     // Three providers at moderate load; 35 % of one's requests delayed 3 s. Routing degrades
     // it, which clears the window its state is judged on; the stall watchdog's patience must
     // still come from the late first tokens it showed, or the next two delayed requests in
@@ -118,9 +119,7 @@ fn a_flaky_provider_whose_state_changed_is_a_tail_not_a_hang() {
 
 #[test]
 fn a_creeping_slowdown_under_noisy_per_stream_rates_is_named_from_the_decode_step() {
-    let _turn = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _turn = one_at_a_time();
     // Eight providers at moderate load on the code trace (long prompts, short answers: the
     // per-stream rate spreads by a quarter from tick to tick when healthy); one slows from
     // 0.95x to 0.6x over 90 s. The rate alone never alarmed; the decode step (the fastest

@@ -397,6 +397,15 @@ mod tests {
         last
     }
 
+    /// A provider in rotation that queues, with `findings`.
+    fn queueing(findings: &mut Vec<Finding>) -> Folding<'_> {
+        Folding {
+            findings,
+            queueing: true,
+            serving: true,
+        }
+    }
+
     fn finding(mode: Mode, subject: &str, onset: i64) -> Finding {
         Finding {
             mode,
@@ -452,18 +461,7 @@ mod tests {
             finding(Mode::KvCacheThrashing, "a", 120),
         ];
         let mut b = vec![finding(Mode::HardwareDegradation, "b", 130)];
-        let mut members = [
-            Folding {
-                findings: &mut a,
-                queueing: true,
-                serving: true,
-            },
-            Folding {
-                findings: &mut b,
-                queueing: true,
-                serving: true,
-            },
-        ];
+        let mut members = [queueing(&mut a), queueing(&mut b)];
         let f = fold(Some(capacity), &mut members).expect("stands on its own");
         assert!(a.is_empty() && b.is_empty(), "{a:?} {b:?}");
         let consequences = f.facts.iter().filter(|x| x.signal == "consequence").count();
@@ -483,14 +481,7 @@ mod tests {
         };
         let folded = |findings: Vec<Vec<Finding>>| {
             let mut findings = findings;
-            let mut members: Vec<Folding<'_>> = findings
-                .iter_mut()
-                .map(|f| Folding {
-                    findings: f,
-                    queueing: true,
-                    serving: true,
-                })
-                .collect();
+            let mut members: Vec<Folding<'_>> = findings.iter_mut().map(queueing).collect();
             fold(
                 Some(finding(Mode::CapacityExhausted, "m", 100)),
                 &mut members,
@@ -535,11 +526,7 @@ mod tests {
                 queueing: false,
                 serving: false,
             },
-            Folding {
-                findings: &mut busy,
-                queueing: true,
-                serving: true,
-            },
+            queueing(&mut busy),
         ];
         assert!(fold(Some(capacity), &mut members).is_none());
         assert!(busy.is_empty(), "{busy:?}");
@@ -571,18 +558,7 @@ mod tests {
             .push(Fact::new(STEP_RATIO, 0.7, "ratio", String::new()));
         let mut a = vec![hw];
         let mut b = vec![];
-        let mut members = [
-            Folding {
-                findings: &mut a,
-                queueing: true,
-                serving: true,
-            },
-            Folding {
-                findings: &mut b,
-                queueing: true,
-                serving: true,
-            },
-        ];
+        let mut members = [queueing(&mut a), queueing(&mut b)];
         assert!(fold(Some(capacity), &mut members).is_none());
         assert!(a[0].facts.iter().any(|x| x.signal == "capacity_shortfall"));
     }
@@ -594,11 +570,7 @@ mod tests {
         hw.facts
             .push(Fact::new("peer_decode_ratio", 0.98, "ratio", String::new()));
         let mut a = vec![hw];
-        let mut members = [Folding {
-            findings: &mut a,
-            queueing: true,
-            serving: true,
-        }];
+        let mut members = [queueing(&mut a)];
         // The slow provider took the capacity away: the shortfall is its consequence.
         assert!(fold(Some(capacity), &mut members).is_none());
         assert_eq!(a.len(), 1);

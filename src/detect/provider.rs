@@ -57,9 +57,9 @@ pub struct ProviderInput<'a> {
     /// The quickest token gaps its baseline learned at the batch it runs now, s: its decode
     /// step when healthy (see [`Signals::quickest_gap`]).
     pub quickest_gap_baseline: Option<f64>,
-    /// The fastest token gaps its baseline learned at the batch it runs now with nothing
-    /// waiting, s (see [`Signals::fastest_gap`]).
-    pub fastest_gap_baseline: Option<f64>,
+    /// Its decode step now against the one its baseline learned at the batch it runs with
+    /// nothing waiting (see [`Signals::fastest_gap`]; below 1: each step slower).
+    pub fastest_step: Option<f64>,
     /// The latest fresh scrape.
     pub backend: Option<&'a Backend>,
     /// Whether the provider's own health endpoint answered 2xx at its last check.

@@ -57,7 +57,7 @@ struct Fixture {
     baseline: Option<Reference>,
     peers: Option<Ratios>,
     quickest_gap_baseline: Option<f64>,
-    fastest_gap_baseline: Option<f64>,
+    fastest_step: Option<f64>,
     health_ok: Option<bool>,
     backend: Option<crate::scrape::Backend>,
     queued_recently: bool,
@@ -90,7 +90,7 @@ impl Fixture {
                 step: None,
             }),
             quickest_gap_baseline: None,
-            fastest_gap_baseline: None,
+            fastest_step: None,
             health_ok: None,
             backend: None,
             queued_recently: false,
@@ -115,7 +115,7 @@ impl Fixture {
             baseline: self.baseline,
             peers: self.peers,
             quickest_gap_baseline: self.quickest_gap_baseline,
-            fastest_gap_baseline: self.fastest_gap_baseline,
+            fastest_step: self.fastest_step,
             backend: self.backend.as_ref(),
             health_endpoint_ok: self.health_ok,
             in_flight: 6,
@@ -715,9 +715,8 @@ fn a_slower_decode_step_with_nothing_waiting_is_named_however_noisy_the_rate() {
             ..fx.baseline.expect("set")
         });
         fx.signals.decode = Some(70.0);
-        fx.signals.fastest_gap = Some(gap);
         fx.signals.queued = queued;
-        fx.fastest_gap_baseline = Some(0.030);
+        fx.fastest_step = Some(0.030 / gap);
         fx.peers = fx.peers.map(|r| Ratios {
             step: peers_step,
             ..r

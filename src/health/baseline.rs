@@ -118,17 +118,13 @@ impl Ratios {
     /// faster, excuse nothing; a median of noisy ratios would otherwise excuse a few per cent
     /// of every real slowdown).
     pub fn shared_decode_drop(peers: Option<Ratios>) -> f64 {
-        peers
-            .and_then(|p| p.decode)
-            .map_or(1.0, |d| (d / SHARED_NOISE).clamp(f64::MIN_POSITIVE, 1.0))
+        shared_drop(peers.and_then(|p| p.decode), SHARED_NOISE)
     }
 
     /// How much of a slower decode step the peers share: their step ratio over
-    /// `SHARED_STEP_NOISE`, capped at 1.
+    /// `SHARED_STEP_NOISE`, capped at 1 (as for the decode rate).
     pub fn shared_step_drop(peers: Option<Ratios>) -> f64 {
-        peers.and_then(|p| p.step).map_or(1.0, |d| {
-            (d / SHARED_STEP_NOISE).clamp(f64::MIN_POSITIVE, 1.0)
-        })
+        shared_drop(peers.and_then(|p| p.step), SHARED_STEP_NOISE)
     }
 
     /// How much of a rise in TTFT the peers share: their ratio, at least 1.
@@ -139,12 +135,18 @@ impl Ratios {
 
 /// The spread of a provider's decode ratio around its baseline from one tick to the next.
 const SHARED_NOISE: f64 = 0.9;
-/// The same for its decode step: the quickest quarter of token gaps moves little with the
-/// traffic (a histogram's bucket, about 5 %).
+/// The same for its decode step: the fastest token gaps move little with the traffic (a
+/// histogram's bucket, about 5 %).
 const SHARED_STEP_NOISE: f64 = 0.95;
 
-/// The decode step `learned` at a batch over the step `now` at that batch (the quickest
-/// token gaps, s): below 1, each step is slower than it was when healthy.
+/// The share of a drop the peers' median `ratio` excuses: the ratio over the ordinary
+/// `noise`, capped at 1 (no peers: nothing excused).
+fn shared_drop(ratio: Option<f64>, noise: f64) -> f64 {
+    ratio.map_or(1.0, |d| (d / noise).clamp(f64::MIN_POSITIVE, 1.0))
+}
+
+/// The decode step `learned` at a batch over the step `now` at that batch (token gaps of
+/// one of the [`GapLine`]s, s): below 1, each step is slower than it was when healthy.
 pub fn step_ratio(learned: Option<f64>, now: Option<f64>) -> Option<f64> {
     match (learned, now) {
         (Some(base), Some(gap)) if gap > 0.0 && base > 0.0 => Some(base / gap),
@@ -176,14 +178,34 @@ pub struct Baseline {
     fastest: StepFit,
 }
 
+/// The two lines of the decode step a baseline learns from token gaps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapLine {
+    /// The first quartile of the last thirty seconds' gaps, learned over capacity too:
+    /// judged behind a queue, where an engine prefilling whole prompts between steps keeps
+    /// its quickest gaps.
+    Quickest,
+    /// The fastest tenth of the last ten seconds' gaps, learned only with nothing waiting
+    /// at the server: judged there alone, and sooner.
+    Fastest,
+}
+
+impl GapLine {
+    /// How far past the heaviest batch it has seen the line predicts: less for the fastest
+    /// gaps, which name a slowdown on their own, and a batch far beyond any run (a provider
+    /// taking a failed peer's traffic) also brings prefill into more of its steps.
+    fn reach(self) -> f64 {
+        match self {
+            GapLine::Quickest => FIT_REACH,
+            GapLine::Fastest => 1.2,
+        }
+    }
+}
+
 /// Ticks of data before the step-time line is trusted.
 const FIT_TICKS: u32 = 20;
 /// The line predicts up to this multiple of the heaviest load it was fitted on.
 const FIT_REACH: f64 = 1.5;
-/// The fastest gaps' line reaches less far: a slowdown is named from it alone, and a batch
-/// far beyond any it has run (a provider taking a failed peer's traffic) also brings
-/// prefill into more of its steps than the line has seen.
-const FASTEST_REACH: f64 = 1.2;
 
 /// A continuous-batching engine's decode step costs a fixed part plus a part per sequence in
 /// the batch, so the time a stream waits per token is close to a line in the load:
@@ -286,38 +308,31 @@ impl Baseline {
         })
     }
 
-    /// Learns from one healthy tick the quickest token gaps (s) seen with `batch` streams
+    /// Learns from one healthy tick the token gaps (s) of `line` seen with `batch` streams
     /// decoding on average.
-    pub fn learn_quickest_gap(&mut self, batch: f64, gap: f64) {
+    pub fn learn_gap(&mut self, line: GapLine, batch: f64, gap: f64) {
         if batch.is_finite() && gap.is_finite() && gap > 0.0 {
-            self.quickest.learn(batch, gap);
+            self.line_mut(line).learn(batch, gap);
         }
     }
 
-    /// The quickest token gaps learned at a batch of `batch` decoding streams: the decode
+    /// The token gaps of `line` learned at a batch of `batch` decoding streams: the decode
     /// step itself, with nothing prefilled between two tokens. Fitted as a line in the batch
-    /// (a step costs a fixed part plus a part per sequence), it predicts up to 1.5 times the
-    /// largest batch it has seen.
-    pub fn quickest_gap_at(&self, batch: f64) -> Option<f64> {
-        self.quickest
-            .predict(batch, FIT_REACH)
-            .map(|(step, _)| step)
+    /// (a step costs a fixed part plus a part per sequence), it predicts up to
+    /// [`GapLine::reach`] times the largest batch it has seen.
+    pub fn gap_at(&self, line: GapLine, batch: f64) -> Option<f64> {
+        let fit = match line {
+            GapLine::Quickest => &self.quickest,
+            GapLine::Fastest => &self.fastest,
+        };
+        fit.predict(batch, line.reach()).map(|(step, _)| step)
     }
 
-    /// Learns from one healthy tick with nothing waiting at the server the fastest token gaps
-    /// (s) seen with `batch` streams decoding on average.
-    pub fn learn_fastest_gap(&mut self, batch: f64, gap: f64) {
-        if batch.is_finite() && gap.is_finite() && gap > 0.0 {
-            self.fastest.learn(batch, gap);
+    fn line_mut(&mut self, line: GapLine) -> &mut StepFit {
+        match line {
+            GapLine::Quickest => &mut self.quickest,
+            GapLine::Fastest => &mut self.fastest,
         }
-    }
-
-    /// The fastest token gaps learned at a batch of `batch` decoding streams (see
-    /// [`Baseline::quickest_gap_at`]).
-    pub fn fastest_gap_at(&self, batch: f64) -> Option<f64> {
-        self.fastest
-            .predict(batch, FASTEST_REACH)
-            .map(|(step, _)| step)
     }
 
     /// The quickest first token learned at any load: what a first token costs with no queue
@@ -381,7 +396,7 @@ mod tests {
         for i in 0..40 {
             let load = if i % 2 == 0 { 4.0 } else { 16.0 };
             b.learn(load, 0.1, 1.0 / (0.010 + 0.001 * load));
-            b.learn_quickest_gap(load, 0.010 + 0.001 * load);
+            b.learn_gap(GapLine::Quickest, load, 0.010 + 0.001 * load);
         }
         let at = |load: f64| b.at(load).and_then(|r| r.decode).unwrap();
         // 10 in flight (a bucket never learned): 50 tokens/s, not either bucket's figure.
@@ -391,9 +406,13 @@ mod tests {
             "reaches 1.5x the heaviest"
         );
         // The quickest gaps learned beside it follow the same line.
-        let step = b.quickest_gap_at(20.0).unwrap();
+        let step = b.gap_at(GapLine::Quickest, 20.0).unwrap();
         assert!((step - 0.030).abs() < 1e-9, "{step}");
-        assert_eq!(b.quickest_gap_at(30.0), None, "beyond 1.5x the heaviest");
+        assert_eq!(
+            b.gap_at(GapLine::Quickest, 30.0),
+            None,
+            "beyond 1.5x the heaviest"
+        );
         // Beyond that the buckets answer again (here: none heavier, one lighter).
         assert!((at(30.0) - 1.0 / 0.026 * 0.75).abs() < 1e-6, "{}", at(30.0));
         // An exact line has no spread; one rate alternating 60/100 spreads by a quarter.

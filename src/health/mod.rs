@@ -199,6 +199,15 @@ impl Tracked {
         fresh(self.backend.as_ref(), self.backend_failed, stale, now)
     }
 
+    /// Its decode step now against the step learned with nothing waiting at the batch it
+    /// runs (the fastest token gaps; below 1: each step slower).
+    fn fastest_step(&self, s: &state::Signals) -> Option<f64> {
+        let learned = s
+            .batch
+            .and_then(|b| self.health.baseline.gap_at(baseline::GapLine::Fastest, b));
+        baseline::step_ratio(learned, s.fastest_gap)
+    }
+
     /// Clears what a state change makes stale.
     fn state_changed(&mut self, now: Instant) {
         self.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);

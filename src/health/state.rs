@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::baseline::{Baseline, Ratios, Reference};
+use super::baseline::{Baseline, GapLine, Ratios, Reference};
 use crate::config::{RoutingConfig, Targets};
 
 /// A provider's state.
@@ -482,7 +482,7 @@ impl ProviderHealth {
                 && s.decode_live
                 && self.state == State::Healthy
             {
-                self.baseline.learn_quickest_gap(b, g);
+                self.baseline.learn_gap(GapLine::Quickest, b, g);
             }
             // The fastest gaps only with nothing waiting: behind a queue, an engine that
             // chunks its prompts runs prefill inside every step.
@@ -491,7 +491,7 @@ impl ProviderHealth {
                 && self.state == State::Healthy
                 && !s.queued
             {
-                self.baseline.learn_fastest_gap(b, g);
+                self.baseline.learn_gap(GapLine::Fastest, b, g);
             }
             if self.state != State::Healthy {
                 return self.set(State::Healthy, Vec::new(), now);

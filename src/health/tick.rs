@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::baseline::{Ratios, Reference, step_ratio};
+use super::baseline::{GapLine, Ratios, Reference};
 use super::snapshot::{ProviderView, Snapshot};
 use super::state::{Evidence, MIN_SAMPLES, Signals, stall_limit};
 use super::window::Slot;
@@ -118,8 +118,10 @@ impl HealthTask {
                 state: t.health.state,
                 baseline: t.health.baseline.at(s.load),
                 peers,
-                quickest_gap_baseline: s.batch.and_then(|b| t.health.baseline.quickest_gap_at(b)),
-                fastest_gap_baseline: s.batch.and_then(|b| t.health.baseline.fastest_gap_at(b)),
+                quickest_gap_baseline: s
+                    .batch
+                    .and_then(|b| t.health.baseline.gap_at(GapLine::Quickest, b)),
+                fastest_step: t.fastest_step(s),
                 backend: fresh(t.backend.as_ref(), t.backend_failed, stale, now).map(|(b, _)| b),
                 health_endpoint_ok: t.health_endpoint_ok,
                 in_flight: p.in_flight(),
@@ -392,10 +394,7 @@ impl HealthTask {
                 let serving = t.health.state.in_rotation();
                 (serving && s.requests >= MIN_SAMPLES).then(|| Ratios {
                     late: s.late_share,
-                    step: step_ratio(
-                        s.batch.and_then(|b| t.health.baseline.fastest_gap_at(b)),
-                        s.fastest_gap,
-                    ),
+                    step: t.fastest_step(s),
                     ..Ratios::of(
                         Reference {
                             ttft: s.ttft_p50,

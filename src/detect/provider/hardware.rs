@@ -299,8 +299,7 @@ impl ProviderDetectors {
         if !live || p.signals.queued {
             return None;
         }
-        let r = baseline::step_ratio(p.fastest_gap_baseline, p.signals.fastest_gap)?
-            / Ratios::shared_step_drop(p.peers);
+        let r = p.fastest_step? / Ratios::shared_step_drop(p.peers);
         let z = ((1.0 - r) / STEP_SIGMA).min(STEP_Z_CAP);
         (self.step.step(now, z) && r < DECODE_RATIO).then_some(r)
     }

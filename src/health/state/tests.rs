@@ -61,17 +61,20 @@ fn the_decode_step_is_learned_over_capacity_too() {
         None,
         "no time per token learned over capacity"
     );
-    let step = h.baseline.quickest_gap_at(4.0).expect("the step is");
+    let step = h
+        .baseline
+        .gap_at(GapLine::Quickest, 4.0)
+        .expect("the step is");
     assert!((step - 0.018).abs() < 1e-9, "{step}");
     // The fastest gaps only with nothing waiting: behind a queue, prefill runs inside the
     // steps of an engine that chunks its prompts.
-    assert_eq!(h.baseline.fastest_gap_at(4.0), None);
+    assert_eq!(h.baseline.gap_at(GapLine::Fastest, 4.0), None);
     for _ in 0..30 {
         h.on_tick(now, &clean(), None, None, &cfg(), &targets(), true);
     }
     let fastest = h
         .baseline
-        .fastest_gap_at(4.0)
+        .gap_at(GapLine::Fastest, 4.0)
         .expect("learned without a queue");
     assert!((fastest - 0.017).abs() < 1e-9, "{fastest}");
 }
