@@ -133,3 +133,19 @@ fn a_creeping_slowdown_under_noisy_per_stream_rates_is_named_from_the_decode_ste
     assert!(f.detect_s.is_some_and(|d| d <= f.fault.bound_s), "{r:#?}");
     assert!(!f.wrong_provider && r.false_incidents.is_empty(), "{r:#?}");
 }
+
+#[test]
+fn a_tail_behind_waits_the_servers_queue_time_says_were_short_is_named_in_time() {
+    let _turn = one_at_a_time();
+    // Five providers at light load on the code trace; 35 % of one's requests delayed 3 s.
+    // Its scrapes showed two or more waiting now and then (a step's worth of admissions), and
+    // those once excused every late first token for 30 s, so the tail was named after 31 s;
+    // the server's queue-time histogram says nobody waited a second for a slot.
+    let r = truth::run_seed(20438).unwrap();
+    println!("{}", serde_json::to_string(&r).unwrap());
+    assert_eq!(r.faults.len(), 1, "{r:#?}");
+    let f = &r.faults[0];
+    assert_eq!(f.fault.expected, Mode::TailLatency, "{r:#?}");
+    assert!(f.detect_s.is_some_and(|d| d <= 20.0), "{r:#?}");
+    assert!(!f.wrong_provider && r.false_incidents.is_empty(), "{r:#?}");
+}

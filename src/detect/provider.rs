@@ -69,6 +69,9 @@ pub struct ProviderInput<'a> {
     /// A scrape within the detectors' recent window showed requests waiting at the server
     /// (a burst can queue and drain between two scrapes; its late first tokens stay in view).
     pub queued_recently: bool,
+    /// The server's own queue-time histogram showed requests that had waited seconds for a
+    /// slot within the last minute (`None`: it exports no such histogram).
+    pub waited_long_lately: Option<bool>,
     /// The stall watchdog: no token for this long with requests in flight is a hang.
     pub stall_limit: Duration,
     /// Users' first-token target, s.
@@ -88,6 +91,17 @@ impl ProviderInput<'_> {
     /// burst can queue and drain between two scrapes; what it delayed stays in the window).
     pub(super) fn queued_lately(&self) -> bool {
         self.queued_recently || self.queueing()
+    }
+
+    /// Whether a queue at the server may account for late first tokens: requests wait there
+    /// now (its queue-time histogram counts them only once admitted), or its histogram says
+    /// some waited seconds for a slot in the last minute (then shorter waits and prefills
+    /// crowded into the same steps made others late too, so any of them may be the queue's).
+    /// When the histogram says none did, a queue seen at a scrape was a step's worth of
+    /// admissions, too short to make a first token late; a server without the histogram
+    /// cannot say, and any queue seen lately counts.
+    pub(super) fn queue_explains_late(&self) -> bool {
+        self.queueing() || self.waited_long_lately.unwrap_or(self.queued_recently)
     }
 }
 

@@ -61,6 +61,7 @@ struct Fixture {
     health_ok: Option<bool>,
     backend: Option<crate::scrape::Backend>,
     queued_recently: bool,
+    waited_long_lately: Option<bool>,
     canary_stuck: Option<Instant>,
     failure_run: FailureRun,
 }
@@ -94,6 +95,7 @@ impl Fixture {
             health_ok: None,
             backend: None,
             queued_recently: false,
+            waited_long_lately: None,
             canary_stuck: None,
             failure_run: FailureRun::default(),
         }
@@ -120,6 +122,7 @@ impl Fixture {
             health_endpoint_ok: self.health_ok,
             in_flight: 6,
             queued_recently: self.queued_recently,
+            waited_long_lately: self.waited_long_lately,
             stall_limit: Duration::from_secs(2),
             ttft_target: 2.0,
             canary_stuck: self
@@ -425,6 +428,13 @@ fn a_fifth_of_first_tokens_seconds_late_with_a_flat_median_is_tail_latency() {
     within.extend(vec![ok(1.8, GAPS, 0.02); 8]);
     let f = Fixture::new(slot(&within)).step(&mut learned.clone(), now);
     assert!(!modes(&f).contains(&Mode::TailLatency), "{f:#?}");
+    // A third of them late moves the median of all (to 0.2 s, twice the learned 0.1 s), not
+    // that of the rest: still a tail.
+    let mut third = vec![ok(0.1, GAPS, 0.02); 13];
+    third.extend(vec![ok(0.2, GAPS, 0.02); 13]);
+    third.extend(vec![ok(3.1, GAPS, 0.02); 14]);
+    let f = Fixture::new(slot(&third)).step(&mut learned.clone(), now);
+    assert_eq!(modes(&f), [Mode::TailLatency]);
     // Every first token slower (the median moved) is not an intermittent tail.
     let fx = Fixture::new(slot(&vec![ok(3.1, GAPS, 0.02); 40]));
     let f = fx.step(&mut learned.clone(), now);
@@ -452,6 +462,40 @@ fn a_fifth_of_first_tokens_seconds_late_with_a_flat_median_is_tail_latency() {
     });
     let f = fx.step(&mut learned, now);
     assert_eq!(modes(&f), [Mode::TailLatency]);
+}
+
+#[test]
+fn a_queue_explains_late_first_tokens_only_when_the_servers_queue_time_says_one_formed() {
+    let t0 = Instant::now();
+    let mut learned = learned_on_clean_traffic(t0);
+    let now = t0 + Duration::from_secs(10);
+    // 8 of 40 first tokens 3 s late, and a scrape in the window showed requests waiting.
+    let mut samples = vec![ok(0.1, GAPS, 0.02); 32];
+    samples.extend(vec![ok(3.1, GAPS, 0.02); 8]);
+    let mut fx = Fixture::new(slot(&samples));
+    fx.queued_recently = true;
+    // A server that does not say how long its requests waited: they may be the queue's.
+    let f = fx.step(&mut learned.clone(), now);
+    assert!(!modes(&f).contains(&Mode::TailLatency), "{f:#?}");
+    // Its queue-time histogram says requests waited seconds for a slot: a queue formed.
+    fx.waited_long_lately = Some(true);
+    let f = fx.step(&mut learned.clone(), now);
+    assert!(!modes(&f).contains(&Mode::TailLatency), "{f:#?}");
+    // It says none did: what waited at the scrape was admitted within a second; the late
+    // first tokens were late before the engine saw them.
+    fx.waited_long_lately = Some(false);
+    let f = fx.step(&mut learned.clone(), now);
+    assert_eq!(modes(&f), [Mode::TailLatency]);
+    // Unless requests wait at the server now: the histogram counts them only once admitted.
+    fx.backend = Some(crate::scrape::Backend {
+        reading: crate::scrape::engines::Reading {
+            queue: Some(4.0),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    let f = fx.step(&mut learned, now);
+    assert!(!modes(&f).contains(&Mode::TailLatency), "{f:#?}");
 }
 
 #[test]

@@ -46,6 +46,10 @@ pub const TICK: Duration = Duration::from_millis(500);
 /// The recent window the state machine judges: slot width and count (30 s).
 const RECENT_SLOT: Duration = Duration::from_secs(2);
 const RECENT_SLOTS: usize = 15;
+/// How long a wait of seconds for a slot in a server's queue-time histogram stays in view:
+/// twice the recent window, since the histogram counts a request when it leaves the queue
+/// and the gateway its attempt only when the answer ends.
+const LONG_WAIT_SEEN: Duration = Duration::from_secs(60);
 /// LiteLLM's cooldown time (reference gateway anchors).
 const COOLDOWN: Duration = Duration::from_secs(5);
 
@@ -177,6 +181,10 @@ struct Tracked {
     /// requests that had waited seconds for a slot since the scrape before
     /// (`Backend::waited_long`).
     queued_at: Option<Instant>,
+    /// Its scrapes carry a queue-time histogram (`Backend::waited_long` is known).
+    queue_histogram: bool,
+    /// When that histogram last showed requests that had waited seconds for a slot.
+    waited_long_at: Option<Instant>,
     /// (minute, requests, failures) for the error-cooldown policy.
     minute: (u64, u64, u64),
     cooldown_until: Option<Instant>,
@@ -231,6 +239,8 @@ impl Tracked {
             signals: state::Signals::default(),
             backend: None,
             queued_at: None,
+            queue_histogram: false,
+            waited_long_at: None,
             backend_failed: false,
             minute: (0, 0, 0),
             cooldown_until: None,
@@ -401,6 +411,10 @@ impl HealthTask {
                     if let Some(b) = b {
                         if b.queue_formed() || b.waited_long() {
                             t.queued_at = Some(now);
+                        }
+                        t.queue_histogram |= b.waited_long.is_some();
+                        if b.waited_long() {
+                            t.waited_long_at = Some(now);
                         }
                         t.backend = Some((b, now));
                     }

@@ -128,6 +128,11 @@ impl HealthTask {
                 queued_recently: t
                     .queued_at
                     .is_some_and(|at| now.saturating_duration_since(at) <= RECENT),
+                waited_long_lately: t.queue_histogram.then(|| {
+                    t.waited_long_at.is_some_and(|at| {
+                        now.saturating_duration_since(at) <= super::LONG_WAIT_SEEN
+                    })
+                }),
                 stall_limit: stall_limit(s, &self.routing),
                 ttft_target: self.targets.ttft.as_secs_f64(),
                 canary_stuck: t

@@ -67,7 +67,9 @@ impl ProviderDetectors {
         };
         let limit = late_after(if learned { l.median } else { median }, p.ttft_target);
         let measured = w.ttft.count();
-        let slow = w.ttft.count_above(limit);
+        let late = w.ttft.count_above(limit);
+        // Late first tokens behind a queue at the server are the queue's.
+        let slow = if p.queue_explains_late() { 0 } else { late };
         let share = slow as f64 / measured.max(1) as f64;
         let errors = rate(w.failed, w.requests);
         // A tail its peers show too is the traffic's (a burst queues first tokens everywhere
@@ -76,13 +78,14 @@ impl ProviderDetectors {
         let threshold = SHARE
             .max(SHARE_MULT * l.slow_share)
             .max(SHARE_MULT * shared);
-        let flat = learned && median <= FLAT_MEDIAN * l.median;
-        // Late first tokens behind a queue at the server are the queue's.
-        let tail = flat
-            && errors < FLAT_ERRORS
-            && !p.queued_lately()
-            && slow >= MIN_SLOW
-            && share >= threshold;
+        // The median of the first tokens that were not late: a tail of a third of them moves
+        // the median of all, not that of the rest, which a slower engine or a queue moves.
+        let on_time = w
+            .ttft
+            .quantile(0.5 * (1.0 - late as f64 / measured.max(1) as f64))
+            .unwrap_or(median);
+        let flat = learned && on_time <= FLAT_MEDIAN * l.median;
+        let tail = flat && errors < FLAT_ERRORS && slow >= MIN_SLOW && share >= threshold;
         let onset = self
             .tail_since
             .update(now, flat && slow > 0 && share > l.slow_share);
@@ -90,7 +93,7 @@ impl ProviderDetectors {
             if p.state == State::Healthy && (!learned || share < threshold) {
                 let a = learning_rate(l.ticks.saturating_add(1), LEARN);
                 self.first_tokens = FirstTokens {
-                    median: l.median + a * (median - l.median),
+                    median: l.median + a * (on_time - l.median),
                     slow_share: l.slow_share + a * (share - l.slow_share),
                     ticks: l.ticks.saturating_add(1),
                 };
@@ -105,11 +108,11 @@ impl ProviderDetectors {
             severity: Severity::Warning,
             onset_unix_ms: clock.ms(onset.unwrap_or(now)),
             summary: format!(
-                "{}: {:.0} % of first tokens take over {limit:.1} s while the median stays at \
-                 {:.0} ms (P95 {:.1} s): an intermittent delay, not a slower engine",
+                "{}: {:.0} % of first tokens take over {limit:.1} s while the others' median \
+                 stays at {:.0} ms (P95 {:.1} s): an intermittent delay, not a slower engine",
                 p.id,
                 share * 100.0,
-                median * 1000.0,
+                on_time * 1000.0,
                 p95
             ),
             facts: vec![
@@ -122,10 +125,14 @@ impl ProviderDetectors {
                 .baseline(Some(l.slow_share))
                 .threshold(threshold),
                 Fact::new(
-                    "ttft_p50_ms",
-                    median * 1000.0,
+                    "on_time_ttft_p50_ms",
+                    on_time * 1000.0,
                     "ms",
-                    "the median time to first token stays flat".into(),
+                    format!(
+                        "the median time to first token of the others stays flat (of all: \
+                         {:.0} ms)",
+                        median * 1000.0
+                    ),
                 )
                 .baseline(Some(l.median * 1000.0))
                 .threshold(FLAT_MEDIAN * l.median * 1000.0),
