@@ -181,8 +181,8 @@ struct Tracked {
     /// requests that had waited seconds for a slot since the scrape before
     /// (`Backend::waited_long`).
     queued_at: Option<Instant>,
-    /// Its scrapes carry a queue-time histogram (`Backend::waited_long` is known).
-    queue_histogram: bool,
+    /// When a scrape last carried a queue-time histogram (`Backend::waited_long` known).
+    queue_histogram_at: Option<Instant>,
     /// When that histogram last showed requests that had waited seconds for a slot.
     waited_long_at: Option<Instant>,
     /// (minute, requests, failures) for the error-cooldown policy.
@@ -216,6 +216,15 @@ impl Tracked {
         baseline::step_ratio(learned, s.fastest_gap)
     }
 
+    /// Whether its queue-time histogram showed requests that had waited seconds for a slot
+    /// within [`LONG_WAIT_SEEN`] of `now` (`None`: no scrape in that time carried one).
+    fn waited_long_lately(&self, now: Instant) -> Option<bool> {
+        let within = |at: Instant| now.saturating_duration_since(at) <= LONG_WAIT_SEEN;
+        self.queue_histogram_at
+            .is_some_and(within)
+            .then(|| self.waited_long_at.is_some_and(within))
+    }
+
     /// Clears what a state change makes stale.
     fn state_changed(&mut self, now: Instant) {
         self.recent = Window::new(now, RECENT_SLOT, RECENT_SLOTS);
@@ -239,7 +248,7 @@ impl Tracked {
             signals: state::Signals::default(),
             backend: None,
             queued_at: None,
-            queue_histogram: false,
+            queue_histogram_at: None,
             waited_long_at: None,
             backend_failed: false,
             minute: (0, 0, 0),
@@ -412,7 +421,9 @@ impl HealthTask {
                         if b.queue_formed() || b.waited_long() {
                             t.queued_at = Some(now);
                         }
-                        t.queue_histogram |= b.waited_long.is_some();
+                        if b.waited_long.is_some() {
+                            t.queue_histogram_at = Some(now);
+                        }
                         if b.waited_long() {
                             t.waited_long_at = Some(now);
                         }

@@ -128,11 +128,7 @@ impl HealthTask {
                 queued_recently: t
                     .queued_at
                     .is_some_and(|at| now.saturating_duration_since(at) <= RECENT),
-                waited_long_lately: t.queue_histogram.then(|| {
-                    t.waited_long_at.is_some_and(|at| {
-                        now.saturating_duration_since(at) <= super::LONG_WAIT_SEEN
-                    })
-                }),
+                waited_long_lately: t.waited_long_lately(now),
                 stall_limit: stall_limit(s, &self.routing),
                 ttft_target: self.targets.ttft.as_secs_f64(),
                 canary_stuck: t
@@ -572,5 +568,26 @@ mod tests {
         t.backend = Some((scrape(0.0, 2.0, 300.0, 20.0), after));
         t.backend_failed = true;
         assert_eq!(patience.of(&t, stall_began), None);
+    }
+
+    #[test]
+    fn a_wait_of_seconds_stays_in_view_a_minute_while_the_queue_histogram_is_read() {
+        let t0 = Instant::now();
+        let mut t = Tracked::new(t0);
+        // No scrape has carried a queue-time histogram: the server cannot say.
+        assert_eq!(t.waited_long_lately(t0), None);
+        t.queue_histogram_at = Some(t0);
+        assert_eq!(t.waited_long_lately(t0), Some(false));
+        t.waited_long_at = Some(t0);
+        let later = t0 + Duration::from_secs(45);
+        t.queue_histogram_at = Some(later);
+        assert_eq!(t.waited_long_lately(later), Some(true));
+        // Past the minute the wait is out of view; past a minute without the histogram, so is
+        // what it said.
+        assert_eq!(
+            t.waited_long_lately(t0 + Duration::from_secs(90)),
+            Some(false)
+        );
+        assert_eq!(t.waited_long_lately(t0 + Duration::from_secs(120)), None);
     }
 }
