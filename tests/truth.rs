@@ -24,6 +24,21 @@ fn split(incident: &str) -> (&str, f64) {
     (what, at.parse().unwrap())
 }
 
+/// Runs `seed` on its own turn, printing its outcome, and checks that it injected one fault,
+/// of the kind `expected` names.
+#[expect(
+    clippy::print_stdout,
+    reason = "the outcome is the test's record when it fails"
+)]
+fn run_one_fault(seed: u64, expected: Mode) -> RunOutcome {
+    let _turn = one_at_a_time();
+    let r = truth::run_seed(seed).unwrap();
+    println!("{}", serde_json::to_string(&r).unwrap());
+    assert_eq!(r.faults.len(), 1, "{r:#?}");
+    assert_eq!(r.faults[0].fault.expected, expected, "{r:#?}");
+    r
+}
+
 /// Runs `seeds` two at a time.
 fn run_all(seeds: &[u64]) -> Vec<RunOutcome> {
     let mut out: Vec<RunOutcome> = std::thread::scope(|scope| {
@@ -98,16 +113,12 @@ fn the_scorecard_on_fixed_seeds() {
 
 #[test]
 fn a_flaky_provider_whose_state_changed_is_a_tail_not_a_hang() {
-    let _turn = one_at_a_time();
     // Three providers at moderate load; 35 % of one's requests delayed 3 s. Routing degrades
     // it, which clears the window its state is judged on; the stall watchdog's patience must
     // still come from the late first tokens it showed, or the next two delayed requests in
     // flight at once read as a hang.
-    let r = truth::run_seed(2095).unwrap();
-    println!("{}", serde_json::to_string(&r).unwrap());
-    assert_eq!(r.faults.len(), 1, "{r:#?}");
+    let r = run_one_fault(2095, Mode::TailLatency);
     let f = &r.faults[0];
-    assert_eq!(f.fault.expected, Mode::TailLatency, "{r:#?}");
     assert!(f.detect_s.is_some() && !f.wrong_name, "{r:#?}");
     assert!(
         r.incidents
@@ -119,33 +130,25 @@ fn a_flaky_provider_whose_state_changed_is_a_tail_not_a_hang() {
 
 #[test]
 fn a_creeping_slowdown_under_noisy_per_stream_rates_is_named_from_the_decode_step() {
-    let _turn = one_at_a_time();
     // Eight providers at moderate load on the code trace (long prompts, short answers: the
     // per-stream rate spreads by a quarter from tick to tick when healthy); one slows from
     // 0.95x to 0.6x over 90 s. The rate alone never alarmed; the decode step (the fastest
     // token gaps, nothing waiting at the server) names it within the creeping bound.
-    let r = truth::run_seed(20584).unwrap();
-    println!("{}", serde_json::to_string(&r).unwrap());
-    assert_eq!(r.faults.len(), 1, "{r:#?}");
+    let r = run_one_fault(20584, Mode::HardwareDegradation);
     let f = &r.faults[0];
     assert!(f.fault.gradual, "{r:#?}");
-    assert_eq!(f.fault.expected, Mode::HardwareDegradation, "{r:#?}");
     assert!(f.detect_s.is_some_and(|d| d <= f.fault.bound_s), "{r:#?}");
     assert!(!f.wrong_provider && r.false_incidents.is_empty(), "{r:#?}");
 }
 
 #[test]
 fn a_tail_behind_waits_the_servers_queue_time_says_were_short_is_named_in_time() {
-    let _turn = one_at_a_time();
     // Five providers at light load on the code trace; 35 % of one's requests delayed 3 s.
     // Its scrapes showed two or more waiting now and then (a step's worth of admissions), and
     // those once excused every late first token for 30 s, so the tail was named after 31 s;
     // the server's queue-time histogram says nobody waited a second for a slot.
-    let r = truth::run_seed(20438).unwrap();
-    println!("{}", serde_json::to_string(&r).unwrap());
-    assert_eq!(r.faults.len(), 1, "{r:#?}");
+    let r = run_one_fault(20438, Mode::TailLatency);
     let f = &r.faults[0];
-    assert_eq!(f.fault.expected, Mode::TailLatency, "{r:#?}");
     assert!(f.detect_s.is_some_and(|d| d <= 20.0), "{r:#?}");
     assert!(!f.wrong_provider && r.false_incidents.is_empty(), "{r:#?}");
 }
