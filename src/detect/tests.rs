@@ -746,6 +746,38 @@ fn behind_a_queue_a_decode_step_as_quick_as_ever_is_load_not_hardware() {
 }
 
 #[test]
+fn a_stream_losing_time_between_steps_as_quick_as_ever_is_traffic_not_hardware() {
+    let t0 = Instant::now();
+    // Nothing waits at the server, its peers decode as usual, the engine's own count per
+    // running sequence agrees with the streams: each decodes at `rate` against the 80
+    // tokens/s learned at this load, and its quickest gaps take `quickest_gap` against the
+    // 30 ms learned at this batch.
+    let judged = |rate: f64, quickest_gap: Option<f64>| {
+        let mut fx = Fixture::new(clean_slot());
+        let mut d = learned_on_clean_traffic(t0);
+        fx.signals.decode = Some(rate);
+        fx.signals.quickest_gap = quickest_gap;
+        fx.quickest_gap_baseline = Some(0.030);
+        fx.backend = Some(server(0.0, 4.0, 4.0 * rate));
+        fx.finds(
+            &mut d,
+            t0 + Duration::from_secs(10),
+            60,
+            Mode::HardwareDegradation,
+        )
+    };
+    // 30 % slower per stream with every step as quick as learned: the time went between
+    // steps (prompts admitted from heavier traffic than the baseline learned at), for 30 s.
+    assert!(!judged(56.0, Some(0.031)));
+    // The same drop with every step a quarter slower, or with no gaps to tell: a slowdown.
+    assert!(judged(56.0, Some(0.040)));
+    assert!(judged(56.0, None));
+    // Deeper than prompts admitted between steps can take, the drop is named whatever the
+    // step says (its gaps are read as streams end, and trail a sudden slowdown).
+    assert!(judged(36.0, Some(0.031)));
+}
+
+#[test]
 fn a_slower_decode_step_with_nothing_waiting_is_named_however_noisy_the_rate() {
     let t0 = Instant::now();
     // Short answers and long prompts: the per-stream rate swings by 30 % when healthy, so

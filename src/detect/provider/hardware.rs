@@ -31,7 +31,9 @@ const DECODE_RATIO: f64 = 0.8;
 /// baseline per running sequence is loaded, not slowed: admitting from the queue keeps
 /// prefill between its decode steps, which costs each running stream up to a third of its
 /// rate (measured on the simulator's engines with whole-prompt prefill). A slowdown
-/// multiplies on top of that: 0.6x under a queue leaves about 0.4, 0.75x about 0.5.
+/// multiplies on top of that: 0.6x under a queue leaves about 0.4, 0.75x about 0.5. With or
+/// without a queue, a stream decoding at this share of its baseline or more while the decode
+/// step is as quick as learned has lost no more than admitted prompts take between steps.
 const QUEUED_ENGINE_RATIO: f64 = 0.6;
 /// Decode-step CUSUM, on the fastest tenth of the last ten seconds' token gaps against the
 /// line the provider learned in its mean batch with nothing waiting: the step a GPU takes
@@ -88,6 +90,14 @@ impl ProviderDetectors {
             .and_then(|r| r.decode_spread)
             .map_or(DECODE_SIGMA, |s| s.max(DECODE_SIGMA));
         let z = ((1.0 - ratio) / sigma).clamp(-Z_CAP, Z_CAP);
+        // A stream losing up to what prompts admitted between steps cost it, while the decode
+        // step is as quick as learned at its batch, is no evidence of a slower GPU: traffic
+        // heavier than its baseline learned (a burst, or traffic moved back onto it) spends
+        // the time between steps. A deeper drop counts whatever the step says, which is
+        // read from streams as they end and trails a sudden slowdown.
+        let between_steps =
+            own_ratio >= QUEUED_ENGINE_RATIO && step_ratio(p).is_some_and(|r| r >= DECODE_RATIO);
+        let z = if between_steps { z.min(0.0) } else { z };
         // Once named, the finding stands until the sums are back at rest: a noisy ratio
         // around the limit is one slowdown, not a string of them.
         let named = self.last_hw.is_some();
