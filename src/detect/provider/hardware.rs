@@ -90,13 +90,15 @@ impl ProviderDetectors {
             .and_then(|r| r.decode_spread)
             .map_or(DECODE_SIGMA, |s| s.max(DECODE_SIGMA));
         let z = ((1.0 - ratio) / sigma).clamp(-Z_CAP, Z_CAP);
-        // A stream losing up to what prompts admitted between steps cost it, while the decode
-        // step is as quick as learned at its batch, is no evidence of a slower GPU: traffic
-        // heavier than its baseline learned (a burst, or traffic moved back onto it) spends
-        // the time between steps. A deeper drop counts whatever the step says, which is
+        // The decode step itself, its quickest token gaps against what it learned at this
+        // batch: a slowed GPU takes longer over every step; a loaded engine steps as quickly
+        // as ever and loses the rest of its time between steps, to the prompts it admits.
+        let step_as_learned = step_ratio(p).is_some_and(|r| r >= DECODE_RATIO);
+        // So a stream losing up to what admitted prompts cost it, with the step as learned, is
+        // no evidence of a slower GPU (traffic heavier than its baseline learned: a burst, or
+        // traffic moved back onto it). A deeper drop counts whatever the step says, which is
         // read from streams as they end and trails a sudden slowdown.
-        let between_steps =
-            own_ratio >= QUEUED_ENGINE_RATIO && step_ratio(p).is_some_and(|r| r >= DECODE_RATIO);
+        let between_steps = own_ratio >= QUEUED_ENGINE_RATIO && step_as_learned;
         let z = if between_steps { z.min(0.0) } else { z };
         // Once named, the finding stands until the sums are back at rest: a noisy ratio
         // around the limit is one slowdown, not a string of them.
@@ -122,10 +124,9 @@ impl ProviderDetectors {
             .backend
             .and_then(Backend::tokens_per_running)
             .is_some_and(|r| r >= floor * own);
-        // Under a queue, the decode step itself: a slowed GPU takes longer over every step,
-        // its quickest token gaps included; a loaded engine steps as quickly as ever and
-        // loses the rest of its time to the prompts it admits between steps.
-        let steps_as_usual = queue && step_ratio(p).is_some_and(|r| r >= DECODE_RATIO);
+        // Under a queue, prompts are admitted between steps all the time: a step as learned
+        // says the load, however deep the per-stream drop.
+        let steps_as_usual = queue && step_as_learned;
         let usual = load || engine_as_usual || steps_as_usual || ratio >= half || own_ratio >= half;
         // The step is read at the mean batch of the last seconds, which a burst of traffic
         // moved onto the provider can leave behind its quickest gaps: the per-stream rate must
