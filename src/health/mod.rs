@@ -692,44 +692,36 @@ impl HealthTask {
         }
     }
 
+    /// What provider `p` (tracked as `t`) shows at `now`.
+    fn provider_report(&self, p: &Provider, t: &Tracked, now: Instant) -> ProviderReport {
+        let baseline = t.health.baseline.at(t.signals.load);
+        ProviderReport {
+            id: p.config.id.clone(),
+            models: p.config.models.clone(),
+            state: t.health.state.name(),
+            weight: t.health.state.weight(),
+            evidence: t.health.evidence.clone(),
+            backend: self.backend_report(
+                p.config.metrics_url.is_some() || p.config.gpu_metrics_url.is_some(),
+                t,
+                now,
+            ),
+            health_endpoint_ok: t.health_endpoint_ok,
+            findings: t.findings.clone(),
+            canaries: t.canaries.values().cloned().collect(),
+            decode_now: t.signals.decode,
+            baseline_decode_tokens_per_s: baseline.and_then(|b| b.decode),
+            baseline_ttft_ms: baseline.and_then(|b| b.ttft).map(|s| s * 1000.0),
+            baseline_decode_spread: baseline.and_then(|b| b.decode_spread),
+            scope: ScopeReport::judge(&t.windows, now, p.in_flight(), &self.targets, &self.health),
+        }
+    }
+
     /// The performance health report at `now`.
     pub fn report(&self, now: Instant) -> HealthReport {
         let providers: Vec<ProviderReport> = self
             .active()
-            .map(|(p, t)| ProviderReport {
-                id: p.config.id.clone(),
-                models: p.config.models.clone(),
-                state: t.health.state.name(),
-                weight: t.health.state.weight(),
-                evidence: t.health.evidence.clone(),
-                backend: self.backend_report(
-                    p.config.metrics_url.is_some() || p.config.gpu_metrics_url.is_some(),
-                    t,
-                    now,
-                ),
-                health_endpoint_ok: t.health_endpoint_ok,
-                findings: t.findings.clone(),
-                canaries: t.canaries.values().cloned().collect(),
-                decode_now: t.signals.decode,
-                baseline_decode_tokens_per_s: t
-                    .health
-                    .baseline
-                    .at(t.signals.load)
-                    .and_then(|b| b.decode),
-                baseline_ttft_ms: t
-                    .health
-                    .baseline
-                    .at(t.signals.load)
-                    .and_then(|b| b.ttft)
-                    .map(|s| s * 1000.0),
-                scope: ScopeReport::judge(
-                    &t.windows,
-                    now,
-                    p.in_flight(),
-                    &self.targets,
-                    &self.health,
-                ),
-            })
+            .map(|(p, t)| self.provider_report(p, t, now))
             .collect();
         let in_flight = providers.iter().map(|p| p.scope.in_flight).sum();
         let overall =

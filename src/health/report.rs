@@ -311,6 +311,11 @@ pub struct ProviderReport {
     pub baseline_decode_tokens_per_s: Option<f64>,
     /// Its learned healthy median TTFT at the current load, ms.
     pub baseline_ttft_ms: Option<f64>,
+    /// How far its decode rate spreads from tick to tick when healthy at the current load,
+    /// as a share of the baseline (its coefficient of variation): the hardware detector
+    /// judges a drop in units of this spread (at least 0.1), so a noisier provider needs a
+    /// deeper slowdown before it is named.
+    pub baseline_decode_spread: Option<f64>,
     /// The latest result of each canary probe (per model).
     pub canaries: Vec<crate::quality::CanaryResult>,
     /// Statistics over its attempts, and its verdict.
