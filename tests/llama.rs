@@ -289,14 +289,14 @@ async fn the_openai_sdk_through_candor_to_llama_cpp() {
 /// A request the traffic made: when it started, its status, the provider that answered.
 type Answer = (Instant, u16, String);
 
-/// Clients streaming short chat requests until stopped.
+/// Clients streaming chat answers of up to `max_tokens` until stopped.
 struct Traffic {
     stop: Arc<AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<Vec<Answer>>>,
 }
 
 impl Traffic {
-    fn start(url: &str, workers: usize) -> Traffic {
+    fn start(url: &str, workers: usize, max_tokens: u32) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let clients = (0..workers)
             .map(|w| {
@@ -309,7 +309,7 @@ impl Traffic {
                         i += 1;
                         let started = Instant::now();
                         let body = serde_json::json!({
-                            "model": "gemma", "stream": true, "max_tokens": 16,
+                            "model": "gemma", "stream": true, "max_tokens": max_tokens,
                             "messages": [{"role": "user", "content": format!("Say a word about the number {w}{i}.")}],
                         });
                         let r = http
@@ -401,7 +401,7 @@ async fn a_stopped_llama_server_is_a_deadlock_and_a_killed_one_fails_over() {
         "[routing]\nbase_ejection = \"5s\"\nmax_ejection = \"10s\"\n[health]\nmin_requests = 5\n",
     )
     .await;
-    let traffic = Traffic::start(&url, 3);
+    let traffic = Traffic::start(&url, 3, 16);
     tokio::time::sleep(Duration::from_secs(20)).await;
 
     // SIGSTOP: the kernel still accepts connections; no token, no error.
@@ -438,7 +438,7 @@ async fn a_stopped_llama_server_is_a_deadlock_and_a_killed_one_fails_over() {
     );
 
     // Back: real requests sent one at a time as probes bring llama-2 back into rotation.
-    let traffic = Traffic::start(&url, 2);
+    let traffic = Traffic::start(&url, 2, 16);
     let back = wait_for_state(&url, 1, "healthy", Duration::from_secs(60)).await;
     traffic.stop().await;
     println!(
@@ -452,7 +452,7 @@ async fn a_stopped_llama_server_is_a_deadlock_and_a_killed_one_fails_over() {
     let mut a = a;
     a.child.kill().await.unwrap();
     let killed_at = Instant::now();
-    let traffic = Traffic::start(&url, 2);
+    let traffic = Traffic::start(&url, 2, 16);
     tokio::time::sleep(Duration::from_secs(8)).await;
     let seen = traffic.stop().await;
     let settled: Vec<_> = seen
@@ -488,45 +488,68 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
         url,
         _dir,
     } = pair([2048, 2048], "[health]\nmin_requests = 5\n").await;
-    let traffic = Traffic::start(&url, 3);
-    // Healthy traffic first, until each instance has learned its decode baseline at this
-    // load (at least 30 s; a fixed wait sometimes left llama-2 without one, and a slowdown
-    // with no baseline to fall below cannot be named).
+    let traffic = Traffic::start(&url, 4, 64);
+    // Healthy traffic first, until each instance has learned how it decodes (at least 30 s).
+    // On one CPU thread a second stream halves each stream's rate and a prompt prefilled
+    // between steps stalls the others; a slowdown is judged in units of how far the rate
+    // spreads from tick to tick when healthy. Four clients asking for 64-token answers keep
+    // both instances at their two slots (one batch, few prompts between steps); with three
+    // clients each instance moved between one stream and two, and in four warm-ups of eight
+    // a false `hardware_degradation` opened on a healthy instance (docs/real-servers.md:
+    // a known weakness, not what this test is about). The throttle starts
+    // once both spreads are 0.2 or less and no incident is open, on a few polls running: the
+    // slowdown (40 % of the CPU time) is then within the documented sensitivity, and what is
+    // named after it is the throttle's doing.
     let warm = Instant::now();
-    loop {
+    let mut settled = 0;
+    let mut warm_incidents = std::collections::BTreeSet::new();
+    while settled < 4 || warm.elapsed() < Duration::from_secs(30) {
         let h = admin(&url, "/api/health").await;
-        let learned = h["providers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["baseline_decode_tokens_per_s"].is_number());
-        if learned && warm.elapsed() >= Duration::from_secs(30) {
-            break;
+        for i in h["incidents"].as_array().into_iter().flatten() {
+            warm_incidents.insert(format!("{} on {}", i["mode"], i["provider"]));
         }
+        let learned = h["providers"].as_array().unwrap().iter().all(|p| {
+            p["baseline_decode_spread"]
+                .as_f64()
+                .is_some_and(|s| s <= 0.2)
+        });
+        let quiet = h["incidents"].as_array().is_some_and(Vec::is_empty);
+        settled = if learned && quiet { settled + 1 } else { 0 };
         assert!(
-            warm.elapsed() < Duration::from_secs(120),
-            "no decode baseline on both instances after 120 s: {}",
-            h["providers"]
+            warm.elapsed() < Duration::from_secs(150),
+            "no settled decode baseline on both instances after 150 s: {} {}",
+            h["providers"],
+            h["incidents"]
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let warmed = warm.elapsed();
+    let spreads: Vec<f64> = admin(&url, "/api/health").await["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["baseline_decode_spread"].as_f64())
+        .collect();
 
     // A duty cycle of SIGSTOP/SIGCONT takes 40 % of llama-2's CPU time away, like a GPU
-    // held at 60 % of its clocks: slower, no errors.
+    // held at 60 % of its clocks: slower, no errors. On a thread of its own: `kill` run from
+    // the runtime's workers would stall the gateway's own reads of both instances' streams
+    // every cycle (and stretch the stops with them).
     let throttling = Arc::new(AtomicBool::new(true));
     let pid = b.child.id().unwrap().to_string();
     let duty = {
         let (throttling, pid) = (Arc::clone(&throttling), pid.clone());
-        tokio::spawn(async move {
+        std::thread::spawn(move || {
+            let signal = |sig: &str| {
+                let _ = std::process::Command::new("kill")
+                    .args([sig, &pid])
+                    .status();
+            };
             while throttling.load(Ordering::Relaxed) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-STOP", &pid])
-                    .status();
-                tokio::time::sleep(Duration::from_millis(40)).await;
-                let _ = std::process::Command::new("kill")
-                    .args(["-CONT", &pid])
-                    .status();
-                tokio::time::sleep(Duration::from_millis(60)).await;
+                signal("-STOP");
+                std::thread::sleep(Duration::from_millis(40));
+                signal("-CONT");
+                std::thread::sleep(Duration::from_millis(60));
             }
         })
     };
@@ -539,12 +562,12 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
     )
     .await;
     let state_during = {
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
         let h = admin(&url, "/api/health").await;
         h["providers"][1]["state"].clone()
     };
     throttling.store(false, Ordering::Relaxed);
-    duty.await.unwrap();
+    duty.join().unwrap();
     b.signal("-CONT");
     let seen = traffic.stop().await;
     // Of the requests that started once it was named, llama-2 answered less than half, and
@@ -561,7 +584,8 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
         after.len()
     );
     println!(
-        "SIGSTOP/SIGCONT 40 % duty cycle named hardware_degradation after {:.1} s; llama-2 then {state_during}, {to_b} of {} answers",
+        "baselines settled after {:.1} s (spreads {spreads:.2?}; incidents while warming up: {warm_incidents:?}); SIGSTOP/SIGCONT 40 % duty cycle named hardware_degradation after {:.1} s; llama-2 then {state_during}, {to_b} of {} answers",
+        warmed.as_secs_f64(),
         named.as_secs_f64(),
         after.len()
     );
