@@ -495,11 +495,10 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
     // spreads from tick to tick when healthy. Four clients asking for 64-token answers keep
     // both instances at their two slots (one batch, few prompts between steps); with three
     // clients each instance moved between one stream and two, and in four warm-ups of eight
-    // a false `hardware_degradation` opened on a healthy instance (docs/real-servers.md:
-    // a known weakness, not what this test is about). The throttle starts
-    // once both spreads are 0.2 or less and no incident is open, on a few polls running: the
-    // slowdown (40 % of the CPU time) is then within the documented sensitivity, and what is
-    // named after it is the throttle's doing.
+    // a false `hardware_degradation` opened on a healthy instance (a known weakness, see
+    // docs/real-servers.md). The throttle starts once both spreads are 0.2 or less and no
+    // incident is open, on a few polls running: the slowdown (40 % of the CPU time) is then
+    // within the documented sensitivity, and what is named after it is the throttle's doing.
     let warm = Instant::now();
     let mut settled = 0;
     let mut warm_incidents = std::collections::BTreeSet::new();
