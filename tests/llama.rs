@@ -496,9 +496,10 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
     // both instances at their two slots (one batch, few prompts between steps); with three
     // clients each instance moved between one stream and two, and in four warm-ups of eight
     // a false `hardware_degradation` opened on a healthy instance (a known weakness, see
-    // docs/real-servers.md). The throttle starts once both spreads are 0.2 or less and no
-    // incident is open, on a few polls running: the slowdown (40 % of the CPU time) is then
-    // within the documented sensitivity, and what is named after it is the throttle's doing.
+    // docs/real-servers.md). The throttle starts once both spreads are a quarter or less
+    // (0.05–0.2 in the runs seen) and no incident is open, on a few polls running: the
+    // slowdown (half the CPU time) is then within the documented sensitivity, and what is
+    // named after it is the throttle's doing.
     let warm = Instant::now();
     let mut settled = 0;
     let mut warm_incidents = std::collections::BTreeSet::new();
@@ -510,7 +511,7 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
         let learned = h["providers"].as_array().unwrap().iter().all(|p| {
             p["baseline_decode_spread"]
                 .as_f64()
-                .is_some_and(|s| s <= 0.2)
+                .is_some_and(|s| s <= 0.25)
         });
         let quiet = h["incidents"].as_array().is_some_and(Vec::is_empty);
         settled = if learned && quiet { settled + 1 } else { 0 };
@@ -530,8 +531,8 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
         .filter_map(|p| p["baseline_decode_spread"].as_f64())
         .collect();
 
-    // A duty cycle of SIGSTOP/SIGCONT takes 40 % of llama-2's CPU time away, like a GPU
-    // held at 60 % of its clocks: slower, no errors. On a thread of its own: `kill` run from
+    // A duty cycle of SIGSTOP/SIGCONT takes half of llama-2's CPU time away, like a GPU
+    // held at half its clocks: slower, no errors. On a thread of its own: `kill` run from
     // the runtime's workers would stall the gateway's own reads of both instances' streams
     // every cycle (and stretch the stops with them).
     let throttling = Arc::new(AtomicBool::new(true));
@@ -546,9 +547,9 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
             };
             while throttling.load(Ordering::Relaxed) {
                 signal("-STOP");
-                std::thread::sleep(Duration::from_millis(40));
+                std::thread::sleep(Duration::from_millis(50));
                 signal("-CONT");
-                std::thread::sleep(Duration::from_millis(60));
+                std::thread::sleep(Duration::from_millis(50));
             }
         })
     };
@@ -583,7 +584,7 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
         after.len()
     );
     println!(
-        "baselines settled after {:.1} s (spreads {spreads:.2?}; incidents while warming up: {warm_incidents:?}); SIGSTOP/SIGCONT 40 % duty cycle named hardware_degradation after {:.1} s; llama-2 then {state_during}, {to_b} of {} answers",
+        "baselines settled after {:.1} s (spreads {spreads:.2?}; incidents while warming up: {warm_incidents:?}); SIGSTOP/SIGCONT 50 % duty cycle named hardware_degradation after {:.1} s; llama-2 then {state_during}, {to_b} of {} answers",
         warmed.as_secs_f64(),
         named.as_secs_f64(),
         after.len()
