@@ -96,13 +96,16 @@ impl Llama {
 
     fn signal(&self, sig: &str) {
         let pid = self.child.id().unwrap().to_string();
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
+        assert!(kill(&pid, sig), "kill {sig} {pid}");
     }
+}
+
+/// Sends `sig` to process `pid`; whether `kill` succeeded.
+fn kill(pid: &str, sig: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 async fn gateway(dir: &Path, servers: &[&Llama], extra: &str) -> (Running, String) {
@@ -540,15 +543,10 @@ async fn a_throttled_llama_server_is_hardware_degradation_and_loses_traffic() {
     let duty = {
         let (throttling, pid) = (Arc::clone(&throttling), pid.clone());
         std::thread::spawn(move || {
-            let signal = |sig: &str| {
-                let _ = std::process::Command::new("kill")
-                    .args([sig, &pid])
-                    .status();
-            };
             while throttling.load(Ordering::Relaxed) {
-                signal("-STOP");
+                kill(&pid, "-STOP");
                 std::thread::sleep(Duration::from_millis(50));
-                signal("-CONT");
+                kill(&pid, "-CONT");
                 std::thread::sleep(Duration::from_millis(50));
             }
         })
