@@ -17,6 +17,7 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)      # scrapes C
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)                # ... driven from Node.js
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)            # certificates, TLS test
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)  # request log in PostgreSQL
 command -v g++ >/dev/null 2>&1 || need_apt+=(g++)                    # builds llama.cpp
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)

@@ -108,7 +108,12 @@ async fn start_with(config: Config, source: Option<Source>) -> Result<Running, A
     let upstreams = Arc::new(Upstreams::new(&config.providers));
     let client = http_client(&config.timeouts)?;
 
-    let (writer, log) = Writer::open(&config.request_log)?;
+    // Opening the database blocks (a file, or a PostgreSQL connection with its own timeout):
+    // off the async workers.
+    let log_config = config.request_log.clone();
+    let (writer, log) = tokio::task::spawn_blocking(move || Writer::open(&log_config))
+        .await
+        .map_err(|e| AppError::Serve(std::io::Error::other(e)))??;
     let closer = writer.closer();
     let writer = std::thread::Builder::new()
         .name("request-log-writer".into())

@@ -145,8 +145,11 @@ pub struct Gauges {
     pub in_flight: Vec<(Arc<str>, i64)>,
     /// (provider id, routing state name, routing weight).
     pub routing: Vec<(Arc<str>, &'static str, f64)>,
-    /// Request-log rows lost: the queue was full or a write failed.
+    /// Request-log rows lost: the queue or the writer's buffer was full, or the database
+    /// refused them.
     pub request_log_dropped: u64,
+    /// Request-log rows held by the writer while the database cannot be written.
+    pub request_log_buffered: u64,
     /// The request log's last write failed.
     pub request_log_failing: bool,
     /// Observations dropped because the health task's queue was full.
@@ -385,7 +388,7 @@ impl Metrics {
             &mut out,
             "candor_request_log_dropped_total",
             "counter",
-            "Request-log rows lost: the writer queue was full or a write failed.",
+            "Request-log rows lost: the writer's queue or buffer was full, or the database refused them.",
         );
         let _ = writeln!(
             out,
@@ -396,12 +399,23 @@ impl Metrics {
             &mut out,
             "candor_request_log_failing",
             "gauge",
-            "1 while the request log's writes fail (rows are being lost), else 0.",
+            "1 while the request log's writes fail (rows are held, up to its buffer), else 0.",
         );
         let _ = writeln!(
             out,
             "candor_request_log_failing {}",
             u8::from(gauges.request_log_failing)
+        );
+        family(
+            &mut out,
+            "candor_request_log_buffered_rows",
+            "gauge",
+            "Request-log rows held by the writer, waiting for the database.",
+        );
+        let _ = writeln!(
+            out,
+            "candor_request_log_buffered_rows {}",
+            gauges.request_log_buffered
         );
         for (name, help, v) in [
             (

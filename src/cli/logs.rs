@@ -1,5 +1,5 @@
-//! `candor logs`: the request log as a table or JSON, read from the database file or from a
-//! running gateway's admin API.
+//! `candor logs`: the request log as a table or JSON, read from its database (a SQLite file,
+//! or the PostgreSQL server a configuration names) or from a running gateway's admin API.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use anyhow::bail;
 use clap::Args;
 
 use super::out;
-use crate::config::Config;
+use crate::config::{Config, LogDatabase};
 use crate::observation::unix_ms_now;
 use crate::request_log::{LogFilter, RequestRecord, StatusFilter, Store};
 
@@ -68,16 +68,22 @@ pub(super) async fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let rows = if let Some(url) = &args.url {
         fetch(url, args.admin_token.as_deref(), &filter).await?
     } else {
-        let db = match (&args.db, &args.config) {
-            (Some(db), _) => db.clone(),
-            (None, Some(c)) => Config::load(c)?.request_log.path,
+        let database = match (&args.db, &args.config) {
+            (Some(db), _) => LogDatabase::Sqlite(db.clone()),
+            (None, Some(c)) => Config::load(c)?.request_log.database,
             (None, None) => bail!("say where the log is: --config FILE, --db FILE or --url URL"),
         };
-        if !db.exists() {
+        if let LogDatabase::Sqlite(db) = &database
+            && !db.exists()
+        {
             bail!("no request log at {}", db.display());
         }
-        let store = Store::open_read_only(&db)?;
-        store.query(&filter, unix_ms_now())?
+        let filter = filter.clone();
+        // The database clients block: off the async runtime.
+        tokio::task::spawn_blocking(move || {
+            Store::reader(&database).and_then(|mut s| s.query(&filter, unix_ms_now()))
+        })
+        .await??
     };
     if args.json {
         let mut text = String::new();

@@ -238,11 +238,30 @@ pub struct HealthConfig {
     pub failing_within_targets: f64,
 }
 
-/// The embedded request log.
+/// Where the request log lives.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogDatabase {
+    /// A SQLite file (the default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server, by URL (a secret: it may hold a password).
+    Postgres(Secret),
+}
+
+impl LogDatabase {
+    /// `sqlite` or `postgres`, for `/health` and the logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LogDatabase::Sqlite(_) => "sqlite",
+            LogDatabase::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// The request log.
 #[derive(Debug, Clone)]
 pub struct RequestLogConfig {
-    /// SQLite file.
-    pub path: PathBuf,
+    /// The database.
+    pub database: LogDatabase,
     /// Rows older than this are deleted.
     pub retention: Duration,
     /// Rows written per transaction at most.
@@ -251,6 +270,9 @@ pub struct RequestLogConfig {
     pub flush_interval: Duration,
     /// Capacity of the queue in front of the writer; a full queue drops rows (counted).
     pub queue: usize,
+    /// Rows the writer holds while the database cannot be written; beyond, rows are lost
+    /// (counted).
+    pub buffer: usize,
 }
 
 /// Price per million tokens, in US dollars.
@@ -562,8 +584,33 @@ impl Config {
             health.failing_within_targets,
         );
 
+        let database = match &raw.request_log.postgres_url_env {
+            Some(var) => secret("request_log.postgres_url_env", var, &mut problems)
+                .filter(|url| {
+                    let ok = url.expose().parse::<postgres::Config>().is_ok();
+                    if !ok {
+                        problems.push(format!(
+                            "request_log.postgres_url_env: {var} does not hold a PostgreSQL URL \
+                             like postgresql://user:password@host:5432/database"
+                        ));
+                    }
+                    ok
+                })
+                .map(LogDatabase::Postgres),
+            None => None,
+        };
+        if database.is_some() && raw.request_log.path.is_some() {
+            problems.push(
+                "request_log: give either path (SQLite) or postgres_url_env (PostgreSQL), not both"
+                    .into(),
+            );
+        }
         let request_log = RequestLogConfig {
-            path: PathBuf::from(raw.request_log.path.as_deref().unwrap_or("candor.db")),
+            database: database.unwrap_or_else(|| {
+                LogDatabase::Sqlite(PathBuf::from(
+                    raw.request_log.path.as_deref().unwrap_or("candor.db"),
+                ))
+            }),
             retention: raw
                 .request_log
                 .retention
@@ -574,9 +621,10 @@ impl Config {
                 .flush_interval
                 .unwrap_or(Duration::from_millis(200)),
             queue: raw.request_log.queue.unwrap_or(8_192),
+            buffer: raw.request_log.buffer.unwrap_or(50_000),
         };
-        if request_log.batch_size == 0 || request_log.queue == 0 {
-            problems.push("request_log: batch_size and queue must be above 0".into());
+        if request_log.batch_size == 0 || request_log.queue == 0 || request_log.buffer == 0 {
+            problems.push("request_log: batch_size, queue and buffer must be above 0".into());
         }
         if request_log.retention.is_zero() {
             problems.push("request_log.retention: must be above 0".into());

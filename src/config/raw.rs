@@ -117,6 +117,8 @@ pub(crate) struct RawRequestLog {
     #[serde(default, with = "humantime_serde")]
     pub(crate) flush_interval: Option<Duration>,
     pub(crate) queue: Option<usize>,
+    pub(crate) buffer: Option<usize>,
+    pub(crate) postgres_url_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

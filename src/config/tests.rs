@@ -333,3 +333,38 @@ fn a_reload_names_the_sections_that_need_a_restart() {
         ["routing", "server.listen", "slo"]
     );
 }
+
+#[test]
+fn the_request_log_is_sqlite_unless_a_postgres_url_is_named() {
+    let c = Config::parse(MINIMAL, env).unwrap();
+    assert_eq!(
+        c.request_log.database,
+        LogDatabase::Sqlite(PathBuf::from("candor.db"))
+    );
+    assert_eq!(c.request_log.buffer, 50_000);
+    let pg = |url: &'static str| {
+        move |name: &str| match name {
+            "PG" => Some(url.to_owned()),
+            other => env(other),
+        }
+    };
+    let text = format!("[request_log]\npostgres_url_env = \"PG\"\n{MINIMAL}");
+    let c = Config::parse(&text, pg("postgresql://candor:pw-9x@db:5432/log")).unwrap();
+    assert_eq!(c.request_log.database.kind(), "postgres");
+    assert!(!format!("{:?}", c.request_log).contains("pw-9x"));
+
+    // Not both; a URL that is not one is named without being shown; an unset variable is
+    // named.
+    let both = format!("[request_log]\npath = \"x.db\"\npostgres_url_env = \"PG\"\n{MINIMAL}");
+    let bad = Config::parse(&both, pg("postgresql://a@b/c"))
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("not both"), "{bad}");
+    let bad = Config::parse(&text, pg("mysql://pw-9x@@db:::1"))
+        .unwrap_err()
+        .to_string();
+    assert!(bad.contains("PG does not hold a PostgreSQL URL"), "{bad}");
+    assert!(!bad.contains("pw-9x"), "{bad}");
+    let bad = Config::parse(&text, env).unwrap_err().to_string();
+    assert!(bad.contains("PG is not set"), "{bad}");
+}

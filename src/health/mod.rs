@@ -667,6 +667,7 @@ impl HealthTask {
                 })
                 .collect(),
             request_log_dropped: self.log_status.lost(),
+            request_log_buffered: self.log_status.buffered(),
             request_log_failing: self.log_status.failing_since().is_some(),
             observations_dropped: self.observations_dropped.load(Ordering::Relaxed),
             open_incidents: self.incidents.counts().into_iter().collect(),
@@ -736,6 +737,7 @@ impl HealthTask {
         }
         let request_log = RequestLogReport {
             rows_lost: self.log_status.lost(),
+            rows_buffered: self.log_status.buffered(),
             failing_since_unix_ms: self.log_status.failing_since(),
         };
         if request_log.failing_since_unix_ms.is_some() {

@@ -367,8 +367,12 @@ pub struct HealthReport {
 /// The request log as `/health` shows it.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct RequestLogReport {
-    /// Rows and incident events lost since start (queue full or write failed).
+    /// Rows and incident events lost since start (queue or buffer full, or refused by the
+    /// database).
     pub rows_lost: u64,
+    /// Rows and incident events held while the database cannot be written, to be written
+    /// once it can.
+    pub rows_buffered: u64,
     /// Since when its writes have failed (Unix ms); `None` while they succeed.
     pub failing_since_unix_ms: Option<i64>,
 }

@@ -1,8 +1,12 @@
 //! The request log: one row per client request with its full inference context, sent from
-//! the request path without waiting and written in batches by one writer thread.
+//! the request path without waiting and written in batches by one writer thread, to a SQLite
+//! file or to PostgreSQL.
 
+mod columns;
 mod incidents;
+mod postgres;
 mod query;
+mod sqlite;
 mod store;
 mod writer;
 
@@ -14,7 +18,7 @@ use serde::Serialize;
 
 pub use incidents::IncidentFilter;
 pub use query::{LogFilter, StatusFilter};
-pub use store::{Store, StoreError};
+pub use store::{Removed, Store, StoreError};
 pub use writer::{Closer, Writer};
 
 use crate::observation::{Blame, Observation, Outcome};
@@ -175,19 +179,27 @@ pub struct RequestRecord {
 }
 
 /// Whether the log keeps what it is sent, shared by the request path, the writer and
-/// `/health` and `/metrics`: rows lost for any reason are counted, and a failing write
-/// marks the log failing until a write succeeds.
+/// `/health` and `/metrics`: rows lost for any reason are counted, rows held while the
+/// database cannot be written are gauged, and a failing write marks the log failing until
+/// a write succeeds.
 #[derive(Debug, Default)]
 pub struct LogStatus {
     lost: AtomicU64,
+    buffered: AtomicU64,
     /// Unix ms of the first failed write since the last good one; 0 while writes succeed.
     failing_since: AtomicI64,
 }
 
 impl LogStatus {
-    /// Rows and incident events lost so far (full queue or failed write).
+    /// Rows and incident events lost so far (full queue, full buffer, or refused by the
+    /// database).
     pub fn lost(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Rows and incident events held by the writer, waiting for the database.
+    pub fn buffered(&self) -> u64 {
+        self.buffered.load(Ordering::Relaxed)
     }
 
     /// Since when writes have been failing (Unix ms), if they are.
@@ -200,9 +212,13 @@ impl LogStatus {
             .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
-    /// A write of `rows` failed at `now_ms`.
-    fn write_failed(&self, rows: usize, now_ms: i64) {
-        self.count_lost(rows);
+    fn set_buffered(&self, n: usize) {
+        self.buffered
+            .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A write failed at `now_ms`.
+    fn write_failed(&self, now_ms: i64) {
         let _ = self.failing_since.compare_exchange(
             0,
             now_ms.max(1),

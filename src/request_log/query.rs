@@ -3,8 +3,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use rusqlite::types::Value;
 use serde::Deserialize;
+
+use super::columns::{Dialect, Val};
 
 /// Which statuses to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,25 +77,32 @@ pub struct LogFilter {
 }
 
 impl LogFilter {
-    /// The `WHERE … ORDER BY … LIMIT` tail and its bound parameters.
-    pub(super) fn to_sql(&self, now_ms: i64) -> (String, Vec<Value>) {
+    /// The `WHERE … ORDER BY … LIMIT` tail in `dialect` and its bound values.
+    pub(super) fn to_sql(&self, now_ms: i64, dialect: Dialect) -> (String, Vec<Val>) {
         let mut clauses = Vec::new();
-        let mut args = Vec::new();
+        let mut args: Vec<Val> = Vec::new();
+        let mut bind = |clause: &str, v: Val| {
+            args.push(v);
+            clauses.push(format!("{clause} {}", dialect.arg(args.len())));
+        };
         if let Some(p) = &self.provider {
-            args.push(Value::Text(p.clone()));
-            clauses.push(format!("provider = ?{}", args.len()));
+            bind("provider =", p.clone().into());
         }
         if let Some(m) = &self.model {
-            args.push(Value::Text(m.clone()));
-            clauses.push(format!("requested_model = ?{}", args.len()));
+            bind("requested_model =", m.clone().into());
         }
         if let Some(src) = &self.source {
-            args.push(Value::Text(src.clone()));
-            clauses.push(format!("COALESCE(source, 'client') = ?{}", args.len()));
+            bind("COALESCE(source, 'client') =", src.clone().into());
         }
         if let Some(id) = &self.request_id {
-            args.push(Value::Text(id.clone()));
-            clauses.push(format!("request_id = ?{}", args.len()));
+            bind("request_id =", id.clone().into());
+        }
+        if let Some(d) = self.slower_than {
+            bind("e2e_ms >", Val::Real(Some(d.as_secs_f64() * 1000.0)));
+        }
+        if let Some(d) = self.since {
+            let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            bind("ts_ms >=", now_ms.saturating_sub(ms).into());
         }
         match self.status {
             None => {}
@@ -104,15 +112,6 @@ impl LogFilter {
                 clauses.push(format!("status BETWEEN {} AND {}", c * 100, c * 100 + 99));
             }
             Some(StatusFilter::Exact(c)) => clauses.push(format!("status = {c}")),
-        }
-        if let Some(d) = self.slower_than {
-            args.push(Value::Real(d.as_secs_f64() * 1000.0));
-            clauses.push(format!("e2e_ms > ?{}", args.len()));
-        }
-        if let Some(d) = self.since {
-            let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-            args.push(Value::Integer(now_ms.saturating_sub(ms)));
-            clauses.push(format!("ts_ms >= ?{}", args.len()));
         }
         let mut sql = String::new();
         if !clauses.is_empty() {

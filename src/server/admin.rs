@@ -203,11 +203,11 @@ pub(super) async fn request(
 
 async fn read_db<T: Send + 'static>(
     gw: &Gateway,
-    read: impl FnOnce(&Store) -> Result<T, crate::request_log::StoreError> + Send + 'static,
+    read: impl FnOnce(&mut Store) -> Result<T, crate::request_log::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let path = gw.config.request_log.path.clone();
+    let db = gw.config.request_log.database.clone();
     let rows =
-        tokio::task::spawn_blocking(move || Store::open_read_only(&path).and_then(|s| read(&s)))
+        tokio::task::spawn_blocking(move || Store::reader(&db).and_then(|mut s| read(&mut s)))
             .await;
     match rows {
         Ok(Ok(rows)) => Ok(rows),

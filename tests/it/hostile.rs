@@ -303,45 +303,61 @@ async fn oversized_and_cut_upstream_events_end_in_a_well_formed_error() {
 }
 
 #[tokio::test]
-async fn lost_request_log_rows_are_counted_and_shown() {
+async fn a_request_log_that_cannot_be_written_holds_its_rows_and_says_so() {
     let mock = spawn_mock(Script::words(2)).await;
     let mut gw = serve(&mock, "").await;
     let send = || async {
         let r = gw.chat(false).await;
         assert_eq!(r.status(), 200, "serving goes on whatever the log does");
     };
-    let failing_is = |want: f64| {
+    let gauge_is = |name: &'static str, want: f64| {
         let gw = &gw;
-        eventually("the log's failing gauge to change", move || async move {
-            (gw.metric("candor_request_log_failing").await == want).then_some(())
+        eventually(name, move || async move {
+            (gw.metric(name).await == want).then_some(())
+        })
+    };
+    let db = gw.dir.path().join("log.db");
+    let written = |n: usize| {
+        let db = db.clone();
+        eventually("rows to be written", move || {
+            let db = db.clone();
+            async move {
+                let mut store = candor::request_log::Store::open_read_only(&db).ok()?;
+                let filter = candor::request_log::LogFilter::default();
+                let rows = store.query(&filter, i64::MAX / 2).ok()?;
+                (rows.len() == n).then_some(())
+            }
         })
     };
     send().await;
+    written(1).await;
     // Another process takes the database's write lock and keeps it: every write the
     // gateway tries fails once its busy timeout (5 s) runs out.
-    let db = gw.dir.path().join("log.db");
     let locker = rusqlite::Connection::open(&db).unwrap();
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     send().await;
-    failing_is(1.0).await;
-    assert!(gw.metric("candor_request_log_dropped_total").await >= 1.0);
+    gauge_is("candor_request_log_failing", 1.0).await;
+    gauge_is("candor_request_log_buffered_rows", 1.0).await;
+    send().await;
+    gauge_is("candor_request_log_buffered_rows", 2.0).await;
     let r = gw.get("/health").await.unwrap();
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
-    assert!(
-        v["request_log"]["failing_since_unix_ms"].is_i64(),
-        "{}",
-        v["request_log"]
-    );
-    assert!(v["request_log"]["rows_lost"].as_u64().unwrap() >= 1);
+    let log = &v["request_log"];
+    assert!(log["failing_since_unix_ms"].is_i64(), "{log}");
+    assert_eq!(log["rows_buffered"], 2, "{log}");
+    assert_eq!(log["rows_lost"], 0, "{log}");
 
-    // The lock released, the next write succeeds and the log is well again.
+    // The lock released, the held rows are written in order and nothing was lost.
     locker.execute_batch("ROLLBACK").unwrap();
     drop(locker);
-    send().await;
-    failing_is(0.0).await;
+    gauge_is("candor_request_log_failing", 0.0).await;
+    gauge_is("candor_request_log_buffered_rows", 0.0).await;
+    assert_eq!(gw.metric("candor_request_log_dropped_total").await, 0.0);
     let v: Value = gw.get("/health").await.unwrap().json().await.unwrap();
     assert!(v["request_log"]["failing_since_unix_ms"].is_null());
+    // Every answered request is on record.
+    written(3).await;
     gw.stop();
 }
 

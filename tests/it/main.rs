@@ -17,6 +17,7 @@ mod errors;
 mod failover;
 mod health;
 mod hostile;
+mod postgres;
 mod prometheus;
 mod reload;
 mod routing;

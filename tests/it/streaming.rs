@@ -185,7 +185,7 @@ async fn graceful_shutdown_drains_a_stream_and_flushes_the_log() {
     let body = resp.bytes().await.unwrap();
     assert!(String::from_utf8_lossy(&body).ends_with("data: [DONE]\n\n"));
     stopping.await.unwrap().unwrap();
-    let store = candor::request_log::Store::open_read_only(&gw.db()).unwrap();
+    let mut store = candor::request_log::Store::open_read_only(&gw.db()).unwrap();
     let rows = store.query(&Default::default(), 0).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, 200);

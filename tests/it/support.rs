@@ -362,7 +362,7 @@ impl TestGateway {
     pub(crate) async fn rows(&self, n: usize) -> Vec<candor::request_log::RequestRecord> {
         let filter = candor::request_log::LogFilter::default();
         for _ in 0..200 {
-            if let Ok(store) = candor::request_log::Store::open_read_only(&self.db())
+            if let Ok(mut store) = candor::request_log::Store::open_read_only(&self.db())
                 && let Ok(rows) = store.query(&filter, i64::MAX / 2)
                 && rows.len() >= n
             {
@@ -485,16 +485,26 @@ impl Served {
 
     /// `start`, with the process's descriptor limit (soft and hard) set to `fds`.
     pub(crate) async fn start_with_fds(config: &str, fds: Option<u32>) -> Served {
-        Served::launch(config, fds, None).await
+        Served::launch(config, fds, None, &[]).await
+    }
+
+    /// `start`, with `env` added to the process's environment.
+    pub(crate) async fn start_env(config: &str, env: &[(&str, &str)]) -> Served {
+        Served::launch(config, None, None, env).await
     }
 
     /// `start` for a config with `[server.tls]`: `url` is `https://…`, and readiness is
     /// checked trusting the certificate in `ca`.
     pub(crate) async fn start_tls(config: &str, ca: &std::path::Path) -> Served {
-        Served::launch(config, None, Some(ca)).await
+        Served::launch(config, None, Some(ca), &[]).await
     }
 
-    async fn launch(config: &str, fds: Option<u32>, ca: Option<&std::path::Path>) -> Served {
+    async fn launch(
+        config: &str,
+        fds: Option<u32>,
+        ca: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let cfg = dir.path().join("candor.toml");
@@ -519,6 +529,7 @@ impl Served {
             .env("TEST_CLIENT_KEY", CLIENT_KEY)
             .env("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("CANDOR_LOG", "debug")
+            .envs(env.iter().copied())
             // Files, not pipes: a pipe nobody drains would stall a gateway that logs a lot.
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
