@@ -150,6 +150,8 @@ pub struct Gauges {
     pub request_log_dropped: u64,
     /// Request-log rows held by the writer while the database cannot be written.
     pub request_log_buffered: u64,
+    /// Request-log rows written.
+    pub request_log_written: u64,
     /// The request log's last write failed.
     pub request_log_failing: bool,
     /// Observations dropped because the health task's queue was full.
@@ -405,6 +407,17 @@ impl Metrics {
             out,
             "candor_request_log_failing {}",
             u8::from(gauges.request_log_failing)
+        );
+        family(
+            &mut out,
+            "candor_request_log_rows_written_total",
+            "counter",
+            "Request-log rows written to the database (its rate is the log's ingestion rate).",
+        );
+        let _ = writeln!(
+            out,
+            "candor_request_log_rows_written_total {}",
+            gauges.request_log_written
         );
         family(
             &mut out,

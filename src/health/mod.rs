@@ -668,6 +668,7 @@ impl HealthTask {
                 .collect(),
             request_log_dropped: self.log_status.lost(),
             request_log_buffered: self.log_status.buffered(),
+            request_log_written: self.log_status.written(),
             request_log_failing: self.log_status.failing_since().is_some(),
             observations_dropped: self.observations_dropped.load(Ordering::Relaxed),
             open_incidents: self.incidents.counts().into_iter().collect(),

@@ -185,6 +185,7 @@ pub struct RequestRecord {
 #[derive(Debug, Default)]
 pub struct LogStatus {
     lost: AtomicU64,
+    written: AtomicU64,
     buffered: AtomicU64,
     /// Unix ms of the first failed write since the last good one; 0 while writes succeed.
     failing_since: AtomicI64,
@@ -195,6 +196,16 @@ impl LogStatus {
     /// database).
     pub fn lost(&self) -> u64 {
         self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Rows written so far (their rate is the log's ingestion rate).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    fn count_written(&self, n: usize) {
+        self.written
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     /// Rows and incident events held by the writer, waiting for the database.

@@ -294,7 +294,7 @@ fn write_all(
         let n = pending.len().min(config.batch_size);
         let batch = &pending.make_contiguous()[..n];
         match store.insert(batch) {
-            Ok(()) => {}
+            Ok(()) => status.count_written(n),
             Err(error) if error.is_transient() => return Err(error),
             Err(error) => {
                 tracing::error!(%error, rows = n, "request log write refused; rows lost");

@@ -254,6 +254,10 @@ async fn the_request_log_lives_in_postgres_and_outlasts_an_outage() {
     })
     .await;
     assert_eq!(gw.metric("candor_request_log_dropped_total").await, 0.0);
+    assert_eq!(
+        gw.metric("candor_request_log_rows_written_total").await,
+        40.0
+    );
     let incidents = gw.get("/api/incidents").await.unwrap();
     assert_eq!(incidents.status(), 200);
 
