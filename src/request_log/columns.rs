@@ -29,6 +29,47 @@ impl Dialect {
     }
 }
 
+/// A `WHERE` clause under construction: conditions joined by `AND`, each value bound to
+/// the dialect's next placeholder.
+#[derive(Debug)]
+pub(super) struct Where {
+    dialect: Dialect,
+    clauses: Vec<String>,
+    args: Vec<Val>,
+}
+
+impl Where {
+    pub(super) fn new(dialect: Dialect) -> Where {
+        Where {
+            dialect,
+            clauses: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds `{lhs} {placeholder}` with `v` bound to it (`lhs` like `"provider ="`).
+    pub(super) fn bind(&mut self, lhs: &str, v: impl Into<Val>) {
+        self.args.push(v.into());
+        self.clauses
+            .push(format!("{lhs} {}", self.dialect.arg(self.args.len())));
+    }
+
+    /// Adds a condition with no bound value.
+    pub(super) fn raw(&mut self, clause: String) {
+        self.clauses.push(clause);
+    }
+
+    /// `WHERE …` (empty when there is no condition) and the bound values.
+    pub(super) fn finish(self) -> (String, Vec<Val>) {
+        let sql = if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.clauses.join(" AND "))
+        };
+        (sql, self.args)
+    }
+}
+
 /// What a column holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kind {
@@ -109,6 +150,12 @@ impl From<String> for Val {
 impl From<i64> for Val {
     fn from(v: i64) -> Val {
         Val::Int(Some(v))
+    }
+}
+
+impl From<f64> for Val {
+    fn from(v: f64) -> Val {
+        Val::Real(Some(v))
     }
 }
 

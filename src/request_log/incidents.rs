@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::StoreError;
-use super::columns::{Cells, Dialect, INCIDENT_COLUMNS, Val};
+use super::columns::{Cells, Dialect, INCIDENT_COLUMNS, Val, Where};
 use crate::incident::HistoryEntry;
 
 /// Which incidents to read (`/api/incidents?state=&provider=&mode=&since=&limit=`).
@@ -33,32 +33,28 @@ pub struct IncidentFilter {
 impl IncidentFilter {
     /// The whole `SELECT` in `dialect` and its bound values: newest first.
     pub(super) fn to_sql(&self, now_ms: i64, dialect: Dialect) -> (String, Vec<Val>) {
-        let mut sql = format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE 1 = 1");
-        let mut args: Vec<Val> = Vec::new();
-        let mut bind = |clause: &str, v: Val| {
-            args.push(v);
-            sql.push_str(&format!(" AND {clause} {}", dialect.arg(args.len())));
-        };
+        let mut w = Where::new(dialect);
         if let Some(id) = &self.id {
-            bind("id =", id.clone().into());
+            w.bind("id =", id.clone());
         }
         if let Some(s) = &self.state {
-            bind("state =", s.clone().into());
+            w.bind("state =", s.clone());
         }
         if let Some(p) = &self.provider {
-            bind("provider =", p.clone().into());
+            w.bind("provider =", p.clone());
         }
         if let Some(m) = &self.mode {
-            bind("mode =", m.clone().into());
+            w.bind("mode =", m.clone());
         }
         if let Some(since) = self.since {
             let cutoff = now_ms - i64::try_from(since.as_millis()).unwrap_or(i64::MAX);
-            bind("updated_ms >=", cutoff.into());
+            w.bind("updated_ms >=", cutoff);
         }
-        sql.push_str(&format!(
-            " ORDER BY opened_ms DESC LIMIT {}",
+        let (filter, args) = w.finish();
+        let sql = format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents {filter} ORDER BY opened_ms DESC LIMIT {}",
             self.limit.unwrap_or(100).min(1000)
-        ));
+        );
         (sql, args)
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::columns::{Dialect, Val};
+use super::columns::{Dialect, Val, Where};
 
 /// Which statuses to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,45 +79,36 @@ pub struct LogFilter {
 impl LogFilter {
     /// The `WHERE … ORDER BY … LIMIT` tail in `dialect` and its bound values.
     pub(super) fn to_sql(&self, now_ms: i64, dialect: Dialect) -> (String, Vec<Val>) {
-        let mut clauses = Vec::new();
-        let mut args: Vec<Val> = Vec::new();
-        let mut bind = |clause: &str, v: Val| {
-            args.push(v);
-            clauses.push(format!("{clause} {}", dialect.arg(args.len())));
-        };
+        let mut w = Where::new(dialect);
         if let Some(p) = &self.provider {
-            bind("provider =", p.clone().into());
+            w.bind("provider =", p.clone());
         }
         if let Some(m) = &self.model {
-            bind("requested_model =", m.clone().into());
+            w.bind("requested_model =", m.clone());
         }
         if let Some(src) = &self.source {
-            bind("COALESCE(source, 'client') =", src.clone().into());
+            w.bind("COALESCE(source, 'client') =", src.clone());
         }
         if let Some(id) = &self.request_id {
-            bind("request_id =", id.clone().into());
+            w.bind("request_id =", id.clone());
         }
         if let Some(d) = self.slower_than {
-            bind("e2e_ms >", Val::Real(Some(d.as_secs_f64() * 1000.0)));
+            w.bind("e2e_ms >", d.as_secs_f64() * 1000.0);
         }
         if let Some(d) = self.since {
             let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-            bind("ts_ms >=", now_ms.saturating_sub(ms).into());
+            w.bind("ts_ms >=", now_ms.saturating_sub(ms));
         }
         match self.status {
             None => {}
-            Some(StatusFilter::Ok) => clauses.push("status BETWEEN 200 AND 299".into()),
-            Some(StatusFilter::Error) => clauses.push("status NOT BETWEEN 200 AND 299".into()),
+            Some(StatusFilter::Ok) => w.raw("status BETWEEN 200 AND 299".into()),
+            Some(StatusFilter::Error) => w.raw("status NOT BETWEEN 200 AND 299".into()),
             Some(StatusFilter::Class(c)) => {
-                clauses.push(format!("status BETWEEN {} AND {}", c * 100, c * 100 + 99));
+                w.raw(format!("status BETWEEN {} AND {}", c * 100, c * 100 + 99));
             }
-            Some(StatusFilter::Exact(c)) => clauses.push(format!("status = {c}")),
+            Some(StatusFilter::Exact(c)) => w.raw(format!("status = {c}")),
         }
-        let mut sql = String::new();
-        if !clauses.is_empty() {
-            sql.push_str("WHERE ");
-            sql.push_str(&clauses.join(" AND "));
-        }
+        let (mut sql, args) = w.finish();
         let limit = self.limit.unwrap_or(100).clamp(1, 10_000);
         sql.push_str(&format!(" ORDER BY ts_ms DESC, id DESC LIMIT {limit}"));
         (sql, args)
@@ -136,5 +127,28 @@ mod tests {
         assert_eq!("503".parse(), Ok(StatusFilter::Exact(503)));
         assert!("9xx".parse::<StatusFilter>().is_err());
         assert!("abc".parse::<StatusFilter>().is_err());
+    }
+
+    #[test]
+    fn filters_bind_their_values_in_either_dialect() {
+        let f = LogFilter {
+            provider: Some("p0".into()),
+            status: Some(StatusFilter::Class(5)),
+            slower_than: Some(Duration::from_millis(1500)),
+            limit: Some(20),
+            ..LogFilter::default()
+        };
+        let (sql, args) = f.to_sql(0, Dialect::Postgres);
+        assert_eq!(
+            sql,
+            "WHERE provider = $1 AND e2e_ms > $2 AND status BETWEEN 500 AND 599 \
+             ORDER BY ts_ms DESC, id DESC LIMIT 20"
+        );
+        assert_eq!(args, vec![Val::from("p0".to_owned()), Val::from(1500.0)]);
+        let (sql, _) = f.to_sql(0, Dialect::Sqlite);
+        assert!(sql.starts_with("WHERE provider = ?1 AND e2e_ms > ?2"), "{sql}");
+        let (sql, args) = LogFilter::default().to_sql(0, Dialect::Sqlite);
+        assert_eq!(sql, " ORDER BY ts_ms DESC, id DESC LIMIT 100");
+        assert!(args.is_empty());
     }
 }
