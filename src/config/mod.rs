@@ -243,8 +243,19 @@ pub struct HealthConfig {
 pub enum LogDatabase {
     /// A SQLite file (the default).
     Sqlite(PathBuf),
-    /// A PostgreSQL server, by URL (a secret: it may hold a password).
-    Postgres(Secret),
+    /// A PostgreSQL server.
+    Postgres(PostgresTarget),
+}
+
+/// Where and how to reach the request log's PostgreSQL server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresTarget {
+    /// Its URL (a secret: it may hold a password). With `sslmode=require` the connection
+    /// is TLS, the server's certificate checked against `ca_file` or the system's roots.
+    pub url: Secret,
+    /// PEM file of the certificate authorities that sign the server's certificate (a
+    /// private CA, a cloud provider's bundle); the system's roots when unset.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl LogDatabase {
@@ -596,9 +607,19 @@ impl Config {
                     }
                     ok
                 })
-                .map(LogDatabase::Postgres),
+                .map(|url| {
+                    LogDatabase::Postgres(PostgresTarget {
+                        url,
+                        ca_file: raw.request_log.postgres_ca_file.clone(),
+                    })
+                }),
             None => None,
         };
+        if database.is_none() && raw.request_log.postgres_ca_file.is_some() {
+            problems.push(
+                "request_log.postgres_ca_file: only with postgres_url_env (PostgreSQL)".into(),
+            );
+        }
         if database.is_some() && raw.request_log.path.is_some() {
             problems.push(
                 "request_log: give either path (SQLite) or postgres_url_env (PostgreSQL), not both"

@@ -119,6 +119,7 @@ pub(crate) struct RawRequestLog {
     pub(crate) queue: Option<usize>,
     pub(crate) buffer: Option<usize>,
     pub(crate) postgres_url_env: Option<String>,
+    pub(crate) postgres_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::config::SslMode;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::columns::{self, Cells, Dialect, INCIDENT_COLUMNS, Kind, REQUEST_COLUMNS, Val};
 use super::{IncidentFilter, LogFilter, RequestRecord, StoreError};
-use crate::config::Secret;
+use crate::config::PostgresTarget;
 use crate::incident::{Event, Incident};
 
 /// An open connection to the PostgreSQL request log.
@@ -173,21 +175,36 @@ fn wanted(now_ms: i64, span_ms: i64) -> impl Iterator<Item = Partition> {
 }
 
 impl Postgres {
-    /// Connects to `url` (timeouts set, nothing of the URL in any error).
-    pub(super) fn connect(url: &Secret) -> Result<Postgres, StoreError> {
-        let mut config: postgres::Config = url.expose().parse().map_err(|_| StoreError::BadUrl)?;
+    /// Connects (timeouts set, nothing of the URL in any error); over TLS when the URL says
+    /// `sslmode=require`.
+    pub(super) fn connect(target: &PostgresTarget) -> Result<Postgres, StoreError> {
+        let mut config: postgres::Config = target
+            .url
+            .expose()
+            .parse()
+            .map_err(|_| StoreError::BadUrl)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("candor");
-        let mut client = config.connect(NoTls)?;
+        let mut client = if config.get_ssl_mode() == SslMode::Require {
+            config.connect(MakeRustlsConnect::new(tls_config(
+                target.ca_file.as_deref(),
+            )?))?
+        } else {
+            config.connect(NoTls)?
+        };
         client.batch_execute(&format!("SET statement_timeout = '{STATEMENT_TIMEOUT}'"))?;
         Ok(Postgres { client })
     }
 
     /// Connects and creates the schema if needed, with partitions for `now_ms`.
-    pub(super) fn open(url: &Secret, span_ms: i64, now_ms: i64) -> Result<Postgres, StoreError> {
-        let mut pg = Postgres::connect(url)?;
+    pub(super) fn open(
+        target: &PostgresTarget,
+        span_ms: i64,
+        now_ms: i64,
+    ) -> Result<Postgres, StoreError> {
+        let mut pg = Postgres::connect(target)?;
         let mut tx = pg.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
         tx.batch_execute(&schema())?;
@@ -357,6 +374,38 @@ impl Postgres {
             .map(read)
             .collect()
     }
+}
+
+/// TLS for the connection: the server's certificate checked against the authorities in
+/// `ca_file`, or the system's roots.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, StoreError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bad = |e: String| StoreError::CaFile(path.to_owned(), e);
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| bad(e.to_string()))?)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("no certificate in it".into()));
+            }
+        }
+        None => {
+            // Certificates the system cannot parse are skipped, as every client does.
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::CaFile("(protocol versions)".into(), e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn params(values: &[Val]) -> Vec<&(dyn ToSql + Sync)> {

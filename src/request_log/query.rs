@@ -146,7 +146,10 @@ mod tests {
         );
         assert_eq!(args, vec![Val::from("p0".to_owned()), Val::from(1500.0)]);
         let (sql, _) = f.to_sql(0, Dialect::Sqlite);
-        assert!(sql.starts_with("WHERE provider = ?1 AND e2e_ms > ?2"), "{sql}");
+        assert!(
+            sql.starts_with("WHERE provider = ?1 AND e2e_ms > ?2"),
+            "{sql}"
+        );
         let (sql, args) = LogFilter::default().to_sql(0, Dialect::Sqlite);
         assert_eq!(sql, " ORDER BY ts_ms DESC, id DESC LIMIT 100");
         assert!(args.is_empty());

@@ -21,6 +21,9 @@ pub enum StoreError {
     /// The PostgreSQL URL could not be parsed (it is not repeated here: it may hold a password).
     #[error("request log database: the PostgreSQL URL is not valid")]
     BadUrl,
+    /// The certificate authorities for a TLS connection could not be read.
+    #[error("request log database: the CA file {0}: {1}")]
+    CaFile(std::path::PathBuf, String),
     /// A stored attempt list could not be decoded.
     #[error("request log row {0} is corrupt: {1}")]
     Corrupt(String, serde_json::Error),
@@ -50,7 +53,10 @@ impl StoreError {
                     | rusqlite::ErrorCode::SystemIoFailure
                     | rusqlite::ErrorCode::CannotOpen
             ),
-            StoreError::Sqlite(_) | StoreError::BadUrl | StoreError::Corrupt(..) => false,
+            StoreError::Sqlite(_)
+            | StoreError::BadUrl
+            | StoreError::CaFile(..)
+            | StoreError::Corrupt(..) => false,
         }
     }
 }
@@ -81,11 +87,11 @@ impl Store {
     pub fn open(db: &LogDatabase, retention: std::time::Duration) -> Result<Store, StoreError> {
         match db {
             LogDatabase::Sqlite(path) => Ok(Store(Db::Sqlite(Sqlite::open(path)?))),
-            LogDatabase::Postgres(url) => {
+            LogDatabase::Postgres(pg) => {
                 let span = postgres::partition_span(retention);
                 let now = crate::observation::unix_ms_now();
                 Ok(Store(Db::Postgres(
-                    Box::new(Postgres::open(url, span, now)?),
+                    Box::new(Postgres::open(pg, span, now)?),
                     span,
                 )))
             }
@@ -96,8 +102,8 @@ impl Store {
     pub fn reader(db: &LogDatabase) -> Result<Store, StoreError> {
         match db {
             LogDatabase::Sqlite(path) => Store::open_read_only(path),
-            LogDatabase::Postgres(url) => {
-                Ok(Store(Db::Postgres(Box::new(Postgres::connect(url)?), 0)))
+            LogDatabase::Postgres(pg) => {
+                Ok(Store(Db::Postgres(Box::new(Postgres::connect(pg)?), 0)))
             }
         }
     }

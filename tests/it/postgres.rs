@@ -20,14 +20,26 @@ struct PgServer {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// With TLS on: the CA that signed the server's certificate.
+    ca: Option<PathBuf>,
 }
 
 impl PgServer {
     fn start() -> PgServer {
+        PgServer::launch(false)
+    }
+
+    /// A server that offers TLS, its certificate signed by a throwaway CA (`self.ca`).
+    fn start_tls() -> PgServer {
+        PgServer::launch(true)
+    }
+
+    fn launch(tls: bool) -> PgServer {
         let bin = pg_bindir();
         let dir = tempfile::tempdir().unwrap();
         let as_postgres = run_capture("id", &["-u"]).trim() == "0";
         std::fs::write(dir.path().join("pw"), PASSWORD).unwrap();
+        let ca = tls.then(|| throwaway_ca(dir.path()).0);
         if as_postgres {
             // PostgreSQL refuses to run as root: its files belong to the package's user.
             let ok = Command::new("chown")
@@ -42,6 +54,7 @@ impl PgServer {
             dir,
             bin,
             as_postgres,
+            ca,
         };
         let data = pg.data();
         let pw = pg.dir.path().join("pw");
@@ -82,11 +95,17 @@ impl PgServer {
 
     /// Starts (or starts again) the server and waits until it accepts connections.
     fn resume(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
             self.dir.path().display()
         );
+        if self.ca.is_some() {
+            let d = self.dir.path().display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={d}/cert.pem -c ssl_key_file={d}/key.pem"
+            ));
+        }
         let log = self.dir.path().join("server.log").display().to_string();
         let out = self.tool(
             "pg_ctl",
@@ -187,9 +206,14 @@ fn text(out: &Output) -> String {
 }
 
 fn config(mock: &Mock) -> String {
+    config_with(mock, "")
+}
+
+/// `config` with more `[request_log]` settings.
+fn config_with(mock: &Mock, request_log: &str) -> String {
     format!(
         "[server]\nlisten = \"{{listen}}\"\n[request_log]\npostgres_url_env = \"CANDOR_TEST_PG\"\n\
-         flush_interval = \"50ms\"\n[[providers]]\nid = \"p0\"\nbase_url = \"{}\"\nmodels = [\"m\"]\n",
+         flush_interval = \"50ms\"\n{request_log}\n[[providers]]\nid = \"p0\"\nbase_url = \"{}\"\nmodels = [\"m\"]\n",
         mock.url
     )
 }
@@ -343,4 +367,40 @@ async fn retention_drops_whole_partitions() {
         "the default partition's old row: {removed:?}"
     );
     assert_eq!(left, 1, "only the new row is left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sslmode_require_the_log_is_written_over_verified_tls() {
+    let pg = PgServer::start_tls();
+    let url = format!("{}?sslmode=require", pg.url());
+    let ca = pg.ca.clone().unwrap();
+    let mock = spawn_mock(Script::words(3)).await;
+    let trusted = config_with(&mock, &format!("postgres_ca_file = \"{}\"", ca.display()));
+    let mut gw = Served::start_env(&trusted, &[("CANDOR_TEST_PG", &url)]).await;
+    answered(&gw, 5).await;
+    pg.counts("SELECT count(*) FROM requests", 5).await;
+    let over_tls = pg
+        .count(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid \
+             WHERE a.application_name = 'candor' AND s.ssl",
+        )
+        .await
+        .unwrap();
+    assert!(over_tls >= 1, "the writer's connection is TLS");
+    gw.stop();
+
+    // Without the CA that signed the server's certificate, the system's roots do not
+    // trust it: nothing is written, clients are still served, and the log says so.
+    let mut gw = Served::start_env(&config(&mock), &[("CANDOR_TEST_PG", &url)]).await;
+    answered(&gw, 3).await;
+    eventually("the log to read failing", || async {
+        let v: Value = gw.get("/health").await.ok()?.json().await.ok()?;
+        v["request_log"]["failing_since_unix_ms"]
+            .is_i64()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(pg.count("SELECT count(*) FROM requests").await, Some(5));
+    let logs = gw.stop();
+    assert!(!logs.contains(PASSWORD), "the password is in the logs");
 }

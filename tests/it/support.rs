@@ -670,3 +670,33 @@ impl Drop for Served {
         let _ = self.child.wait();
     }
 }
+
+/// A throwaway CA in `dir` and a server certificate for 127.0.0.1 and localhost signed by
+/// it: `(ca.pem, cert.pem, key.pem)`.
+pub(crate) fn throwaway_ca(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let made = std::process::Command::new("sh")
+        .current_dir(dir)
+        .arg("-ec")
+        .arg(
+            "EC='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
+             openssl req -x509 $EC -days 1 -subj /CN=candor-test-ca -keyout ca.key -out ca.pem
+             openssl req $EC -subj /CN=localhost -keyout key.pem -out leaf.csr
+             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > leaf.ext
+             openssl x509 -req -days 1 -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
+               -extfile leaf.ext -out cert.pem",
+        )
+        .output()
+        .expect("sh and openssl must be installed (`scripts/test` installs openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}

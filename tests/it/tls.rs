@@ -1,38 +1,13 @@
 //! `[server.tls]`: the real binary terminating TLS with a self-signed certificate, used by
 //! the official OpenAI Python SDK.
 
-use std::process::Command;
-
 use crate::support::*;
 
 #[tokio::test]
 async fn the_openai_sdk_talks_to_candor_over_tls() {
     let mock = spawn_mock(Script::words(3)).await;
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = (
-        certs.path().join("ca.pem"),
-        certs.path().join("cert.pem"),
-        certs.path().join("key.pem"),
-    );
-    // A throwaway CA, and a server certificate for 127.0.0.1 signed by it.
-    let made = Command::new("sh")
-        .current_dir(certs.path())
-        .arg("-ec")
-        .arg(
-            "EC='-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes'
-             openssl req -x509 $EC -days 1 -subj /CN=candor-test-ca -keyout ca.key -out ca.pem
-             openssl req $EC -subj /CN=localhost -keyout key.pem -out leaf.csr
-             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > leaf.ext
-             openssl x509 -req -days 1 -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial \\
-               -extfile leaf.ext -out cert.pem",
-        )
-        .output()
-        .expect("sh and openssl must be installed (`scripts/test` installs openssl)");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let (ca, cert, key) = throwaway_ca(certs.path());
     let mut gw = Served::start_tls(
         &format!(
             "[server]\nlisten = \"{{listen}}\"\n[[server.client_keys]]\nid = \"tls\"\n\
