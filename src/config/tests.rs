@@ -367,4 +367,15 @@ fn the_request_log_is_sqlite_unless_a_postgres_url_is_named() {
     assert!(!bad.contains("pw-9x"), "{bad}");
     let bad = Config::parse(&text, env).unwrap_err().to_string();
     assert!(bad.contains("PG is not set"), "{bad}");
+    let ca_alone = format!("[request_log]\npostgres_ca_file = \"ca.pem\"\n{MINIMAL}");
+    let bad = Config::parse(&ca_alone, env).unwrap_err().to_string();
+    assert!(bad.contains("only with postgres_url_env"), "{bad}");
+    let with_ca = format!(
+        "[request_log]\npostgres_url_env = \"PG\"\npostgres_ca_file = \"ca.pem\"\n{MINIMAL}"
+    );
+    let c = Config::parse(&with_ca, pg("postgresql://a@b/c?sslmode=require")).unwrap();
+    let LogDatabase::Postgres(target) = c.request_log.database else {
+        panic!("not PostgreSQL");
+    };
+    assert_eq!(target.ca_file, Some(PathBuf::from("ca.pem")));
 }
