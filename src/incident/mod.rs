@@ -104,10 +104,23 @@ struct Open {
 }
 
 /// The open incidents, keyed by mode and subject.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Incidents {
     open: BTreeMap<String, Open>,
     seq: u64,
+    /// Drawn once per process: replicas that share one database never give two incidents
+    /// opened in the same millisecond the same id.
+    origin: u32,
+}
+
+impl Default for Incidents {
+    fn default() -> Incidents {
+        Incidents {
+            open: BTreeMap::new(),
+            seq: 0,
+            origin: rand::random(),
+        }
+    }
 }
 
 fn evidence(f: &Finding) -> serde_json::Value {
@@ -152,7 +165,7 @@ impl Incidents {
                 None => {
                     self.seq += 1;
                     let incident = Incident {
-                        id: format!("{:x}-{}", now_ms, self.seq),
+                        id: format!("{:x}-{:08x}-{}", now_ms, self.origin, self.seq),
                         mode: f.mode.as_str().into(),
                         subject: f.subject.clone(),
                         provider: f.provider.clone(),
