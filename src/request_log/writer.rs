@@ -190,10 +190,13 @@ impl Writer {
         self.status.set_buffered(self.pending.len());
     }
 
-    /// Writes incident events, then rows in batches, while the database takes them.
+    /// Writes incident events, then rows in batches, while the database takes them. With
+    /// nothing to write, a log marked failing still tries to reach its database, so that
+    /// it reads well again once the database is back even with no traffic.
     fn write(&mut self, closing: bool) {
         let now = Instant::now();
-        if self.pending.is_empty() && self.events.is_empty() {
+        let idle = self.pending.is_empty() && self.events.is_empty();
+        if idle && self.status.failing_since().is_none() {
             return;
         }
         if !closing && !self.retry.due(now) {
