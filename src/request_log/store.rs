@@ -40,7 +40,11 @@ impl StoreError {
                 // insufficient resources (53, a full disk among them), operator
                 // intervention (57: a shutdown, a statement timeout), system error (58).
                 Some(state) => {
-                    e.is_closed() || ["08", "40", "53", "57", "58"].contains(&&state.code()[..2])
+                    e.is_closed()
+                        || state
+                            .code()
+                            .get(..2)
+                            .is_some_and(|class| ["08", "40", "53", "57", "58"].contains(&class))
                 }
                 // No answer from the server at all: I/O, a dropped connection.
                 None => true,
@@ -184,5 +188,25 @@ impl Store {
             .incidents(&IncidentFilter::one(id), 0)?
             .into_iter()
             .next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> StoreError {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    }
+
+    #[test]
+    fn a_busy_or_full_database_is_retried_and_a_refused_row_is_not() {
+        assert!(sqlite(rusqlite::ffi::SQLITE_BUSY).is_transient());
+        assert!(sqlite(rusqlite::ffi::SQLITE_FULL).is_transient());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_CONSTRAINT).is_transient());
+        assert!(!StoreError::BadUrl.is_transient());
     }
 }
