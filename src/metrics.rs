@@ -386,63 +386,45 @@ impl Metrics {
                 escape(p)
             );
         }
-        family(
-            &mut out,
-            "candor_request_log_dropped_total",
-            "counter",
-            "Request-log rows lost: the writer's queue or buffer was full, or the database refused them.",
-        );
-        let _ = writeln!(
-            out,
-            "candor_request_log_dropped_total {}",
-            gauges.request_log_dropped
-        );
-        family(
-            &mut out,
-            "candor_request_log_failing",
-            "gauge",
-            "1 while the request log's writes fail (rows are held, up to its buffer), else 0.",
-        );
-        let _ = writeln!(
-            out,
-            "candor_request_log_failing {}",
-            u8::from(gauges.request_log_failing)
-        );
-        family(
-            &mut out,
-            "candor_request_log_rows_written_total",
-            "counter",
-            "Request-log rows written to the database (its rate is the log's ingestion rate).",
-        );
-        let _ = writeln!(
-            out,
-            "candor_request_log_rows_written_total {}",
-            gauges.request_log_written
-        );
-        family(
-            &mut out,
-            "candor_request_log_buffered_rows",
-            "gauge",
-            "Request-log rows held by the writer, waiting for the database.",
-        );
-        let _ = writeln!(
-            out,
-            "candor_request_log_buffered_rows {}",
-            gauges.request_log_buffered
-        );
-        for (name, help, v) in [
+        for (name, kind, help, v) in [
+            (
+                "candor_request_log_dropped_total",
+                "counter",
+                "Request-log rows lost: the writer's queue or buffer was full, or the database refused them.",
+                gauges.request_log_dropped,
+            ),
+            (
+                "candor_request_log_failing",
+                "gauge",
+                "1 while the request log's writes fail (rows are held, up to its buffer), else 0.",
+                u64::from(gauges.request_log_failing),
+            ),
+            (
+                "candor_request_log_rows_written_total",
+                "counter",
+                "Request-log rows written to the database (its rate is the log's ingestion rate).",
+                gauges.request_log_written,
+            ),
+            (
+                "candor_request_log_buffered_rows",
+                "gauge",
+                "Request-log rows held by the writer, waiting for the database.",
+                gauges.request_log_buffered,
+            ),
             (
                 crate::slo::rules::SLI_TOTAL,
+                "counter",
                 "Client requests judged for the SLI (not synthetic, not the client's fault).",
                 self.sli_total,
             ),
             (
                 crate::slo::rules::SLI_GOOD,
+                "counter",
                 "Of which served within the targets (2xx, TTFT and decode rate or end to end).",
                 self.sli_good,
             ),
         ] {
-            family(&mut out, name, "counter", help);
+            family(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {v}");
         }
         family(

@@ -2,6 +2,8 @@
 //! order for writing, a record or an incident rebuilt from a row's cells for reading, and
 //! the placeholders each database's SQL uses.
 
+use std::sync::LazyLock;
+
 use super::{AttemptRecord, RequestRecord, StoreError};
 use crate::incident::Incident;
 
@@ -120,13 +122,13 @@ pub(super) const REQUEST_COLUMNS: [(&str, Kind); 35] = [
 ];
 
 /// The request columns' names, comma-separated.
-pub(super) fn request_names() -> String {
+pub(super) static REQUEST_NAMES: LazyLock<String> = LazyLock::new(|| {
     REQUEST_COLUMNS
         .iter()
         .map(|(name, _)| *name)
         .collect::<Vec<_>>()
         .join(", ")
-}
+});
 
 /// The incident columns, in the order [`incident_from`] reads them.
 pub(super) const INCIDENT_COLUMNS: &str = "id, mode, subject, provider, severity, state, \

@@ -4,6 +4,7 @@
 //! written twice); `requests` partitioned by time, retention by dropping whole partitions;
 //! and the explorer's queries, each bounded by a statement timeout.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -205,10 +206,11 @@ impl Postgres {
         now_ms: i64,
     ) -> Result<Postgres, StoreError> {
         let mut pg = Postgres::connect(target)?;
-        let mut tx = pg.client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        let mut tx = pg.locked()?;
         tx.batch_execute(&schema())?;
         tx.commit()?;
+        // The writer's staging table lives as long as its session.
+        pg.client.batch_execute(&BATCH.staging)?;
         pg.ensure_partitions(now_ms, span_ms)?;
         Ok(pg)
     }
@@ -218,37 +220,26 @@ impl Postgres {
         self.client.is_closed()
     }
 
-    /// Writes a batch in one transaction: binary `COPY` into a staging table, then into
+    /// Writes a batch in one transaction: binary `COPY` into the staging table, then into
     /// `requests`, rows already there (same id and time) left as they are.
     pub(super) fn insert(&mut self, batch: &[RequestRecord]) -> Result<(), StoreError> {
-        let names = columns::request_names();
-        let staging: Vec<String> = REQUEST_COLUMNS
-            .iter()
-            .map(|(name, kind)| format!("{name} {}", sql_type(*kind)))
-            .collect();
-        let types: Vec<Type> = REQUEST_COLUMNS.iter().map(|(_, k)| copy_type(*k)).collect();
         let mut tx = self.client.transaction()?;
-        tx.batch_execute(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS requests_in ({}) ON COMMIT DELETE ROWS",
-            staging.join(", ")
-        ))?;
-        let sink = tx.copy_in(&format!("COPY requests_in ({names}) FROM STDIN BINARY"))?;
-        let mut writer = BinaryCopyInWriter::new(sink, &types);
+        let mut writer = BinaryCopyInWriter::new(tx.copy_in(&BATCH.copy)?, &BATCH.types);
         for r in batch {
             let values = columns::request_values(r)?;
-            let row: Vec<&(dyn ToSql + Sync)> =
-                values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            writer.write(&row)?;
+            writer.write(&params(&values))?;
         }
         writer.finish()?;
-        tx.execute(
-            &format!(
-                "INSERT INTO requests ({names}) SELECT {names} FROM requests_in ON CONFLICT DO NOTHING"
-            ),
-            &[],
-        )?;
+        tx.execute(&BATCH.insert, &[])?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// A transaction holding the schema lock (released when it ends).
+    fn locked(&mut self) -> Result<postgres::Transaction<'_>, StoreError> {
+        let mut tx = self.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        Ok(tx)
     }
 
     /// Creates the partitions `now_ms` needs that no existing one covers (a range whose rows
@@ -258,8 +249,7 @@ impl Postgres {
         now_ms: i64,
         span_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        let mut tx = self.locked()?;
         let existing = partitions(&mut tx)?;
         for p in wanted(now_ms, span_ms) {
             if existing.iter().any(|e| e.overlaps(p)) {
@@ -287,8 +277,7 @@ impl Postgres {
     /// Drops the partitions wholly older than `cutoff_ms` and deletes older rows from the
     /// default partition; returns the partitions dropped and the rows deleted.
     pub(super) fn drop_before(&mut self, cutoff_ms: i64) -> Result<(usize, usize), StoreError> {
-        let mut tx = self.client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
+        let mut tx = self.locked()?;
         let old: Vec<Partition> = partitions(&mut tx)?
             .into_iter()
             .filter(|p| p.end_ms <= cutoff_ms)
@@ -311,7 +300,7 @@ impl Postgres {
         now_ms: i64,
     ) -> Result<Vec<RequestRecord>, StoreError> {
         let (sql, args) = filter.to_sql(now_ms, Dialect::Postgres);
-        let sql = format!("SELECT {} FROM requests {sql}", columns::request_names());
+        let sql = format!("SELECT {} FROM requests {sql}", *columns::REQUEST_NAMES);
         self.rows(&sql, &args, columns::request_from)
     }
 
@@ -411,6 +400,34 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig,
 fn params(values: &[Val]) -> Vec<&(dyn ToSql + Sync)> {
     values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
+
+/// The statements a batch runs, built once from the column list: the session's staging
+/// table, the binary `COPY` into it with its column types, and the move into `requests`.
+struct BatchSql {
+    staging: String,
+    copy: String,
+    types: Vec<Type>,
+    insert: String,
+}
+
+static BATCH: LazyLock<BatchSql> = LazyLock::new(|| {
+    let names = &*columns::REQUEST_NAMES;
+    let staging: Vec<String> = REQUEST_COLUMNS
+        .iter()
+        .map(|(name, kind)| format!("{name} {}", sql_type(*kind)))
+        .collect();
+    BatchSql {
+        staging: format!(
+            "CREATE TEMP TABLE IF NOT EXISTS requests_in ({}) ON COMMIT DELETE ROWS",
+            staging.join(", ")
+        ),
+        copy: format!("COPY requests_in ({names}) FROM STDIN BINARY"),
+        types: REQUEST_COLUMNS.iter().map(|(_, k)| copy_type(*k)).collect(),
+        insert: format!(
+            "INSERT INTO requests ({names}) SELECT {names} FROM requests_in ON CONFLICT DO NOTHING"
+        ),
+    }
+});
 
 /// The time partitions `requests` has now.
 fn partitions(tx: &mut postgres::Transaction<'_>) -> Result<Vec<Partition>, StoreError> {

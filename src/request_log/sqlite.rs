@@ -130,7 +130,7 @@ impl Sqlite {
         {
             let mut stmt = tx.prepare_cached(&format!(
                 "INSERT OR REPLACE INTO requests ({}) VALUES ({})",
-                columns::request_names(),
+                *columns::REQUEST_NAMES,
                 Dialect::Sqlite.args(columns::REQUEST_COLUMNS.len())
             ))?;
             for r in batch {
@@ -155,7 +155,7 @@ impl Sqlite {
         now_ms: i64,
     ) -> Result<Vec<RequestRecord>, StoreError> {
         let (sql, args) = filter.to_sql(now_ms, Dialect::Sqlite);
-        let sql = format!("SELECT {} FROM requests {sql}", columns::request_names());
+        let sql = format!("SELECT {} FROM requests {sql}", *columns::REQUEST_NAMES);
         self.rows(&sql, args, |r| columns::request_from(r))
     }
 

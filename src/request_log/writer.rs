@@ -67,9 +67,9 @@ impl Retry {
     }
 
     /// A try failed at `now`: wait twice as long as last time (from `first`), at most
-    /// `MAX_BACKOFF`.
+    /// `MAX_BACKOFF` (or `first`, when that is longer).
     fn failed(&mut self, now: Instant, first: Duration) {
-        self.pause = (self.pause * 2).clamp(first, MAX_BACKOFF);
+        self.pause = (self.pause * 2).max(first).min(MAX_BACKOFF.max(first));
         self.at = Some(now + self.pause);
     }
 
@@ -345,5 +345,10 @@ mod tests {
         assert!(r.due(t0));
         r.failed(t0, first);
         assert_eq!(r.pause, first);
+        // A flush interval longer than the ceiling is the pause, not a panic.
+        let mut slow = Retry::default();
+        slow.failed(t0, Duration::from_secs(10));
+        slow.failed(t0, Duration::from_secs(10));
+        assert_eq!(slow.pause, Duration::from_secs(10));
     }
 }
